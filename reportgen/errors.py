@@ -1,0 +1,56 @@
+"""Errors that end a build with a message instead of a traceback.
+
+Exit codes (SPEC.md): 2 for anything the user can fix in their spec or their
+inputs, 1 for our bugs, 3 for a tripped ``--fail-on`` gate.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_BAD_INPUT = 2
+EXIT_FAIL_ON = 3
+
+
+class ReportgenError(Exception):
+    """Base class: a problem with the user's input, reported without a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class SpecError(ReportgenError):
+    """A bad value in the spec, located by file, YAML key path and line."""
+
+    def __init__(self, message: str, file: Optional[Union[str, Path]] = None,
+                 key: Optional[str] = None, line: Optional[int] = None):
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = self.file or "<spec>"
+        if self.line is not None:
+            where += f":{self.line}"
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class InputError(ReportgenError):
+    """A bad input file (image, checkpoint, class list) named by its path."""
+
+    def __init__(self, message: str, path: Optional[Union[str, Path]] = None):
+        self.message = message
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+class ImageError(InputError):
+    """A file that is not a readable image."""
