@@ -1,0 +1,219 @@
+"""The build: resolve the spec, compute every section, then render one HTML file.
+
+Gather, then render: sections compute (or come from the cache) first; the page
+is filled from one context at the end and written atomically, so a failure at
+any point leaves a previous report untouched.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+
+from reportgen import __version__
+from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
+from reportgen.errors import ReportgenError, SpecError
+from reportgen.sections.base import BuildContext, Finding, registry
+from reportgen.spec import Spec, load_spec
+from reportgen.spec.resolve import Resolved, resolve
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+@dataclass
+class Report:
+    """What `reportgen.build` returns."""
+
+    path: Path
+    json_path: Path
+    results: Dict[str, Any]
+    data: Dict[str, Any]
+    findings: List[Dict[str, Any]] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        doc = self.path.read_text(encoding="utf-8")
+        return (f'<iframe srcdoc="{html.escape(doc, quote=True)}" '
+                'style="width:100%;height:800px;border:0"></iframe>')
+
+    def worst_severity(self) -> Optional[str]:
+        ranks = [SEVERITY_RANK[f["severity"]] for f in self.findings]
+        if not ranks:
+            return None
+        return {v: k for k, v in SEVERITY_RANK.items()}[max(ranks)]
+
+
+class Progress:
+    """tqdm on stderr, or nothing under --quiet; stdout stays clean."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, iterable: Iterable, desc: str, total: Optional[int] = None) -> Iterable:
+        if self.quiet:
+            return iterable
+        from tqdm.auto import tqdm
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, mininterval=0.5)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _out_dir(spec: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    if spec["output"]["dir"]:
+        return spec.path(spec["output"]["dir"])
+    return spec.base_dir / "site"
+
+
+def inputs_digest(res: Resolved) -> str:
+    """Everything a section's numbers depend on, hashed: the cache key's base."""
+    spec = res.spec
+    model_src: Dict[str, Any] = dict(spec["model"])
+    if model_src.get("torchscript"):
+        model_src["torchscript_digest"] = file_digest(spec.path(model_src["torchscript"]))
+    if model_src.get("factory"):
+        import importlib.util
+        module = model_src["factory"].split(":")[0]
+        found = importlib.util.find_spec(module)
+        if found is not None and found.origin and os.path.isfile(found.origin):
+            model_src["factory_digest"] = file_digest(Path(found.origin))
+    parts = {
+        "version": __version__, "torch": torch.__version__, "device": res.device.type,
+        "model": model_src, "seed": spec["seed"], "preprocess": spec["preprocess"],
+        "checkpoints": [(c.label, file_digest(c.path)) for c in res.checkpoints],
+        "audit": res.audit_index,
+        "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
+        "classes": res.classes,
+        "dataset": [(str(p), c, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, c in res.dataset],
+        "metrics": file_digest(res.metrics_path) if res.metrics_path and res.metrics_path.is_file() else None,
+        "findings": spec["findings"],
+    }
+    return digest_of(parts)
+
+
+def make_context(res: Resolved) -> BuildContext:
+    ctx = BuildContext(model=res.model, device=res.device, input_size=res.input_size,
+                       probes=res.probes, classes=res.classes, checkpoints=res.checkpoints,
+                       spec=res.spec, output_key=res.output_key, load_checkpoint=res.model_at,
+                       dataset=res.dataset, seed=res.spec["seed"])
+    ctx.resolved = res  # type: ignore[attr-defined]
+    return ctx
+
+
+def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
+    sections = registry()
+    if only:
+        unknown = [n for n in only if n not in sections]
+        if unknown:
+            from reportgen.spec.options import suggest
+            raise SpecError(f"unknown section {unknown[0]!r}{suggest(unknown[0], sections)}; "
+                            f"sections: {', '.join(sections)}", spec.file, "--only")
+    names = []
+    for name in sections:
+        if only and name not in only:
+            continue
+        if spec["sections"].get(name, {}) is False:
+            continue
+        names.append(name)
+    return names
+
+
+def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: SectionCache,
+                 base_key: str, progress: Progress) -> Dict[str, Any]:
+    section = registry()[name]()
+    key = digest_of({"base": base_key, "section": name, "options": options})
+    started = time.perf_counter()
+    hit = cache.get(key)
+    if hit is not None:
+        results, view, summary, findings = hit
+        return {"results": results, "view": view, "summary": summary, "findings": findings,
+                "seconds": time.perf_counter() - started, "cached": True, "error": None}
+    torch.manual_seed(ctx.seed)
+    try:
+        result = section.analyze(ctx, options)
+        view = section.render(result, ctx)
+        summary = to_plain(section.summary(result))
+        findings = [f.to_json() for f in section.findings(result, ctx)]
+    except ReportgenError:
+        raise
+    except Exception as e:  # a bug or an unsupported model: report it, keep the rest
+        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+        progress.log(f"reportgen: section {name!r} failed: {detail}")
+        finding = Finding(id=f"section-failed-{name}", severity="error",
+                          title=f"Section {section.title or name} could not be computed",
+                          evidence=detail, section=name).to_json()
+        return {"results": None, "view": None, "summary": {"error": detail}, "findings": [finding],
+                "seconds": time.perf_counter() - started, "cached": False, "error": detail}
+    plain = to_plain(result)
+    cache.put(key, plain, view, summary, findings)
+    return {"results": plain, "view": view, "summary": summary, "findings": findings,
+            "seconds": time.perf_counter() - started, "cached": False, "error": None}
+
+
+def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,
+          only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
+          quiet: bool = True, cache_dir: Optional[Path] = None) -> Report:
+    """Build the report for ``spec``; raises SpecError/InputError on bad input."""
+    progress = Progress(quiet)
+    spec = load_spec(spec)
+    progress.log(f"reportgen: checking {spec.file}")
+    res = resolve(spec, device)
+    target_dir = _out_dir(spec, out_dir)
+    names = _selected(spec, only)
+    ctx = make_context(res)
+    ctx.progress = progress  # type: ignore[attr-defined]
+    cache = SectionCache(cache_dir, enabled=use_cache)
+    base_key = inputs_digest(res)
+    outcomes: Dict[str, Dict[str, Any]] = {}
+    for name in progress(names, desc="sections"):
+        options = spec["sections"].get(name) or {}
+        outcomes[name] = _run_section(name, ctx, options, cache, base_key, progress)
+        progress.log(f"reportgen: {name} done in {outcomes[name]['seconds']:.1f}s"
+                     + (" (cached)" if outcomes[name]["cached"] else ""))
+    from reportgen.render.page import render_page, report_json
+
+    findings = sorted((f for o in outcomes.values() for f in o["findings"]),
+                      key=lambda f: (-SEVERITY_RANK[f["severity"]], f["section"], f["id"]))
+    page = render_page(res, outcomes, findings)
+    data = report_json(res, outcomes, findings)
+    index, json_path = write_atomically(target_dir, page, data)
+    progress.log(f"reportgen: wrote {index}")
+    results = {n: o["results"] for n, o in outcomes.items()}
+    return Report(path=index, json_path=json_path, results=results, data=data, findings=findings)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomically(out_dir: Path, page: str, data: Dict[str, Any]) -> tuple:
+    """Write report.json then index.html, each by rename: readers never see half a file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "report.json"
+    index = out_dir / "index.html"
+    _atomic_write(json_path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    _atomic_write(index, page)
+    return index, json_path

@@ -1,0 +1,130 @@
+"""Filling the page template and report.json from the computed sections."""
+from __future__ import annotations
+
+import math
+from importlib import resources
+from typing import Any, Dict, List
+
+import jinja2
+
+from reportgen import __version__
+from reportgen.render.markdown import render_markdown
+from reportgen.sections.base import registry
+
+
+def environment() -> jinja2.Environment:
+    folder = str(resources.files("reportgen.templates"))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["fmt"] = format_number
+    env.filters["si"] = si_number
+    return env
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def si_number(value: Any) -> str:
+    """1234567 -> '1.23M': parameter and MAC counts are read at a glance."""
+    if value is None:
+        return "–"
+    v = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{int(v)}" if v == int(v) else f"{v:.3g}"
+
+
+def model_source(spec) -> str:
+    m = spec["model"]
+    for key in ("torchvision", "factory", "torchscript"):
+        if m.get(key):
+            return f"{key}: {m[key]}"
+    return "?"
+
+
+def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> str:
+    spec = res.spec
+    env = environment()
+    sections = registry()
+    entries = []
+    for name, outcome in outcomes.items():
+        cls = sections[name]
+        entries.append({"name": name, "title": cls.title or name, "partial": cls.partial,
+                        "view": outcome["view"], "error": outcome["error"]})
+    audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
+    build_time = None
+    if spec["output"]["timestamp"]:
+        from reportgen.timeutil import build_time_string
+        build_time = build_time_string()
+    context = {
+        "title": spec["title"],
+        "description_html": render_markdown(spec["description"]),
+        "css": res.theme_css,
+        "version": __version__,
+        "model_source": model_source(spec),
+        "input_size": list(res.input_size),
+        "num_classes": res.num_classes,
+        "audit_checkpoint": audit,
+        "n_checkpoints": len(res.checkpoints),
+        "n_probes": len(res.probes),
+        "notes": res.notes,
+        "sections": entries,
+        "findings": findings,
+        "build_time": build_time,
+    }
+    return env.get_template("report.html.j2").render(**context)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: they become null so strict parsers accept the file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _finite(obj.tolist())
+    return obj
+
+
+def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> Dict[str, Any]:
+    from reportgen.models import parameter_count
+
+    spec = res.spec
+    audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
+    data = {
+        "reportgen": __version__,
+        "spec_digest": spec.digest,
+        "title": spec["title"],
+        "model": {
+            "source": model_source(spec),
+            "parameters": parameter_count(res.model),
+            "input_size": list(res.input_size),
+            "num_classes": res.num_classes,
+            "classes": res.classes,
+            "output": res.output_key if res.output_key is not None else "auto",
+            "device": res.device.type,
+            "audit_checkpoint": audit.label if audit else None,
+            "checkpoints": [{"label": c.label, "path": str(c.path), "metrics": c.metrics}
+                            for c in res.checkpoints],
+        },
+        "sections": {name: o["summary"] for name, o in outcomes.items()},
+        "findings": findings,
+        "timings": {name: round(o["seconds"], 4) for name, o in outcomes.items()},
+        "cached": sorted(name for name, o in outcomes.items() if o["cached"]),
+    }
+    return _finite(data)

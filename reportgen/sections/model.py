@@ -1,0 +1,144 @@
+"""Sections about the model itself: summary, first-layer filters, activations."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from reportgen.analyses import activations as act
+from reportgen.analyses import filters as flt
+from reportgen.analyses import summary as summ
+from reportgen.layers import first_conv
+from reportgen.render.activations import render_activations
+from reportgen.render.filters import render_filters
+from reportgen.render.images import png_uri
+from reportgen.sections.base import BuildContext, Finding, Section, register_section
+
+
+@register_section("summary")
+class SummarySection(Section):
+    title = "Model summary"
+    partial = "sections/summary.html.j2"
+    order = 10
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        summary = summ.summarize(ctx.model, ctx.example(), ctx.output_key)
+        preds = (summ.top_predictions(ctx.model, ctx.probe_batch(), options["top_k"], ctx.output_key)
+                 if ctx.probes else None)
+        return {"summary": summary, "predictions": preds}
+
+    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
+        s: summ.ModelSummary = result["summary"]
+        rows = [{"name": r.name, "type": r.type, "shape": "×".join(map(str, r.output_shape))
+                 if r.output_shape else "–", "params": r.params, "macs": r.macs, "depth": r.depth}
+                for r in s.rows]
+        probes = []
+        preds = result["predictions"]
+        for i, probe in enumerate(ctx.probes):
+            top = [{"cls": ctx.classes[int(c)], "index": int(c), "p": float(p)}
+                   for c, p in zip(preds.indices[i], preds.probs[i])]
+            target = ctx.classes[probe.target] if probe.target is not None else None
+            probes.append({"name": probe.name, "image": png_uri(probe.display), "top": top,
+                           "target": target})
+        return {"rows": rows, "total_params": s.total_params, "trainable": s.trainable_params,
+                "total_macs": s.total_macs, "probes": probes, "n_layers": len(rows)}
+
+    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        s: summ.ModelSummary = result["summary"]
+        out: Dict[str, Any] = {"layers": len(s.rows), "parameters": s.total_params,
+                               "trainable_parameters": s.trainable_params, "macs": s.total_macs}
+        if result["predictions"] is not None:
+            out["top1"] = result["predictions"].indices[:, 0].tolist()
+            out["top1_prob"] = result["predictions"].probs[:, 0].tolist()
+        return out
+
+
+@register_section("filters")
+class FiltersSection(Section):
+    title = "First-layer filters"
+    partial = "sections/filters.html.j2"
+    order = 30
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        layer = first_conv(ctx.model) if options["layer"] == "auto" else options["layer"]
+        res = flt.first_layer_filters(ctx.model, layer, options["noise_threshold"], options["sort"])
+        return {"filters": res, "auto": options["layer"] == "auto", "normalize": options["normalize"]}
+
+    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
+        view = render_filters(result["filters"], result["normalize"])
+        view["auto"] = result["auto"]
+        return view
+
+    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        f: flt.FilterResult = result["filters"]
+        return {"layer": f.layer, "layer_auto": result["auto"], "filters": int(len(f.norms)),
+                "noisy": int(f.noisy.sum()), "dead": int(f.dead.sum()),
+                "noise_median": float(np.median(f.noise)), "noise_threshold": f.noise_threshold,
+                "noisy_indices": np.flatnonzero(f.noisy).tolist(),
+                "dead_indices": np.flatnonzero(f.dead).tolist()}
+
+    def findings(self, result: Dict[str, Any], ctx: BuildContext) -> List[Finding]:
+        f: flt.FilterResult = result["filters"]
+        out: List[Finding] = []
+        limit = ctx.spec["findings"]["noisy_filter_fraction"]
+        n = len(f.norms)
+        if n and f.noisy.sum() / n > limit:
+            out.append(Finding(
+                id="noisy-filters", severity="warning", section="filters", layer=f.layer,
+                title=f"{int(f.noisy.sum())} of {n} first-layer filters look noisy",
+                evidence=f"roughness > {f.noise_threshold:g} for {f.noisy.sum() / n:.0%} of filters "
+                         f"(median {np.median(f.noise):.2f}; white noise scores ~1). Noisy first-layer "
+                         "filters suggest under-training or too little regularization."))
+        if f.dead.any():
+            out.append(Finding(
+                id="dead-filters", severity="warning" if f.dead.sum() / n > limit else "info",
+                section="filters", layer=f.layer,
+                title=f"{int(f.dead.sum())} of {n} first-layer filters are (near) zero",
+                evidence=f"L2 norm below 1e-3 × the median norm ({np.median(f.norms):.3g}): "
+                         f"filters {np.flatnonzero(f.dead).tolist()[:20]}"))
+        return out
+
+
+@register_section("activations")
+class ActivationsSection(Section):
+    title = "Activations"
+    partial = "sections/activations.html.j2"
+    order = 40
+    needs_probes = True
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> act.ActivationsResult | None:
+        if not ctx.probes:
+            return None
+        auto = options["layers"] == "auto"
+        layers = act.stage_layers(ctx.model, ctx.example()) if auto else list(options["layers"])
+        return act.activations(ctx.model, ctx.probe_batch(), layers, options["max_channels"],
+                               ctx.output_key, auto=auto)
+
+    def render(self, result, ctx: BuildContext) -> Dict[str, Any]:
+        if result is None:
+            return {"empty": True}
+        view = render_activations(result, ctx.probes)
+        view["empty"] = False
+        return view
+
+    def summary(self, result) -> Dict[str, Any]:
+        if result is None:
+            return {"skipped": "no probe images"}
+        return {"layers": [la.layer for la in result.layers], "layers_auto": result.auto,
+                "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.dead.sum()),
+                                         "channels": la.shape[0]} for la in result.layers}}
+
+    def findings(self, result, ctx: BuildContext) -> List[Finding]:
+        if result is None:
+            return []
+        limit = ctx.spec["findings"]["dead_channel_fraction"]
+        out = []
+        for la in result.layers:
+            frac = float(la.dead.mean())
+            if frac > limit:
+                out.append(Finding(
+                    id=f"dead-channels-{la.layer}", severity="warning", section="activations",
+                    layer=la.layer, title=f"{int(la.dead.sum())} of {la.shape[0]} channels never fire",
+                    evidence=f"{frac:.0%} of channels of {la.layer} are never positive on the "
+                             f"{result.n_probes} probe image(s) (threshold {limit:.0%})"))
+        return out

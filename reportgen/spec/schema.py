@@ -1,0 +1,189 @@
+"""The spec's schema: every key, its type and its default (SPEC.md, "The spec").
+
+Extensions beyond SPEC.md are marked "(extension)" and documented in the README.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from reportgen.spec.options import (Anything, Bool, Choice, Float, FreeMapping, Int, ListOf,
+                                    Mapping, OneOf, Option, OptionError, Str, suggest)
+from reportgen.spec.yamlload import join_path
+
+AUTO = "auto"
+
+CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
+GRADIENT_METHODS = ["saliency", "deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad"]
+
+
+def _auto_or(opt: Option, default: Any = AUTO) -> Option:
+    return OneOf(Choice([AUTO]), opt, default=default, expected=f"'auto' or {_describe(opt)}")
+
+
+def _describe(opt: Option) -> str:
+    if isinstance(opt, ListOf):
+        return "a list of layer names"
+    if isinstance(opt, Str):
+        return "a layer name"
+    return "a value"
+
+
+def _int_or_pair(min_value: int = 1) -> Option:
+    return OneOf(Int(min=min_value), ListOf(Int(min=min_value), min_len=2, max_len=2),
+                 expected=f"an integer >= {min_value} or a list [h, w]")
+
+
+def _model_post(value: Dict[str, Any], path: str) -> None:
+    sources = [k for k in ("torchvision", "factory", "torchscript") if value.get(k) is not None]
+    if not sources:
+        raise OptionError("needs exactly one of torchvision, factory or torchscript", path)
+    if len(sources) > 1:
+        raise OptionError(f"give exactly one model source, not {' and '.join(sources)}",
+                          join_path(path, sources[1]))
+    factory = value.get("factory")
+    if factory is not None and ":" not in factory:
+        raise OptionError("must look like 'module:callable' (e.g. mypkg.nets:make_net)",
+                          join_path(path, "factory"))
+
+
+MODEL = Mapping({
+    "torchvision": Str(default=None, nullable=True, doc="a torchvision.models builder name"),
+    "factory": Str(default=None, nullable=True, doc="'module:callable' importable from the spec's folder"),
+    "torchscript": Str(default=None, nullable=True, doc="path to a TorchScript archive"),
+    "kwargs": FreeMapping(default={}, doc="keyword arguments for the builder/factory"),
+    "input_size": ListOf(Int(min=1), default=None, min_len=3, max_len=3, nullable=True,
+                         doc="C, H, W fed to the model (default [3, 224, 224])"),
+    "output": OneOf(Choice([None]), Int(), Str(), default=None,
+                    expected="null, an index or a key/attribute name"),
+}, required=True, post=_model_post)
+
+CHECKPOINT_ITEM = OneOf(
+    Str(),
+    Mapping({"path": Str(), "label": Str(default=None, nullable=True)}),
+    expected="a path/glob or a mapping {path, label}")
+
+PROBES = Mapping({
+    "images": ListOf(Str(), coerce=True, min_len=1, doc="paths or globs"),
+    "targets": OneOf(Choice(["predicted"]), Str(), ListOf(OneOf(Int(min=0), Str(),
+                                                                expected="a class index or name")),
+                     Int(min=0), default="predicted",
+                     expected="'predicted', a class name or a list (one per image)"),
+})
+
+PREPROCESS = Mapping({
+    "resize": OneOf(Choice([None]), _int_or_pair(), default=None, expected="null or a size"),
+    "center_crop": OneOf(Choice([None]), _int_or_pair(), default=None, expected="null or a size"),
+    "mean": ListOf(Float(), min_len=1, max_len=4, default=[0.485, 0.456, 0.406]),
+    "std": ListOf(Float(min=1e-12), min_len=1, max_len=4, default=[0.229, 0.224, 0.225]),
+})
+
+DATASET = Mapping({
+    "root": Str(doc="ImageFolder root or a glob"),
+    "limit": Int(min=1, default=2000),
+    "batch_size": Int(min=1, default=64, doc="(extension)"),
+    "workers": Int(min=0, default=0, doc="(extension) DataLoader workers"),
+})
+
+LAYER = _auto_or(Str())
+LAYERS = _auto_or(ListOf(Str(), coerce=True, min_len=1))
+
+SECTION_SCHEMAS: Dict[str, Mapping] = {
+    "summary": Mapping({"top_k": Int(min=1, max=20, default=5)}),
+    "architecture": Mapping({"max_depth": Int(min=1, default=3, doc="(extension) expandable levels")}),
+    "filters": Mapping({
+        "layer": LAYER,
+        "normalize": Choice(["per_filter", "common"], default="per_filter"),
+        "sort": Choice(["norm", "noise", "index"], default="norm"),
+        "noise_threshold": Float(min=0, default=0.75, doc="(extension) score above which a filter is noisy"),
+    }),
+    "activations": Mapping({
+        "layers": LAYERS,
+        "max_channels": Int(min=1, max=1024, default=32),
+    }),
+    "topk": Mapping({
+        "layers": LAYERS,
+        "channels": Int(min=1, max=512, default=16),
+        "k": Int(min=1, max=64, default=9),
+    }),
+    "occlusion": Mapping({
+        "window": _int_or_pair(),
+        "stride": _int_or_pair(),
+        "baseline": OneOf(Choice(["mean", "zero", "grey", "gray", "blur"]), Float(), default="mean",
+                          expected="mean, zero, grey, blur or a number"),
+        "target": Choice(["predicted"], default="predicted", doc="(extension)"),
+    }),
+    "cam": Mapping({
+        "methods": ListOf(Choice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"]),
+        "layer": LAYER,
+        "top_classes": Int(min=1, max=10, default=1, doc="(extension) maps for the top-k classes"),
+    }),
+    "gradients": Mapping({
+        "methods": ListOf(Choice(GRADIENT_METHODS), min_len=1, coerce=True,
+                          default=["saliency", "guided_backprop", "integrated_gradients"]),
+        "steps": Int(min=2, default=32),
+        "samples": Int(min=1, default=16),
+        "noise": Float(min=0, default=0.15),
+    }),
+    "evolution": Mapping({"layer": LAYER}),
+}
+# defaults that must be filled after construction (Mapping defaults are dicts)
+SECTION_SCHEMAS["occlusion"].fields["window"].default = 16
+SECTION_SCHEMAS["occlusion"].fields["stride"].default = 8
+
+
+class Sections(Option):
+    """`sections:` maps a known section name to false, true, or its options."""
+
+    check_default = True
+
+    def check(self, value: Any, path: str) -> Any:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise OptionError(f"expected a mapping of section names, got {type(value).__name__}", path)
+        for key in value:
+            if key not in SECTION_SCHEMAS:
+                raise OptionError(f"unknown section {key!r}{suggest(key, SECTION_SCHEMAS)}; sections: "
+                                  f"{', '.join(SECTION_SCHEMAS)}", join_path(path, key))
+        out: Dict[str, Any] = {}
+        for name, schema in SECTION_SCHEMAS.items():
+            sub = join_path(path, name)
+            raw = value.get(name, {})
+            if raw is False:
+                out[name] = False
+                continue
+            if raw is True or raw is None:
+                raw = {}
+            out[name] = schema.check(raw, sub)
+        return out
+
+
+OUTPUT = Mapping({
+    "dir": Str(default=None, nullable=True),
+    "theme": Str(default="light", doc="light, dark, or a path to a CSS file"),
+    "timestamp": Bool(default=False, doc="(extension) print the build time in the report footer"),
+})
+
+FINDINGS = Mapping({
+    "dead_channel_fraction": Float(min=0, max=1, default=0.25, doc="(extension)"),
+    "noisy_filter_fraction": Float(min=0, max=1, default=0.25, doc="(extension)"),
+})
+
+SPEC = Mapping({
+    "title": Str(),
+    "description": Str(default="", nonempty=False),
+    "model": MODEL,
+    "checkpoints": ListOf(CHECKPOINT_ITEM, coerce=True, default=[]),
+    "audit_checkpoint": OneOf(Int(), Str(), default="last", expected="'last', an index or a label"),
+    "probes": OneOf(Choice([None]), PROBES, default=None, expected="a mapping {images, targets}"),
+    "classes": OneOf(Choice([None]), Str(), ListOf(OneOf(Str(nonempty=False), Int(), expected="a name")),
+                     default=None, expected="a list of names or a .txt/.json file"),
+    "preprocess": PREPROCESS,
+    "metrics": Str(default=None, nullable=True),
+    "dataset": OneOf(Choice([None]), DATASET, default=None, expected="a mapping {root, limit}"),
+    "sections": Sections(default={}),
+    "output": OUTPUT,
+    "findings": FINDINGS,
+    "device": Choice(["auto", "cpu", "cuda"], default="auto"),
+    "seed": Int(min=0, default=0),
+})

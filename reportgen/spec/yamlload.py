@@ -1,0 +1,90 @@
+"""YAML loading that remembers where every key came from.
+
+PyYAML's plain loaders forget positions, and every error we report must name
+the line. We compose the node tree ourselves and record, for each key path
+(`sections.cam.methods[1]`), the 1-based line where it appears.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import yaml
+
+from reportgen.errors import SpecError
+
+Lines = Dict[str, int]
+
+
+def join_path(parent: str, key: Any) -> str:
+    """Key path in the style of the errors: `a.b[2].c`."""
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _construct(node: yaml.Node, path: str, lines: Lines, file: str) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: Dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError("mapping keys must be plain scalars", file, path or None,
+                                key_node.start_mark.line + 1)
+            key = _scalar(key_node)
+            sub = join_path(path, key)
+            if key in out:
+                raise SpecError(f"duplicate key {key!r}", file, sub, key_node.start_mark.line + 1)
+            lines[sub] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, sub, lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, join_path(path, i), lines, file) for i, v in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path) -> Tuple[Any, Lines, str]:
+    """Parse ``path``; return (data, key-path -> line, raw text).
+
+    Syntax errors become SpecError with the parser's line. Aliases and tags
+    beyond the safe set are refused by SafeLoader.
+    """
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SpecError("spec file not found", file) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file", file) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not UTF-8 text ({e.reason})", file) from None
+    return parse_yaml(text, file) + (text,)
+
+
+def parse_yaml(text: str, file: str) -> Tuple[Any, Lines]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise SpecError(f"invalid YAML: {e.problem or e.context}", file, None, line) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"invalid YAML: {e}", file) from None
+    if node is None:
+        raise SpecError("the spec is empty", file)
+    lines: Lines = {}
+    try:
+        data = _construct(node, "", lines, file)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        raise SpecError(f"invalid YAML: {e.problem}", file, None,
+                        mark.line + 1 if mark else None) from None
+    return data, lines
