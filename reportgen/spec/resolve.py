@@ -172,9 +172,16 @@ def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -
     return probes
 
 
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
 def _check_norm(spec: Spec, channels: int) -> None:
     for key in ("mean", "std"):
         values = spec["preprocess"][key]
+        if channels == 1 and values == IMAGENET[key] and f"preprocess.{key}" not in spec.lines:
+            # the ImageNet default for a greyscale model: the luminance-free average
+            spec["preprocess"][key] = [round(sum(values) / 3, 6)]
+            continue
         if len(values) != channels:
             raise spec.error(f"preprocess.{key}", f"has {len(values)} values but the model takes "
                                                   f"{channels} input channel(s)")

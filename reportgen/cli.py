@@ -1,0 +1,124 @@
+"""The `reportgen` command: build, validate, demo (SPEC.md, "Command line").
+
+Exit codes: 0 ok, 1 a bug (traceback shown, it is ours), 2 bad spec or input
+(one clear message, no traceback), 3 a --fail-on gate tripped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from reportgen import __version__
+from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
+
+SEVERITIES = ("info", "warning", "error")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reportgen", description="Build one self-contained HTML report of "
+                                "what a trained CNN has learned.")
+    p.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("build", help="compute every section and write OUT_DIR/index.html + report.json",
+                       description="Compute every section of SPEC and write OUT_DIR/index.html and "
+                       "OUT_DIR/report.json atomically.")
+    b.add_argument("spec", metavar="SPEC.yaml")
+    b.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR",
+                   help="output folder (default: output.dir from the spec, else ./site next to it)")
+    b.add_argument("--only", nargs="+", metavar="SECTION", help="build only these sections")
+    b.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the spec's device")
+    b.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
+    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    b.add_argument("--fail-on", choices=["warning", "error"],
+                   help="exit 3 when a finding of this severity or worse exists (the report is written)")
+
+    v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
+                       description="Parse SPEC and check every path, the model, layers and checkpoints. "
+                       "Builds nothing. Exit 0 or 2.")
+    v.add_argument("spec", metavar="SPEC.yaml")
+    v.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+    d = sub.add_parser("demo", help="train a small CNN on a generated shapes task and build its report",
+                       description="Generate a shapes task with known answers, train a small CNN on the "
+                       "CPU, save checkpoints, probes and a spec to OUT_DIR, then build its report. "
+                       "A second run reuses what the first made.")
+    d.add_argument("-o", "--out", dest="out_dir", default="reportgen-demo", metavar="OUT_DIR",
+                   help="folder for the demo's data, checkpoints, spec and site (default: ./reportgen-demo)")
+    d.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    d.add_argument("--no-cache", action="store_true", help="recompute every section")
+    return p
+
+
+def _fail_on_tripped(findings, level: Optional[str]) -> bool:
+    if not level:
+        return False
+    threshold = SEVERITIES.index(level)
+    return any(SEVERITIES.index(f["severity"]) >= threshold for f in findings)
+
+
+def cmd_build(args) -> int:
+    from reportgen.build import build
+
+    report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
+                   use_cache=not args.no_cache, quiet=args.quiet)
+    print(report.path)
+    if _fail_on_tripped(report.findings, args.fail_on):
+        worst = report.worst_severity()
+        print(f"reportgen: --fail-on {args.fail_on}: {len(report.findings)} finding(s), worst {worst}",
+              file=sys.stderr)
+        return EXIT_FAIL_ON
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from reportgen.spec import load_spec
+    from reportgen.spec.resolve import resolve
+
+    spec = load_spec(args.spec)
+    res = resolve(spec)
+    if not args.quiet:
+        print(f"{args.spec}: ok ({len(res.checkpoints)} checkpoint(s), {len(res.probes)} probe(s), "
+              f"{res.num_classes} classes, input {list(res.input_size)})")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from reportgen.build import build
+    from reportgen.demo import prepare_demo
+
+    out = Path(args.out_dir)
+    spec_path = prepare_demo(out, quiet=args.quiet)
+    report = build(spec_path, out_dir=out / "site", use_cache=not args.no_cache, quiet=args.quiet)
+    print(report.path)
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    handler = {"build": cmd_build, "validate": cmd_validate, "demo": cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except ReportgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; no report was written", file=sys.stderr)
+        return 130
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print("reportgen: internal error (a bug in reportgen); please report it with the traceback above",
+              file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
