@@ -97,7 +97,8 @@ def resolve_checkpoints(spec: Spec, model: nn.Module) -> List[CheckpointInfo]:
         try:
             found = expand_checkpoints([entry], spec.base_dir)
         except InputError as e:
-            raise _as_spec_error(spec, key, e) from None
+            shown = entry if isinstance(entry, str) else entry.get("path")
+            raise spec.error(key, f"{shown!r}: {e}") from None
         for label, path in found:
             if path in seen:
                 continue
