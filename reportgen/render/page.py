@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from importlib import resources
 from typing import Any, Dict, List
 
 import jinja2
@@ -13,7 +12,9 @@ from reportgen.sections.base import registry
 
 
 def environment() -> jinja2.Environment:
-    folder = str(resources.files("reportgen.templates"))
+    from reportgen.resources import templates_dir
+
+    folder = str(templates_dir())
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)

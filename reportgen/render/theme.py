@@ -6,7 +6,6 @@ outside (@import, url(http...)) is removed: the report must never make a request
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 
 from reportgen.errors import InputError
@@ -19,7 +18,9 @@ _STYLE_END = re.compile(r"</", re.IGNORECASE)
 
 
 def builtin_css(name: str) -> str:
-    return resources.files("reportgen.themes").joinpath(f"{name}.css").read_text(encoding="utf-8")
+    from reportgen.resources import themes_dir
+
+    return (themes_dir() / f"{name}.css").read_text(encoding="utf-8")
 
 
 def sanitize_css(css: str) -> str:
