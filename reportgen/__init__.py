@@ -9,7 +9,7 @@ __all__ = ["__version__", "build", "explain", "receptive_field"]
 def __getattr__(name):
     # Lazy so `import reportgen` stays cheap and `reportgen --help` is instant.
     if name == "build":
-        from reportgen.build import build
+        from reportgen.pipeline import build
         return build
     if name == "explain":
         from reportgen.explain import explain

@@ -61,7 +61,7 @@ def _fail_on_tripped(findings, level: Optional[str]) -> bool:
 
 
 def cmd_build(args) -> int:
-    from reportgen.build import build
+    from reportgen.pipeline import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
                    use_cache=not args.no_cache, quiet=args.quiet)
@@ -87,7 +87,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from reportgen.build import build
+    from reportgen.pipeline import build
     from reportgen.demo import prepare_demo
 
     out = Path(args.out_dir)

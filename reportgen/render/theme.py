@@ -25,7 +25,7 @@ def builtin_css(name: str) -> str:
 
 def sanitize_css(css: str) -> str:
     """Drop @import and non-data url(); make '</style>' impossible inside the <style> block."""
-    css = _IMPORT.sub("/* @import removed: reports are self-contained */", css)
+    css = _IMPORT.sub("/* (an import was removed: reports are self-contained) */", css)
     css = _URL.sub("none", css)
     return _STYLE_END.sub("<\\\\/", css)
 

@@ -12,34 +12,7 @@ from PIL import Image
 
 from reportgen.cli import main
 
-TINYNET = '''
-import torch
-from torch import nn
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes=3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.relu(self.conv1(x))), 1))
-'''
-
-GOOD = """\
-title: tiny
-model:
-  factory: tinynet:TinyNet
-  kwargs: {num_classes: 3}
-  input_size: [3, 16, 16]
-checkpoints:
-  - ckpt/*.pt
-probes:
-  images: [probes/*.png]
-classes: [cat, dog, bird]
-"""
+from tests.project import GOOD, make_project
 
 
 class Evil:
@@ -50,22 +23,7 @@ class Evil:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "tinynet.py").write_text(TINYNET)
-    (tmp_path / "ckpt").mkdir()
-    (tmp_path / "probes").mkdir()
-    import importlib, sys
-    sys.path.insert(0, str(tmp_path))
-    try:
-        mod = importlib.import_module("tinynet")
-        importlib.reload(mod)
-        torch.manual_seed(0)
-        torch.save({"model_state_dict": mod.TinyNet(3).state_dict(), "epoch": 1},
-                   tmp_path / "ckpt" / "epoch_1.pt")
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("tinynet", None)
-    Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(tmp_path / "probes" / "a.png")
-    (tmp_path / "spec.yaml").write_text(GOOD)
+    make_project(tmp_path)
     return tmp_path
 
 
@@ -93,7 +51,7 @@ def test_good_spec_validates(project, capsys):
     code = main(["validate", str(project / "spec.yaml")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "1 checkpoint(s), 1 probe(s), 3 classes" in out
+    assert "1 checkpoint(s), 2 probe(s), 3 classes" in out
 
 
 BAD_SPECS = [
@@ -137,8 +95,8 @@ BAD_SPECS = [
     ("bad-window", GOOD + "sections:\n  occlusion: {window: 0}\n", "sections.occlusion.window", 12,
      [">= 1"]),
     ("targets-count", GOOD.replace("  images: [probes/*.png]\n",
-                                   "  images: [probes/*.png]\n  targets: [cat, dog]\n"),
-     "probes.targets", 10, ["2 targets", "1 probe"]),
+                                   "  images: [probes/*.png]\n  targets: [cat, dog, bird]\n"),
+     "probes.targets", 10, ["3 targets", "2 probe"]),
     ("model-fails-on-input", GOOD.replace("[3, 16, 16]", "[2, 16, 16]")
      .replace("classes: [cat, dog, bird]", "classes: [cat, dog, bird]\npreprocess: {mean: [0, 0], std: [1, 1]}"),
      "model.input_size", 5, ["fails on an input"]),
