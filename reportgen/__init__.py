@@ -12,7 +12,7 @@ def __getattr__(name):
         from reportgen.pipeline import build
         return build
     if name == "explain":
-        from reportgen.explain import explain
+        from reportgen.attribution import explain
         return explain
     if name == "receptive_field":
         from reportgen.analyses.receptive_field import receptive_field

@@ -89,7 +89,12 @@ LAYERS = _auto_or(ListOf(Str(), coerce=True, min_len=1))
 
 SECTION_SCHEMAS: Dict[str, Mapping] = {
     "summary": Mapping({"top_k": Int(min=1, max=20, default=5)}),
-    "architecture": Mapping({"max_depth": Int(min=1, default=3, doc="(extension) expandable levels")}),
+    "architecture": Mapping({
+        "method": Choice(["auto", "fx", "hooks"], default="auto",
+                         doc="(extension) torch.fx tracing, forward hooks, or fx with a hook fallback"),
+        "layout": Choice(["grandalf", "dot", "auto"], default="grandalf",
+                         doc="(extension) layout engine; dot needs Graphviz on PATH, auto uses it if present"),
+    }),
     "filters": Mapping({
         "layer": LAYER,
         "normalize": Choice(["per_filter", "common"], default="per_filter"),

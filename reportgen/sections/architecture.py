@@ -1,0 +1,41 @@
+"""Architecture section: the traced dataflow graph, drawn as collapsible inline SVG."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from reportgen.analyses.architecture import ArchGraph, trace_graph
+from reportgen.render.architecture_svg import render_architecture
+from reportgen.sections.base import BuildContext, Section, register_section
+
+
+@register_section("architecture")
+class ArchitectureSection(Section):
+    title = "Architecture"
+    partial = "sections/architecture.html.j2"
+    order = 20
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> ArchGraph:
+        # options: method auto|fx|hooks (default auto); layout is read in render()
+        return trace_graph(ctx.model, ctx.example(), method=options.get("method", "auto"))
+
+    def render(self, result: ArchGraph, ctx: BuildContext) -> Dict[str, Any]:
+        options = _options(ctx)
+        return render_architecture(result, engine=options.get("layout", "grandalf"))
+
+    def summary(self, result: ArchGraph) -> Dict[str, Any]:
+        return {
+            "trace_method": result.method,
+            "trace_note": result.note,
+            "nodes": len(result.nodes),
+            "edges": len(result.edges),
+            "blocks": max(len(result.blocks) - 1, 0),
+            "merge_nodes": sum(1 for n in result.nodes if n.kind != "output" and result.in_degree(n.id) >= 2),
+            "params": result.total_params(),
+        }
+
+
+def _options(ctx: BuildContext) -> Dict[str, Any]:
+    """This section's options from the spec, {} when the spec has none (render() gets no options)."""
+    sections = getattr(ctx.spec, "sections", None)
+    opts = sections.get("architecture") if isinstance(sections, dict) else getattr(sections, "architecture", None)
+    return opts if isinstance(opts, dict) else {}
