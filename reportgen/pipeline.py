@@ -132,7 +132,7 @@ def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
 
 def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: SectionCache,
                  base_key: str, progress: Progress) -> Dict[str, Any]:
-    section = registry()[name]()
+    section = registry()[name](options)
     key = digest_of({"base": base_key, "section": name, "options": options})
     started = time.perf_counter()
     hit = cache.get(key)

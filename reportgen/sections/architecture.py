@@ -19,8 +19,7 @@ class ArchitectureSection(Section):
         return trace_graph(ctx.model, ctx.example(), method=options.get("method", "auto"))
 
     def render(self, result: ArchGraph, ctx: BuildContext) -> Dict[str, Any]:
-        options = _options(ctx)
-        return render_architecture(result, engine=options.get("layout", "grandalf"))
+        return render_architecture(result, engine=self.options.get("layout", "grandalf"))
 
     def summary(self, result: ArchGraph) -> Dict[str, Any]:
         return {
@@ -32,10 +31,3 @@ class ArchitectureSection(Section):
             "merge_nodes": sum(1 for n in result.nodes if n.kind != "output" and result.in_degree(n.id) >= 2),
             "params": result.total_params(),
         }
-
-
-def _options(ctx: BuildContext) -> Dict[str, Any]:
-    """This section's options from the spec, {} when the spec has none (render() gets no options)."""
-    sections = getattr(ctx.spec, "sections", None)
-    opts = sections.get("architecture") if isinstance(sections, dict) else getattr(sections, "architecture", None)
-    return opts if isinstance(opts, dict) else {}

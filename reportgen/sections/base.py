@@ -91,6 +91,10 @@ class Section:
     order: int = 100          # position in the report
     needs_probes: bool = False
 
+    def __init__(self, options: Optional[Dict[str, Any]] = None):
+        # the section's spec options, for render()/findings() that need them too
+        self.options: Dict[str, Any] = dict(options or {})
+
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Any:
         raise NotImplementedError
 
