@@ -66,7 +66,8 @@ class Progress:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
+            from tqdm.auto import tqdm
+            tqdm.write(message, file=sys.stderr)
 
 
 def _out_dir(spec: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
@@ -173,7 +174,7 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
     target_dir = _out_dir(spec, out_dir)
     names = _selected(spec, only)
     ctx = make_context(res)
-    ctx.progress = progress  # type: ignore[attr-defined]
+    ctx.progress = progress
     cache = SectionCache(cache_dir, enabled=use_cache)
     base_key = inputs_digest(res)
     outcomes: Dict[str, Dict[str, Any]] = {}

@@ -68,8 +68,10 @@ class BuildContext:
     spec: Any                         # reportgen.spec.Spec
     output_key: Any = None            # model.output from the spec
     load_checkpoint: Optional[Callable[[int], torch.nn.Module]] = None  # index -> model with those weights
-    dataset: Optional[Any] = None     # reportgen.data.ImageDataset or None
+    dataset: Optional[Any] = None     # list of (Path, class name or None) from `dataset:`, or []
     seed: int = 0
+    # progress(iterable, desc, total=None): wraps long loops with a stderr progress bar
+    progress: Callable[..., Any] = field(default=lambda iterable, desc="", total=None: iterable)
 
     def probe_batch(self) -> torch.Tensor:
         """All probes stacked as (N, C, H, W) on the build device."""
