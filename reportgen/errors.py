@@ -54,3 +54,11 @@ class CheckpointError(InputError):
 
 class ImageError(InputError):
     """A file that is not a readable image."""
+
+
+class NotApplicable(Exception):
+    """A section that does not apply to this model or spec (e.g. hooks on TorchScript).
+
+    Not an error: the report shows the reason in place of the section and
+    report.json records it under ``skipped``.
+    """

@@ -28,7 +28,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 def first_conv(model: nn.Module) -> str:
     """Name of the first Conv2d in registration order (the usual 'first layer')."""
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) or (getattr(m, "original_name", None) == "Conv2d" and name):
             return name
     raise ValueError("the model has no Conv2d layer")
 

@@ -159,3 +159,17 @@ def pick_device(requested: str) -> torch.device:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def is_scripted(model: nn.Module) -> bool:
+    """TorchScript modules run fine but accept no hooks and cannot be traced."""
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def require_hooks(model: nn.Module, what: str) -> None:
+    """Raise NotApplicable for analyses that must look inside a TorchScript model."""
+    from reportgen.errors import NotApplicable
+
+    if is_scripted(model):
+        raise NotApplicable(f"{what} needs forward hooks, which TorchScript models do not support; "
+                            "give the model as `torchvision:` or `factory:` with a checkpoint to see it")

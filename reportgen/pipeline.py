@@ -21,7 +21,7 @@ import torch
 
 from reportgen import __version__
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
-from reportgen.errors import ReportgenError, SpecError
+from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.sections.base import BuildContext, Finding, registry
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
@@ -140,7 +140,8 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
     if hit is not None:
         results, view, summary, findings = hit
         return {"results": results, "view": view, "summary": summary, "findings": findings,
-                "seconds": time.perf_counter() - started, "cached": True, "error": None}
+                "seconds": time.perf_counter() - started, "cached": True, "error": None,
+                "skipped": summary.get("skipped") if view is None else None}
     torch.manual_seed(ctx.seed)
     try:
         result = section.analyze(ctx, options)
@@ -149,6 +150,10 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
         findings = [f.to_json() for f in section.findings(result, ctx)]
     except ReportgenError:
         raise
+    except NotApplicable as e:
+        return {"results": None, "view": None, "summary": {"skipped": str(e)}, "findings": [],
+                "seconds": time.perf_counter() - started, "cached": False, "error": None,
+                "skipped": str(e)}
     except Exception as e:  # a bug or an unsupported model: report it, keep the rest
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         progress.log(f"reportgen: section {name!r} failed: {detail}")
@@ -156,11 +161,12 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
                           title=f"Section {section.title or name} could not be computed",
                           evidence=detail, section=name).to_json()
         return {"results": None, "view": None, "summary": {"error": detail}, "findings": [finding],
-                "seconds": time.perf_counter() - started, "cached": False, "error": detail}
+                "seconds": time.perf_counter() - started, "cached": False, "error": detail,
+                "skipped": None}
     plain = to_plain(result)
     cache.put(key, plain, view, summary, findings)
     return {"results": plain, "view": view, "summary": summary, "findings": findings,
-            "seconds": time.perf_counter() - started, "cached": False, "error": None}
+            "seconds": time.perf_counter() - started, "cached": False, "error": None, "skipped": None}
 
 
 def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,

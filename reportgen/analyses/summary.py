@@ -69,12 +69,15 @@ def summarize(model: nn.Module, example: torch.Tensor, output_key=None) -> Model
                 macs[name] = macs.get(name, 0) + _macs(module, out)
         return fn
 
+    from reportgen.models import is_scripted
+
     leaves = [(n, m) for n, m in model.named_modules() if n and _is_leaf(m)]
+    scripted = is_scripted(model)  # no hooks on TorchScript: names and params only
     with eval_mode(model), hooks() as hs:
-        for name, module in leaves:
+        for name, module in ([] if scripted else leaves):
             hs.append(module.register_forward_hook(make(name, module)))
         scores = select_output(model(example[:1]), output_key)
-    rows = [LayerRow(name=n, type=type(m).__name__, output_shape=shapes.get(n), params=_own_params(m),
+    rows = [LayerRow(name=n, type=getattr(m, "original_name", None) or type(m).__name__, output_shape=shapes.get(n), params=_own_params(m),
                      macs=macs.get(n, 0), depth=n.count(".")) for n, m in leaves]
     # parameters registered directly on containers (e.g. ViT's class token) are counted too
     total = sum(p.numel() for p in model.parameters())

@@ -64,7 +64,8 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
     for name, outcome in outcomes.items():
         cls = sections[name]
         entries.append({"name": name, "title": cls.title or name, "partial": cls.partial,
-                        "view": outcome["view"], "error": outcome["error"]})
+                        "view": outcome["view"], "error": outcome["error"],
+                        "skipped": outcome.get("skipped")})
     audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
     build_time = None
     if spec["output"]["timestamp"]:

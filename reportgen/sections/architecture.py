@@ -5,6 +5,7 @@ from typing import Any, Dict
 
 from reportgen.analyses.architecture import ArchGraph, trace_graph
 from reportgen.render.architecture_svg import render_architecture
+from reportgen.models import require_hooks
 from reportgen.sections.base import BuildContext, Section, register_section
 
 
@@ -16,6 +17,7 @@ class ArchitectureSection(Section):
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> ArchGraph:
         # options: method auto|fx|hooks (default auto); layout is read in render()
+        require_hooks(ctx.model, "The architecture diagram")
         return trace_graph(ctx.model, ctx.example(), method=options.get("method", "auto"))
 
     def render(self, result: ArchGraph, ctx: BuildContext) -> Dict[str, Any]:

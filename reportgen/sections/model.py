@@ -9,6 +9,7 @@ from reportgen.analyses import activations as act
 from reportgen.analyses import filters as flt
 from reportgen.analyses import summary as summ
 from reportgen.layers import first_conv
+from reportgen.models import require_hooks
 from reportgen.render.activations import render_activations
 from reportgen.render.filters import render_filters
 from reportgen.render.images import png_uri
@@ -109,6 +110,7 @@ class ActivationsSection(Section):
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> act.ActivationsResult | None:
         if not ctx.probes:
             return None
+        require_hooks(ctx.model, "The activations section")
         auto = options["layers"] == "auto"
         layers = act.stage_layers(ctx.model, ctx.example()) if auto else list(options["layers"])
         return act.activations(ctx.model, ctx.probe_batch(), layers, options["max_channels"],
