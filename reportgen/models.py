@@ -52,7 +52,9 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
                              "under checkpoints instead", f"model.kwargs.{key}")
         kw.pop(key, None)
     if name in ("googlenet", "inception_v3"):
-        kw.setdefault("aux_logits", False)
+        # aux heads stay as torchvision builds them (checkpoints usually carry them;
+        # in eval mode the model returns the main logits only); this silences the
+        # "default initialization will change" warning without changing weights' layout
         kw.setdefault("init_weights", True)
     try:
         return tvm.get_model(name, weights=None, **kw)
