@@ -98,10 +98,20 @@ def inputs_digest(res: Resolved) -> str:
         "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
         "classes": res.classes,
         "dataset": [(str(p), c, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, c in res.dataset],
-        "metrics": file_digest(res.metrics_path) if res.metrics_path and res.metrics_path.is_file() else None,
+        "metrics": _path_digest(res.metrics_path),
         "findings": spec["findings"],
     }
     return digest_of(parts)
+
+
+def _path_digest(path: Optional[Path]) -> Optional[str]:
+    """A file's digest, or a folder's (TensorBoard logs): every file under it, in order."""
+    if path is None:
+        return None
+    if path.is_file():
+        return file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return digest_of([(str(p.relative_to(path)), file_digest(p)) for p in files])
 
 
 def make_context(res: Resolved) -> BuildContext:

@@ -1,2 +1,3 @@
 """Importing this module registers every built-in section."""
 from reportgen.sections import architecture, model  # noqa: F401
+from reportgen.sections import evolution  # noqa: F401

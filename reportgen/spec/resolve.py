@@ -239,7 +239,7 @@ def check_layers(spec: Spec, model: nn.Module) -> None:
     for name, options in spec["sections"].items():
         if not options:
             continue
-        for key in ("layer", "layers"):
+        for key in ("layer", "layers", "activations_layer"):
             value = options.get(key)
             if value in (None, "auto"):
                 continue

@@ -129,7 +129,41 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
         "samples": Int(min=1, default=16),
         "noise": Float(min=0, default=0.15),
     }),
-    "evolution": Mapping({"layer": LAYER}),
+    "evolution": Mapping({
+        "layer": LAYER,
+        "activations_layer": LAYER,
+        "channels": Int(min=1, max=64, default=8, doc="(extension) feature-map channels followed"),
+        "max_filters": Int(min=1, max=1024, default=64, doc="(extension)"),
+        "histogram_layers": Int(min=2, max=64, default=12,
+                                doc="(extension) conv/linear layers with weight/bias ridgelines"),
+        "bins": Int(min=4, max=256, default=40, doc="(extension)"),
+    }),
+    "curves": Mapping({}),
+    "featureviz": Mapping({
+        "layers": LAYERS,
+        "channels": OneOf(Int(min=1, max=64), ListOf(Int(min=0), min_len=1), default=4,
+                          expected="a number of channels or a list of channel indices"),
+        "classes": OneOf(Choice(["predicted", "none"]),
+                         ListOf(OneOf(Int(min=0), Str(), expected="a class index or name"), min_len=1),
+                         default="predicted", expected="'predicted', 'none' or a list of classes"),
+        "max_classes": Int(min=0, max=32, default=4),
+        "steps": Int(min=1, max=4096, default=128),
+        "size": Int(min=8, max=512, default=128, doc="synthesized side, capped at the model input size"),
+        "lr": Float(min=0, default=0.05),
+        "tv": Float(min=0, default=0.0),
+        "fft": Bool(default=True),
+        "decorrelate": Bool(default=True),
+        "batch_size": Int(min=1, default=16),
+        "budget": OneOf(Choice(["auto"]), Float(min=0), default="auto",
+                        expected="'auto' or GMACs (auto: 300 on CPU, 20000 on CUDA)"),
+        "reference_images": Int(min=0, default=64),
+    }),
+    "embeddings": Mapping({
+        "method": Choice(["pca", "tsne"], default="pca"),
+        "layer": LAYER,
+        "perplexity": Float(min=1, default=30.0),
+        "thumbnail": Int(min=8, max=128, default=32),
+    }),
 }
 # defaults that must be filled after construction (Mapping defaults are dicts)
 SECTION_SCHEMAS["occlusion"].fields["window"].default = 16
@@ -172,6 +206,13 @@ OUTPUT = Mapping({
 FINDINGS = Mapping({
     "dead_channel_fraction": Float(min=0, max=1, default=0.25, doc="(extension)"),
     "noisy_filter_fraction": Float(min=0, max=1, default=0.25, doc="(extension)"),
+    "frozen_change": Float(min=0, default=1e-6,
+                           doc="(extension) relative change per transition below which a layer is frozen"),
+    "norm_growth": Float(min=1, default=10.0, doc="(extension) last/first weight-norm ratio: explosion"),
+    "norm_shrink": Float(min=0, max=1, default=0.1, doc="(extension) last/first weight-norm ratio: vanishing"),
+    "regression_points": Float(min=0, default=2.0,
+                               doc="(extension) accuracy points the last value may trail the best"),
+    "regression_loss": Float(min=0, default=0.10, doc="(extension) relative rise of a loss over its best"),
 })
 
 SPEC = Mapping({

@@ -1,0 +1,266 @@
+"""Sections about the checkpoint series: training evolution and training curves.
+
+The single-model sections say what the audited weights look like; these say
+how they got there (Zeiler & Fergus' filters per epoch, TensorBoard's
+histograms and curves). Both degrade to a short note, never a failure, when
+the spec gives fewer than two checkpoints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from reportgen.analyses import activations as act
+from reportgen.analyses import evolution as evo
+from reportgen.analyses import metrics as mt
+from reportgen.layers import first_conv
+from reportgen.render import evolution as rev
+from reportgen.sections.base import BuildContext, Finding, Section, register_section
+
+# Defaults for options and thresholds the spec schema may not list yet (see the README).
+DEFAULTS = {"channels": 8, "max_filters": 64, "histogram_layers": 12, "bins": 40,
+            "activations_layer": "auto"}
+THRESHOLDS = {"frozen_change": 1e-6, "norm_growth": 10.0, "norm_shrink": 0.1,
+              "regression_points": 2.0, "regression_loss": 0.10}
+TOO_FEW = "needs at least two checkpoints; the spec gives {n}"
+
+
+def _option(options: Dict[str, Any], key: str) -> Any:
+    value = options.get(key)
+    return DEFAULTS[key] if value is None else value
+
+
+def threshold(ctx: BuildContext, key: str) -> float:
+    """A findings threshold from the spec's ``findings:`` if set there, else the default."""
+    spec = ctx.spec
+    found = spec.get("findings") if hasattr(spec, "get") else None
+    value = (found or {}).get(key)
+    return float(THRESHOLDS[key] if value is None else value)
+
+
+def _round(values: Any, digits: int = 5) -> Any:
+    """report.json keeps 5 significant digits: enough for a CI gate, a third of the bytes."""
+    arr = np.asarray(values, dtype=np.float64)
+    return [float(f"{v:.{digits}g}") for v in arr.ravel()] if arr.ndim else float(f"{float(arr):.{digits}g}")
+
+
+# --------------------------------------------------------------------------- evolution
+
+@register_section("evolution")
+class EvolutionSection(Section):
+    title = "Training evolution"
+    partial = "sections/evolution.html.j2"
+    order = 90
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        if len(ctx.checkpoints) < 2:
+            return {"skipped": TOO_FEW.format(n=len(ctx.checkpoints))}
+        layer = options.get("layer") or "auto"
+        filter_layer = first_conv(ctx.model) if layer == "auto" else layer
+        fmap_choice = _option(options, "activations_layer")
+        fmap_layer = self._fmap_layer(ctx, fmap_choice)
+        probe = ctx.probes[0] if ctx.probes else None
+        res = evo.evolution(
+            ctx.model, [c.path for c in ctx.checkpoints], [c.label for c in ctx.checkpoints],
+            filter_layer, probe=probe.tensor if probe else None, probe_name=probe.name if probe else None,
+            fmap_layer=fmap_layer, channels=int(_option(options, "channels")),
+            max_filters=int(_option(options, "max_filters")),
+            max_hist_layers=int(_option(options, "histogram_layers")), bins=int(_option(options, "bins")),
+            output_key=ctx.output_key, progress=getattr(ctx, "progress", None))
+        return {"skipped": None, "evolution": res, "filter_auto": layer == "auto",
+                "fmap_auto": fmap_choice == "auto", "frozen_threshold": threshold(ctx, "frozen_change")}
+
+    @staticmethod
+    def _fmap_layer(ctx: BuildContext, choice: str) -> Optional[str]:
+        """Auto: the middle resolution stage, where features are neither edges nor class evidence."""
+        if not ctx.probes:
+            return None
+        if choice != "auto":
+            return choice
+        stages = act.stage_layers(ctx.model, ctx.example())
+        return stages[len(stages) // 2] if stages else None
+
+    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
+        if result["skipped"]:
+            return {"skipped": result["skipped"]}
+        res: evo.EvolutionResult = result["evolution"]
+        kh, kw = res.filters.shape[-2:]
+        view: Dict[str, Any] = {
+            "skipped": None, "labels": res.labels, "n": len(res.labels),
+            "filter_layer": res.filter_layer, "filter_auto": result["filter_auto"],
+            "filters_shown": int(res.filters.shape[1]), "filters_total": res.filters_total,
+            "kernel": [int(kh), int(kw)], "rgb": res.filters.shape[2] == 3,
+            "filters": rev.frames_view(rev.filter_frames(res), res.labels, int(max(kh, kw)), 28, 560),
+            "drift": rev.drift_view(res, result["frozen_threshold"]),
+            "hist": rev.histograms_view(res), "fmaps": None,
+        }
+        if res.fmaps is not None:
+            probe = next(p for p in ctx.probes if p.name == res.fmap_probe)
+            fm = rev.frames_view(rev.fmap_frames(res), res.labels, int(max(res.fmaps.shape[-2:])), 48, 720)
+            fm.update(layer=res.fmap_layer, auto=result["fmap_auto"], probe=res.fmap_probe,
+                      thumb=rev.thumbnail(probe.display), channels=[int(c) for c in res.fmap_channels],
+                      shape=res.fmap_shape, pooled=list(res.fmaps.shape[-2:]))
+            view["fmaps"] = fm
+        return view
+
+    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        if result["skipped"]:
+            return {"skipped": result["skipped"]}
+        res: evo.EvolutionResult = result["evolution"]
+        d = evo.layer_drift(res)
+        layers = [str(x) for x in d["layers"]]
+        frozen = evo.frozen_layers(d["step"], layers, result["frozen_threshold"])
+        out: Dict[str, Any] = {
+            "checkpoints": res.labels, "checkpoint_loads": res.loads,
+            "filter_layer": res.filter_layer, "filter_layer_auto": result["filter_auto"],
+            "layers": layers, "frozen_layers": frozen, "frozen_threshold": result["frozen_threshold"],
+            "drift_step": {n: _round(d["step"][:, j]) for j, n in enumerate(layers)},
+            "drift_from_first": {n: _round(d["total"][-1, j]) for j, n in enumerate(layers)},
+            "norms": {n: _round(d["norms"][:, j]) for j, n in enumerate(layers)},
+            "histograms": res.hist_names,
+        }
+        if res.fmap_layer:
+            out.update(activations_layer=res.fmap_layer, activations_layer_auto=result["fmap_auto"],
+                       probe=res.fmap_probe, channels=[int(c) for c in res.fmap_channels])
+        return out
+
+    def findings(self, result: Dict[str, Any], ctx: BuildContext) -> List[Finding]:
+        if result["skipped"]:
+            return []
+        res: evo.EvolutionResult = result["evolution"]
+        d = evo.layer_drift(res)
+        layers = [str(x) for x in d["layers"]]
+        out = _frozen_finding(res, d, layers, result["frozen_threshold"])
+        out += _norm_findings(d["norms"], layers, res.labels, threshold(ctx, "norm_growth"),
+                              threshold(ctx, "norm_shrink"))
+        return out
+
+
+def _listed(names: List[str], limit: int = 10) -> str:
+    shown = ", ".join(n or "(root)" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _frozen_finding(res: evo.EvolutionResult, d: Dict[str, np.ndarray], layers: List[str],
+                    limit: float) -> List[Finding]:
+    frozen = evo.frozen_layers(d["step"], layers, limit)
+    if not frozen or len(res.labels) < 2:
+        return []
+    worst = max(float(d["step"][:, layers.index(n)].max()) for n in frozen)
+    return [Finding(
+        id="frozen-layers", severity="warning", section="evolution", layer=frozen[0],
+        title=f"{len(frozen)} of {len(layers)} layers never change across the {len(res.labels)} checkpoints",
+        evidence=f"relative weight change < {limit:g} at every transition (largest {worst:.2g}) for "
+                 f"{_listed(frozen)}. Frozen on purpose (fine-tuning a head)? If not, check "
+                 "requires_grad, the optimizer's parameter groups and the learning-rate schedule.")]
+
+
+def _norm_findings(norms: np.ndarray, layers: List[str], labels: List[str], growth: float,
+                   shrink: float) -> List[Finding]:
+    first, last = norms[0], norms[-1]
+    valid = first > evo.EPS          # a zero-initialised layer has no ratio to speak of
+    ratio = np.where(valid, last / np.where(valid, first, 1.0), 1.0)
+    out: List[Finding] = []
+    for fid, mask, word in (("weight-norm-explosion", ratio > growth, "grew"),
+                            ("weight-norm-vanishing", valid & (ratio < shrink), "shrank")):
+        idx = np.flatnonzero(mask)
+        if not idx.size:
+            continue
+        idx = idx[np.argsort(-np.abs(np.log(ratio[idx])), kind="stable")]
+        detail = "; ".join(f"{layers[i] or '(root)'} {first[i]:.3g} → {last[i]:.3g} (×{ratio[i]:.3g})"
+                           for i in idx[:5])
+        bound = f"> {growth:g}×" if fid.endswith("explosion") else f"< {shrink:g}×"
+        out.append(Finding(
+            id=fid, severity="warning", section="evolution", layer=layers[idx[0]] or None,
+            title=f"Weight norm of {idx.size} layer(s) {word} {bound} from {labels[0]} to {labels[-1]}",
+            evidence=f"L2 norm first → last: {detail}" + (" …" if idx.size > 5 else "")))
+    return out
+
+
+# --------------------------------------------------------------------------- curves
+
+@register_section("curves")
+class CurvesSection(Section):
+    title = "Training curves"
+    partial = "sections/curves.html.j2"
+    order = 85
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        path = _metrics_path(ctx)
+        from_file = mt.read_metrics(path) if path is not None else None
+        stored = None
+        if len(ctx.checkpoints) >= 2:
+            stored = mt.from_checkpoints([c.metrics for c in ctx.checkpoints])
+            stored = stored if stored.series else None
+        return {"checkpoints": stored, "file": from_file, "n_checkpoints": len(ctx.checkpoints)}
+
+    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
+        sources = []
+        for key, table in (("file", result["file"]), ("checkpoints", result["checkpoints"])):
+            if table is None:
+                continue
+            sources.append({"key": key, "source": table.source, "x_label": table.x_label,
+                            "path": Path(table.path).name if table.path else None,
+                            "ignored": table.ignored, "charts": rev.curves_view(table)})
+        return {"sources": sources, "n_checkpoints": result["n_checkpoints"],
+                "too_few": TOO_FEW.format(n=result["n_checkpoints"])}
+
+    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for key in ("file", "checkpoints"):
+            table: Optional[mt.MetricsTable] = result[key]
+            if table is None:
+                continue
+            out[key] = {"source": table.source, "x": table.x_label,
+                        "final": {n: _round(s.values[-1]) for n, s in table.series.items()},
+                        "final_step": {n: _round(s.steps[-1]) for n, s in table.series.items()},
+                        "points": {n: int(s.values.size) for n, s in table.series.items()}}
+        if not out:
+            out["skipped"] = "no metrics file and no metrics stored in two or more checkpoints"
+        return out
+
+    def findings(self, result: Dict[str, Any], ctx: BuildContext) -> List[Finding]:
+        points, loss = threshold(ctx, "regression_points"), threshold(ctx, "regression_loss")
+        out: List[Finding] = []
+        for key in ("checkpoints", "file"):
+            table: Optional[mt.MetricsTable] = result[key]
+            if table is None:
+                continue
+            for name, s in table.series.items():
+                if key == "file" and not mt.is_heldout(name):
+                    continue   # per-step training values are too noisy to call a regression
+                f = _regression_finding(name, s, table, points, loss)
+                if f is not None:
+                    out.append(f)
+        return out
+
+
+def _metrics_path(ctx: BuildContext) -> Optional[Path]:
+    resolved = getattr(ctx, "resolved", None)
+    if resolved is not None:
+        return resolved.metrics_path
+    spec = ctx.spec
+    value = spec.get("metrics") if hasattr(spec, "get") else None
+    return spec.path(value) if value else None
+
+
+def _regression_finding(name: str, s: mt.Series, table: mt.MetricsTable, points: float,
+                        loss: float) -> Optional[Finding]:
+    r = mt.regression(s.values, name)
+    if r is None:
+        return None
+    is_acc = mt.kind(name) == "accuracy"
+    if (is_acc and r["drop"] <= points) or (not is_acc and r["drop"] <= loss):
+        return None
+    where = "the last checkpoint" if table.source == "checkpoints" else f"the last {table.x_label}"
+    amount = f"{r['drop']:.2f} points" if is_acc else f"{r['drop']:.0%}"
+    limit = f"{points:g} points" if is_acc else f"{loss:.0%}"
+    best_at = float(s.steps[int(np.argmax(s.values) if is_acc else np.argmin(s.values))])
+    return Finding(
+        id="metric-regression", severity="warning", section="curves",
+        title=f"{name} at {where} is {amount} worse than its best",
+        evidence=f"{name}: last {r['last']:.4g} at {table.x_label} {s.steps[-1]:g}, best {r['best']:.4g} "
+                 f"at {table.x_label} {best_at:g} (source: {table.source}; threshold {limit}). "
+                 "An earlier checkpoint may be the better one to ship, or training diverged.")
