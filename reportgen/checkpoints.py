@@ -145,7 +145,10 @@ def _torch_load(p: Path) -> Any:
         with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
             # Noise for users: old pickle protocols load fine or fail with our message.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            # zip checkpoints (torch.save's format) are memory-mapped: checking that a
+            # series of large checkpoints fits the model then reads shapes, not weights
+            mmap = zipfile.is_zipfile(p)
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip()
         if re.search(r"GLOBAL|allowlist", detail):
@@ -305,6 +308,19 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     ``load_state_dict`` stops at the first size mismatch with a long tensor
     dump; comparing first lets one message list everything that does not fit.
     """
+    sd = check_fit(model, state_dict, path)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"the weights do not fit the model: {_first_line(e)}", path) from None
+
+
+def check_fit(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+              path: PathLike) -> Dict[str, torch.Tensor]:
+    """The state dict aligned to ``model``'s keys; CheckpointError naming every misfit.
+
+    Touches no weights, so validating a long series of checkpoints stays cheap.
+    """
     expected = model.state_dict()
     sd = _align_to_model(dict(state_dict), expected)
     sd = _fill_tolerated(sd, expected)
@@ -314,10 +330,7 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                   for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mismatched:
         raise CheckpointError(_mismatch_message(missing, unexpected, mismatched), path)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights do not fit the model: {_first_line(e)}", path) from None
+    return sd
 
 
 def _align_to_model(sd: Dict[str, torch.Tensor], expected: Mapping[str, Any]

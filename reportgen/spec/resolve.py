@@ -40,7 +40,6 @@ class Resolved:
     theme_css: str = ""
     output_key: Any = None
     notes: List[str] = field(default_factory=list)
-    _initial_state: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def model_at(self, index: int) -> nn.Module:
         """A copy of the model with checkpoint ``index``'s weights (for evolution)."""
@@ -88,7 +87,7 @@ def _probe_forward(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> 
 
 
 def resolve_checkpoints(spec: Spec, model: nn.Module) -> List[CheckpointInfo]:
-    from reportgen.checkpoints import apply_state_dict, expand_checkpoints, load_checkpoint
+    from reportgen.checkpoints import check_fit, expand_checkpoints, load_checkpoint
 
     out: List[CheckpointInfo] = []
     seen = set()
@@ -105,7 +104,7 @@ def resolve_checkpoints(spec: Spec, model: nn.Module) -> List[CheckpointInfo]:
             seen.add(path)
             try:
                 loaded = load_checkpoint(path)
-                apply_state_dict(model, loaded.state_dict, path)
+                check_fit(model, loaded.state_dict, path)
             except InputError as e:
                 raise spec.error(key, str(e)) from None
             metrics = dict(loaded.metrics)
@@ -259,7 +258,6 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     except ModelError as e:
         raise spec.error("device", e.message) from None
     model, size, num_classes = resolve_model(spec, device)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     check_layers(spec, model)
     checkpoints = resolve_checkpoints(spec, model)
     index = audit_index(spec, checkpoints)
@@ -283,4 +281,4 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     return Resolved(spec=spec, model=model, device=device, input_size=size, num_classes=num_classes,
                     classes=classes, checkpoints=checkpoints, audit_index=index, probes=probes,
                     dataset=dataset, metrics_path=metrics_path, theme_css=theme_css,
-                    output_key=spec["model"]["output"], notes=notes, _initial_state=initial)
+                    output_key=spec["model"]["output"], notes=notes)
