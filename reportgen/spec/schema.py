@@ -107,8 +107,11 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
     }),
     "topk": Mapping({
         "layers": LAYERS,
-        "channels": Int(min=1, max=512, default=16),
+        "channels": OneOf(Int(min=1, max=512), ListOf(Int(min=0), min_len=1), default=16,
+                          expected="a count or a list of channel indices"),
         "k": Int(min=1, max=64, default=9),
+        "projection": Choice(["none", "guided", "deconv"], default="none",
+                             doc="(extension) guided-backprop / deconvnet projection of each patch"),
     }),
     "occlusion": Mapping({
         "window": _int_or_pair(),

@@ -1,0 +1,160 @@
+"""Feature visualization: synthesized inputs that drive chosen channels and classes hardest."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from reportgen.analyses import featureviz as fv
+from reportgen.analyses.activations import stage_layers
+from reportgen.render.featureviz import render_featureviz
+from reportgen.models import require_hooks
+from reportgen.sections.base import BuildContext, Section, register_section
+
+# Until reportgen/spec/schema.py lists this section, options arrive as {}: these fill the gaps.
+DEFAULTS: Dict[str, Any] = {
+    "layers": "auto", "channels": 4, "classes": "predicted", "max_classes": 4,
+    "steps": 128, "size": 128, "lr": 0.05, "tv": 0.0, "fft": True, "decorrelate": True,
+    "batch_size": 16, "budget": "auto", "reference_images": 64,
+}
+# Default compute budget in GMACs of forward-pass work (backward counted as 2 more):
+# about a minute on two CPU cores, a few seconds on a GPU.
+BUDGET_GMACS = {"cpu": 300.0, "cuda": 20000.0}
+CHANNEL_RULE = "highest mean activation over the probe images (ties: lower channel index)"
+
+
+def choose_layers(ctx: BuildContext, layers: Any) -> List[str]:
+    """auto: the deepest resolution stage, plus a middle one when the model has three or more."""
+    if layers != "auto":
+        return [layers] if isinstance(layers, str) else list(layers)
+    stages = stage_layers(ctx.model, ctx.example())
+    picks = [stages[len(stages) // 2], stages[-1]] if len(stages) >= 3 else stages[-1:]
+    return list(dict.fromkeys(picks))
+
+
+def reference_batches(ctx: BuildContext, limit: int, batch_size: int = 32) -> Dict[str, List[torch.Tensor]]:
+    """Normalized real images to compare against: all probes, and up to ``limit`` dataset images."""
+    out: Dict[str, List[torch.Tensor]] = {"probes": [], "dataset": []}
+    if ctx.probes:
+        out["probes"].append(ctx.probe_batch())
+    if ctx.dataset and limit > 0:
+        from reportgen.sections.embeddings import dataset_for
+
+        data = dataset_for(ctx)
+        picks = np.linspace(0, len(data) - 1, min(limit, len(data))).round().astype(int)
+        tensors = [data.load(int(i))[0] for i in sorted(set(picks.tolist()))]
+        for start in range(0, len(tensors), batch_size):
+            out["dataset"].append(torch.stack(tensors[start:start + batch_size]).to(ctx.device))
+    return out
+
+
+def choose_channels(ctx: BuildContext, layer: str, count: Any, refs: Sequence[torch.Tensor]) -> List[int]:
+    """A list in the spec is used as is; a count picks the most active channels on ``refs``."""
+    if isinstance(count, list):
+        return [int(c) for c in count]
+    if not refs:
+        return list(range(int(count)))
+    means = fv.channel_means(ctx.model, refs, layer, ctx.output_key)
+    return fv.top_channels(means, int(count))
+
+
+def choose_classes(ctx: BuildContext, spec_classes: Any, limit: int) -> List[int]:
+    """predicted: each probe's target (or its predicted class), first occurrences, at most ``limit``."""
+    if spec_classes in (None, False, "none") or spec_classes == []:
+        return []
+    if isinstance(spec_classes, list):
+        return [c if isinstance(c, int) else ctx.classes.index(c) for c in spec_classes]
+    if not ctx.probes:
+        return []
+    from reportgen.analyses.summary import top_predictions
+
+    preds = top_predictions(ctx.model, ctx.probe_batch(), 1, ctx.output_key).indices[:, 0]
+    picked = [p.target if p.target is not None else int(c) for p, c in zip(ctx.probes, preds)]
+    return list(dict.fromkeys(picked))[:limit]
+
+
+def plan(ctx: BuildContext, opts: Dict[str, Any], n: int) -> Dict[str, Any]:
+    """Synthesis size and steps that fit the compute budget (see fv.plan_budget)."""
+    c, h, w = ctx.input_size
+    size = min(int(opts["size"]), h, w)
+    cache: Dict[int, Optional[int]] = {}
+
+    def macs_at(s: int) -> Optional[int]:
+        if s not in cache:
+            cache[s] = fv.forward_macs(ctx.model, c, s, ctx.output_key)
+        return cache[s]
+
+    if macs_at(size) is None:         # a fixed-size model: only its own input size works
+        size = h
+    budget = opts["budget"]
+    gmacs = BUDGET_GMACS.get(ctx.device.type, BUDGET_GMACS["cuda"]) if budget == "auto" else float(budget)
+    new_size, steps = fv.plan_budget(macs_at, size, int(opts["steps"]), n, gmacs * 1e9,
+                                     min_size=min(64, size))
+    step_macs = (macs_at(new_size) or 0) * n
+    return {"size": new_size, "steps": steps, "requested_size": size, "requested_steps": int(opts["steps"]),
+            "scaled": (new_size, steps) != (size, int(opts["steps"])), "budget_gmacs": gmacs,
+            "threads": 1 if ctx.device.type == "cpu" and step_macs < fv.SMALL_WORK_MACS else None}
+
+
+def _reference_text(counts: Dict[str, int]) -> str:
+    parts = [f"{counts[k]} {k[:-1] if k == 'probes' else k} image(s)" for k in ("probes", "dataset") if counts[k]]
+    return " and ".join(parts)
+
+
+@register_section("featureviz")
+class FeatureVizSection(Section):
+    title = "Feature visualization"
+    partial = "sections/featureviz.html.j2"
+    order = 75
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        require_hooks(ctx.model, "Feature visualization")
+        opts = {**DEFAULTS, **options}
+        refs = reference_batches(ctx, int(opts["reference_images"]))
+        chooser = refs["probes"] or refs["dataset"]
+        layers = choose_layers(ctx, opts["layers"])
+        objectives = [fv.Objective("channel", ch, layer) for layer in layers
+                      for ch in choose_channels(ctx, layer, opts["channels"], chooser)]
+        objectives += [fv.Objective("class", k) for k in choose_classes(ctx, opts["classes"],
+                                                                       int(opts["max_classes"]))]
+        if not objectives:
+            raise ValueError("nothing to visualize: no channels and no classes chosen")
+        budget = plan(ctx, opts, len(objectives))
+        params = fv.FeatureVizParams(steps=budget["steps"], size=budget["size"], lr=float(opts["lr"]),
+                                     tv=float(opts["tv"]), fft=bool(opts["fft"]),
+                                     decorrelate=bool(opts["decorrelate"]),
+                                     batch_size=int(opts["batch_size"]), seed=ctx.seed)
+        pre = ctx.spec["preprocess"]
+        with fv.cpu_threads(budget["threads"]):
+            result = fv.visualize(ctx.model, objectives, ctx.input_size[0], pre["mean"], pre["std"], params,
+                                  ctx.output_key, reference=refs["probes"] + refs["dataset"], device=ctx.device)
+        n_refs = {k: sum(len(b) for b in v) for k, v in refs.items()}
+        return {"featureviz": result, "layers_auto": opts["layers"] == "auto", "plan": budget,
+                "channel_rule": CHANNEL_RULE if not isinstance(opts["channels"], list) else "listed in the spec",
+                "chooser": "probes" if refs["probes"] else ("dataset" if refs["dataset"] else "none"),
+                "references": n_refs["probes"] + n_refs["dataset"], "reference_sources": n_refs,
+                "classes_rule": opts["classes"] if isinstance(opts["classes"], str) else "listed"}
+
+    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
+        view = render_featureviz(result["featureviz"], ctx.classes)
+        view.update(plan=result["plan"], layers_auto=result["layers_auto"], channel_rule=result["channel_rule"],
+                    chooser=result["chooser"], references=result["references"], device=ctx.device.type,
+                    reference_text=_reference_text(result["reference_sources"]))
+        return view
+
+    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        r: fv.FeatureVizResult = result["featureviz"]
+        ratio = r.ratio()
+        layers = list(dict.fromkeys(l for l in r.layers if l is not None))
+        return {
+            "layers": layers, "layers_auto": result["layers_auto"], "channel_rule": result["channel_rule"],
+            "channels": {l: [i for i, k, ll in zip(r.indices, r.kinds, r.layers) if k == "channel" and ll == l]
+                         for l in layers},
+            "classes": [i for i, k in zip(r.indices, r.kinds) if k == "class"],
+            "size": r.size, "steps": r.steps, "scaled_to_budget": result["plan"]["scaled"],
+            "budget_gmacs": result["plan"]["budget_gmacs"], "reference_images": result["references"],
+            "achieved": [float(v) for v in r.activation],
+            "ratio_to_reference_max": None if ratio is None else
+            [float(v) if np.isfinite(v) else None for v in ratio],
+        }
