@@ -119,11 +119,20 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
         "baseline": OneOf(Choice(["mean", "zero", "grey", "gray", "blur"]), Float(), default="mean",
                           expected="mean, zero, grey, blur or a number"),
         "target": Choice(["predicted"], default="predicted", doc="(extension)"),
+        "incremental": Choice([False, True, AUTO], default=AUTO,
+                              doc="(extension) recompute only what each occluder changes (exact)"),
+        "top_classes": Int(min=1, max=10, default=1, doc="(extension)"),
+        "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
+                                    expected="'auto' or a number of deletion/insertion steps"),
     }),
     "cam": Mapping({
         "methods": ListOf(Choice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"]),
         "layer": LAYER,
         "top_classes": Int(min=1, max=10, default=1, doc="(extension) maps for the top-k classes"),
+        "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
+                                    expected="'auto' or a number of deletion/insertion steps"),
+        "sanity_threshold": Float(min=-1, max=1, default=0.5,
+                                  doc="(extension) Spearman above which a method fails the randomization check"),
     }),
     "gradients": Mapping({
         "methods": ListOf(Choice(GRADIENT_METHODS), min_len=1, coerce=True,
@@ -131,6 +140,11 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
         "steps": Int(min=2, default=32),
         "samples": Int(min=1, default=16),
         "noise": Float(min=0, default=0.15),
+        "top_classes": Int(min=1, max=10, default=1, doc="(extension)"),
+        "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
+                                    expected="'auto' or a number of deletion/insertion steps"),
+        "sanity_threshold": Float(min=-1, max=1, default=0.5,
+                                  doc="(extension) Spearman above which a method fails the randomization check"),
     }),
     "evolution": Mapping({
         "layer": LAYER,
@@ -216,6 +230,11 @@ FINDINGS = Mapping({
     "regression_points": Float(min=0, default=2.0,
                                doc="(extension) accuracy points the last value may trail the best"),
     "regression_loss": Float(min=0, default=0.10, doc="(extension) relative rise of a loss over its best"),
+    "sanity_spearman": Float(min=-1, max=1, default=0.5,
+                             doc="(extension) map similarity after weight randomization that fails a method"),
+    "border_band": Float(min=0, max=0.5, default=0.1, doc="(extension) width of the border band, fraction of side"),
+    "border_ratio": Float(min=0, default=2.0, doc="(extension) border share over the band's area share"),
+    "border_share": Float(min=0, max=1, default=0.5, doc="(extension) minimum border share of attribution mass"),
 })
 
 SPEC = Mapping({
