@@ -1,0 +1,67 @@
+"""`reportgen demo` end to end: trains, writes its project, builds a small report that
+opens offline in a real browser; a second run reuses everything."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reportgen.cli import main
+from tests.browser import check_report, chromium_available
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    started = time.perf_counter()
+    assert main(["demo", "-o", str(out), "--quiet"]) == 0
+    return out, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_demo_writes_a_complete_project(demo):
+    out, _ = demo
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    assert spec["model"]["factory"] == "reportgen.demo.net:ShapesNet"
+    checkpoints = sorted((out / "checkpoints").glob("*.pt"))
+    assert len(checkpoints) >= 5
+    assert len(list((out / "probes").glob("*.png"))) >= 4
+    assert len((out / "classes.txt").read_text().split()) >= 4
+    assert (out / "boxes.json").exists() and (out / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_demo_report_is_small_and_accurate(demo):
+    out, _ = demo
+    index = out / "site" / "index.html"
+    assert index.stat().st_size < 3 * 1024 * 1024
+    data = json.loads((out / "site" / "report.json").read_text())
+    final = data["model"]["checkpoints"][-1]["metrics"]
+    assert final["val_acc"] >= 0.9, final
+    assert data["model"]["checkpoints"][0]["metrics"].get("epoch") == 0  # initialization included
+    assert not [f for f in data["findings"] if f["id"].startswith("section-failed")], data["findings"]
+
+
+@pytest.mark.slow
+def test_second_demo_run_reuses_the_model(demo):
+    out, first = demo
+    before = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")}
+    started = time.perf_counter()
+    assert main(["demo", "-o", str(out), "--quiet"]) == 0
+    assert time.perf_counter() - started < first
+    assert {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")} == before
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
+def test_demo_report_opens_offline(demo):
+    out, _ = demo
+    ARTIFACTS.mkdir(exist_ok=True)
+    result = check_report(out / "site" / "index.html", ARTIFACTS / "demo-report.png")
+    assert result.requests == [] and result.console_errors == [], (result.requests, result.console_errors)
