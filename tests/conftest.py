@@ -62,3 +62,38 @@ def make_images() -> Callable[..., torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         return torch.randn((n, c, h, w), generator=g)
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Builds in tests never read or fill the user's ~/.cache/reportgen."""
+    import os
+    old = os.environ.get("REPORTGEN_CACHE_DIR")
+    os.environ["REPORTGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("reportgen-cache"))
+    yield
+    if old is None:
+        os.environ.pop("REPORTGEN_CACHE_DIR", None)
+    else:
+        os.environ["REPORTGEN_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The demo project, trained once per test session (about a minute on 2 cores).
+
+    A user's file is put in the folder first: prepare_demo must leave it alone.
+    REPORTGEN_TEST_DEMO_DIR names a folder to reuse across sessions instead
+    (prepare_demo retrains there whenever the demo's code changed).
+    """
+    import os
+    from pathlib import Path
+
+    from reportgen.demo import prepare_demo
+
+    reuse = os.environ.get("REPORTGEN_TEST_DEMO_DIR")
+    out = Path(reuse) if reuse else tmp_path_factory.mktemp("demo")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "notes.txt").exists():
+        (out / "notes.txt").write_text("mine")
+    prepare_demo(out, quiet=True)
+    return out

@@ -16,8 +16,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
+def demo(demo_dir):
+    """`reportgen demo` on the session's demo folder: reuses the model, builds the report."""
+    out = demo_dir
     started = time.perf_counter()
     assert main(["demo", "-o", str(out), "--quiet"]) == 0
     return out, time.perf_counter() - started

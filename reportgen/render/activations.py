@@ -7,28 +7,36 @@ import numpy as np
 
 from reportgen.analyses.activations import ActivationsResult
 from reportgen.render.colormap import apply_cmap
-from reportgen.render.images import pack_grid, png_uri, upscale_nearest
+from reportgen.render.images import pack_grid, png_uri, webp_uri
 
 
 def _grid(maps: np.ndarray) -> np.ndarray:
-    """(K, h, w) -> one RGB image; one colour scale for the whole grid so channels compare."""
+    """(K, h, w) -> one RGB image at native size; one colour scale for the whole grid
+    so channels compare. The browser enlarges it (see `scale`): cheaper than pixels."""
     vmax = float(maps.max()) if maps.size else 1.0
     vmin = min(0.0, float(maps.min())) if maps.size else 0.0
-    h = maps.shape[1]
-    factor = max(1, 32 // max(h, 1))
-    tiles = [upscale_nearest(apply_cmap(m, "viridis", vmin, vmax), factor) for m in maps]
+    tiles = [apply_cmap(m, "viridis", vmin, vmax) for m in maps]
     cols = min(16, len(tiles))
-    grid, _ = pack_grid(tiles, cols=cols, pad=2, background=1.0)
+    grid, _ = pack_grid(tiles, cols=cols, pad=1, background=1.0)
     return grid
+
+
+def _scale(h: int) -> int:
+    """Display magnification so small maps (7x7) stay readable."""
+    return max(1, 32 // max(h, 1))
 
 
 def render_activations(result: ActivationsResult, probes) -> Dict:
     layers: List[Dict] = []
     for la in result.layers:
         per_probe = []
+        scale = _scale(la.maps.shape[2])
         for i, probe in enumerate(probes):
             grid = _grid(la.maps[i])
-            per_probe.append({"probe": probe.name, "image": png_uri(grid),
+            # large maps are photo-like: lossy WebP is a fraction of PNG; tiny ones stay exact
+            uri = webp_uri(grid, quality=80) if la.maps.shape[2] >= 16 else png_uri(grid)
+            per_probe.append({"probe": probe.name, "image": uri,
+                              "width": grid.shape[1] * scale, "height": grid.shape[0] * scale,
                               "channels": [int(c) for c in la.channels[i]]})
         layers.append({"layer": la.layer, "shape": la.shape, "sparsity": la.sparsity,
                        "dead": int(la.dead.sum()), "channels_total": la.shape[0],

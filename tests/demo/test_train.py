@@ -97,11 +97,9 @@ def test_folder_without_manifest_or_with_other_key_is_not_reused(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_demo_end_to_end_and_reuse(tmp_path):
-    out = tmp_path / "demo"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")  # a user's file: must survive
-    spec_path = prepare_demo(out, quiet=True)
+def test_prepare_demo_end_to_end_and_reuse(demo_dir):
+    out = demo_dir  # trained once per session; conftest put a user's notes.txt there first
+    spec_path = out / "spec.yaml"
 
     spec = yaml.safe_load(spec_path.read_text())
     assert {"title", "description", "model", "checkpoints", "probes", "classes", "preprocess",
