@@ -41,6 +41,16 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    # Decoupled weight decay on the first conv only. Why: BN follows it, so its
+    # scale does not change what the net computes, and nothing else removes the
+    # random init from it: with 1e-4 (x the schedule's summed lr 0.76, 0.008%)
+    # the trained 5x5 filters stayed ~85% init noise by variance (median
+    # roughness 0.84; half of them no smoother than their own shuffled taps) and
+    # the report rightly called them noisy. 1.0 shrinks the init to ~47% by norm
+    # while the gradients keep the learned, smooth part: median roughness 0.70,
+    # 1 of 16 filters in the noise band, val_acc 99.5%, CAM pointing 96.5%.
+    # (3.0 gave smoother filters but CAM pointing fell to 86.5%, 2.0 to 89.5%.)
+    first_layer_weight_decay: float = 1.0
     augment: bool = True
     erase_background: bool = True
 
@@ -151,7 +161,7 @@ def _fit(model: nn.Module, data: DemoData, config: TrainConfig, ckpt_dir: Path,
     """The training loop proper; one checkpoint per epoch, epoch 0 before any step."""
     gen = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(config.n_train / config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch)
     # Epoch 0 has no running loss; measure the untrained net on a train slice instead.
@@ -166,6 +176,14 @@ def _fit(model: nn.Module, data: DemoData, config: TrainConfig, ckpt_dir: Path,
             history.append(_record(model, epoch, loss, acc, data, ckpt_dir))
             bar.set_postfix(val_acc=f"{history[-1]['val_acc']:.3f}")
     return history
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> List[Dict]:
+    """The first conv's weight with its own (strong) weight decay, everything else with the default."""
+    first = "features.conv1.weight"
+    return [{"params": [p for n, p in model.named_parameters() if n != first]},
+            {"params": [p for n, p in model.named_parameters() if n == first],
+             "weight_decay": config.first_layer_weight_decay}]
 
 
 def _train_epoch(model: nn.Module, data: DemoData, config: TrainConfig, optimizer, scheduler,

@@ -135,6 +135,7 @@ def heat_levels(values: np.ndarray, threshold: float) -> Tuple[np.ndarray, List[
     Relative changes span decades (1e-5 for a converged stem, 1e-1 for a head
     early on), so a linear scale would show one hot cell and a cold table.
     """
+    threshold = max(threshold, 1e-12)  # frozen_change may be 0: log scales need a floor
     moving = values[values >= threshold]
     lo = float(moving.min()) if moving.size else threshold
     hi = float(moving.max()) if moving.size else threshold

@@ -252,8 +252,9 @@ class AttributionSection(Section):
     def _sanity(self, result: AttributionResult, ctx: BuildContext, images: torch.Tensor,
                 options: Dict[str, Any], plan: Dict[str, Any]) -> None:
         """Adebayo et al.: one randomized copy per section (seeded), each method's maps compared."""
-        threshold = float(options.get("sanity_threshold",
-                                      _finding_threshold(ctx, "sanity_spearman", fa.SANITY_THRESHOLD)))
+        own = options.get("sanity_threshold")  # the section's own value wins over findings:
+        threshold = float(own) if own is not None else float(
+            _finding_threshold(ctx, "sanity_spearman", fa.SANITY_THRESHOLD))
         result.sanity_threshold = threshold
         try:
             randomized = fa.randomize_weights(ctx.model, seed=ctx.seed)

@@ -75,6 +75,7 @@ class FiltersSection(Section):
         return {"layer": f.layer, "layer_auto": result["auto"], "filters": int(len(f.norms)),
                 "noisy": int(f.noisy.sum()), "dead": int(f.dead.sum()),
                 "noise_median": float(np.median(f.noise)), "noise_threshold": f.noise_threshold,
+                "noise_band": round(f.noise_band, 4),
                 "noisy_indices": np.flatnonzero(f.noisy).tolist(),
                 "dead_indices": np.flatnonzero(f.dead).tolist()}
 
@@ -87,9 +88,12 @@ class FiltersSection(Section):
             out.append(Finding(
                 id="noisy-filters", severity="warning", section="filters", layer=f.layer,
                 title=f"{int(f.noisy.sum())} of {n} first-layer filters look noisy",
-                evidence=f"roughness > {f.noise_threshold:g} for {f.noisy.sum() / n:.0%} of filters "
-                         f"(median {np.median(f.noise):.2f}; white noise scores ~1). Noisy first-layer "
-                         "filters suggest under-training or too little regularization."))
+                evidence=f"{f.noisy.sum() / n:.0%} of filters score a roughness above {f.noise_threshold:g} "
+                         f"and inside the band of i.i.d. noise for a {'x'.join(map(str, f.weights.shape[1:]))} "
+                         f"kernel (above {f.noise_band:.2f}, which {1 - flt.NOISE_ALPHA:.0%} of random "
+                         f"filters exceed); median {np.median(f.noise):.2f}, white noise ~1. Filters that "
+                         "cannot be told from their random init suggest under-training or too little "
+                         "regularization (weight decay) on the first layer."))
         if f.dead.any():
             out.append(Finding(
                 id="dead-filters", severity="warning" if f.dead.sum() / n > limit else "info",

@@ -99,7 +99,9 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
         "layer": LAYER,
         "normalize": Choice(["per_filter", "common"], default="per_filter"),
         "sort": Choice(["norm", "noise", "index"], default="norm"),
-        "noise_threshold": Float(min=0, default=0.75, doc="(extension) score above which a filter is noisy"),
+        "noise_threshold": Float(min=0, default=0.75,
+                                 doc="(extension) roughness above which a filter may be noisy; it is flagged only "
+                                     "when also inside the i.i.d.-noise band for its kernel shape"),
     }),
     "activations": Mapping({
         "layers": LAYERS,
@@ -131,7 +133,8 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
         "top_classes": Int(min=1, max=10, default=1, doc="(extension) maps for the top-k classes"),
         "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
                                     expected="'auto' or a number of deletion/insertion steps"),
-        "sanity_threshold": Float(min=-1, max=1, default=0.5,
+        "sanity_threshold": OneOf(Choice([None]), Float(min=-1, max=1), default=None,
+                                  expected="null (use findings.sanity_spearman) or a number in [-1, 1]",
                                   doc="(extension) Spearman above which a method fails the randomization check"),
     }),
     "gradients": Mapping({
@@ -143,7 +146,8 @@ SECTION_SCHEMAS: Dict[str, Mapping] = {
         "top_classes": Int(min=1, max=10, default=1, doc="(extension)"),
         "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
                                     expected="'auto' or a number of deletion/insertion steps"),
-        "sanity_threshold": Float(min=-1, max=1, default=0.5,
+        "sanity_threshold": OneOf(Choice([None]), Float(min=-1, max=1), default=None,
+                                  expected="null (use findings.sanity_spearman) or a number in [-1, 1]",
                                   doc="(extension) Spearman above which a method fails the randomization check"),
     }),
     "evolution": Mapping({
