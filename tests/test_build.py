@@ -183,3 +183,24 @@ def test_python_api_accepts_a_dict(tmp_path, monkeypatch):
     assert report.path == tmp_path / "out" / "index.html" and report.path.exists()
     assert report.data["model"]["audit_checkpoint"] == "epoch_1"
     assert "<!doctype html>" in report._repr_html_().lower() or "iframe" in report._repr_html_()
+
+
+def test_hostile_dataset_names_are_escaped_everywhere(tmp_path):
+    """Class folders and file names reach top-k captions, embeddings tooltips and legends."""
+    from PIL import Image
+    evil = "<img src=x onerror=alert(9)>"
+    rng = np.random.default_rng(1)
+    for cls in (evil, "plain"):
+        folder = tmp_path / "data" / cls
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                folder / f"{i}<svg onload=alert({i})>.png")
+    spec = make_project(tmp_path, GOOD.replace("[cat, dog, bird]", f'["{evil}", plain, "x"]')
+                        + "dataset: {root: data, limit: 6}\n")
+    report = build(spec, tmp_path)
+    html = report.path.read_text()
+    assert "<img src=x" not in html and "<svg onload" not in html
+    assert report.data["sections"]["topk"].get("error") is None, report.data["sections"]["topk"]
+    assert report.data["sections"]["embeddings"].get("error") is None, report.data["sections"]["embeddings"]
+    assert not EXTERNAL.search(html)
