@@ -251,6 +251,50 @@ def check_layers(spec: Spec, model: nn.Module) -> None:
                     raise spec.error(path, str(e)) from None
 
 
+# sections whose named layers must produce a spatial (N, C, H, W) map
+SPATIAL_LAYER_KEYS = {"cam": ("layer",), "activations": ("layers",), "topk": ("layers",),
+                      "featureviz": ("layers",), "evolution": ("activations_layer",)}
+
+
+def check_spatial_layers(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> None:
+    """A named CAM/activation layer without a spatial output is a spec error, found now."""
+    from reportgen.layers import output_shapes
+
+    named = [(section, key, value) for section, keys in SPATIAL_LAYER_KEYS.items()
+             for key in keys
+             for value in [(spec["sections"].get(section) or {}).get(key)]
+             if value not in (None, "auto")]
+    if not named:
+        return
+    try:
+        shapes = output_shapes(model, torch.zeros((1, *size)))
+    except Exception:  # hooks unsupported (TorchScript): the sections say so themselves
+        return
+    for section, key, value in named:
+        for i, layer in enumerate(value if isinstance(value, list) else [value]):
+            shape = shapes.get(layer)
+            path = f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+            if shape is None:
+                raise spec.error(path, f"layer {layer!r} is not called in the model's forward pass")
+            if len(shape) != 4 or shape[2] * shape[3] < 1:
+                raise spec.error(path, f"layer {layer!r} has output shape {list(shape)}, not a spatial "
+                                       "(N, C, H, W) map; pick a convolutional layer")
+
+
+def check_occlusion(spec: Spec, size: Tuple[int, int, int]) -> None:
+    """Windows and strides must fit the input the model sees."""
+    options = spec["sections"].get("occlusion")
+    if not options:
+        return
+    h, w = size[1], size[2]
+    for key in ("window", "stride"):
+        value = options[key]
+        wh = value if isinstance(value, list) else [value, value]
+        if wh[0] > h or wh[1] > w:
+            raise spec.error(f"sections.occlusion.{key}", f"{key} {wh[0]}x{wh[1]} is larger than the "
+                                                          f"model's input {h}x{w}")
+
+
 def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     """Check everything the spec refers to and load it; raises SpecError (exit 2)."""
     try:
@@ -259,6 +303,8 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
         raise spec.error("device", e.message) from None
     model, size, num_classes = resolve_model(spec, device)
     check_layers(spec, model)
+    check_spatial_layers(spec, model, size)
+    check_occlusion(spec, size)
     checkpoints = resolve_checkpoints(spec, model)
     index = audit_index(spec, checkpoints)
     notes: List[str] = []

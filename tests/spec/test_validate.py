@@ -97,6 +97,10 @@ BAD_SPECS = [
     ("targets-count", GOOD.replace("  images: [probes/*.png]\n",
                                    "  images: [probes/*.png]\n  targets: [cat, dog, bird]\n"),
      "probes.targets", 10, ["3 targets", "2 probe"]),
+    ("cam-layer-not-spatial", GOOD + "sections:\n  cam: {layer: fc}\n", "sections.cam.layer", 12,
+     ["'fc'", "[1, 3]", "spatial"]),
+    ("occlusion-window-too-large", GOOD + "sections:\n  occlusion: {window: 32, stride: 8}\n",
+     "sections.occlusion.window", 12, ["32x32", "16x16"]),
     ("model-fails-on-input", GOOD.replace("[3, 16, 16]", "[2, 16, 16]")
      .replace("classes: [cat, dog, bird]", "classes: [cat, dog, bird]\npreprocess: {mean: [0, 0], std: [1, 1]}"),
      "model.input_size", 5, ["fails on an input"]),
