@@ -241,14 +241,29 @@ def test_fail_on_follows_the_spec_thresholds(tmp_path):
 
 # --------------------------------------------------------------------------- dead channels
 
+def _third_probe(spec):
+    from PIL import Image
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(spec.parent / "probes" / "c.png")
+    return spec
+
+
 def test_dead_channels_on_the_probes(tmp_path):
-    found = findings(tiny_series(tmp_path / "dead", n=1, conv_bias=[-100, -100, 0, 0]), ["activations"])
+    spec = _third_probe(tiny_series(tmp_path / "dead", n=1, conv_bias=[-100, -100, 0, 0]))
+    found = findings(spec, ["activations"])
     dead = [f for i, f in found.items() if i.startswith("dead-channels-")]
     assert len(dead) == 1 and dead[0]["severity"] == "warning" and "2 of 4" in dead[0]["title"]
-    assert findings(tiny_series(tmp_path / "alive", n=1, conv_bias=[0, 0, 0, 0]), ["activations"]) == {}
-    relaxed = tiny_series(tmp_path / "relaxed", n=1, conv_bias=[-100, -100, 0, 0],
-                          extra="findings: {dead_channel_fraction: 0.5}\n")
+    alive = _third_probe(tiny_series(tmp_path / "alive", n=1, conv_bias=[0, 0, 0, 0]))
+    assert findings(alive, ["activations"]) == {}
+    relaxed = _third_probe(tiny_series(tmp_path / "relaxed", n=1, conv_bias=[-100, -100, 0, 0],
+                                       extra="findings: {dead_channel_fraction: 0.5}\n"))
     assert findings(relaxed, ["activations"]) == {}
+
+
+def test_dead_channels_on_too_few_probes_are_only_a_hint(tmp_path):
+    found = findings(tiny_series(tmp_path / "dead", n=1, conv_bias=[-100, -100, 0, 0]), ["activations"])
+    dead = [f for i, f in found.items() if i.startswith("dead-channels-")]
+    assert len(dead) == 1 and dead[0]["severity"] == "info" and "only a hint" in dead[0]["evidence"]
 
 
 def test_dead_channels_on_the_dataset(tmp_path):

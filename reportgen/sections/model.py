@@ -104,6 +104,9 @@ class FiltersSection(Section):
         return out
 
 
+MIN_PROBES_FOR_DEAD = 3  # below this, never-firing channels are reported as info only
+
+
 @register_section("activations")
 class ActivationsSection(Section):
     title = "Activations"
@@ -139,12 +142,17 @@ class ActivationsSection(Section):
             return []
         limit = ctx.spec["findings"]["dead_channel_fraction"]
         out = []
+        # sparse, selective channels are healthy: silence on one or two images proves little
+        few = result.n_probes < MIN_PROBES_FOR_DEAD
         for la in result.layers:
             frac = float(la.dead.mean())
             if frac > limit:
                 out.append(Finding(
-                    id=f"dead-channels-{la.layer}", severity="warning", section="activations",
-                    layer=la.layer, title=f"{int(la.dead.sum())} of {la.shape[0]} channels never fire",
+                    id=f"dead-channels-{la.layer}", severity="info" if few else "warning",
+                    section="activations", layer=la.layer,
+                    title=f"{int(la.dead.sum())} of {la.shape[0]} channels never fire",
                     evidence=f"{frac:.0%} of channels of {la.layer} are never positive on the "
-                             f"{result.n_probes} probe image(s) (threshold {limit:.0%})"))
+                             f"{result.n_probes} probe image(s) (threshold {limit:.0%})"
+                             + (f"; with fewer than {MIN_PROBES_FOR_DEAD} probes this is only a hint: "
+                                "add probes or a dataset (the top-k pass checks every image)" if few else "")))
         return out
