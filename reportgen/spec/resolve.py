@@ -300,6 +300,8 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     try:
         device = pick_device(device_override or spec["device"])
     except ModelError as e:
+        if device_override:  # the command line asked, not the spec
+            raise SpecError(e.message, spec.file, "--device") from None
         raise spec.error("device", e.message) from None
     model, size, num_classes = resolve_model(spec, device)
     check_layers(spec, model)
