@@ -290,9 +290,12 @@ def check_occlusion(spec: Spec, size: Tuple[int, int, int]) -> None:
     for key in ("window", "stride"):
         value = options[key]
         wh = value if isinstance(value, list) else [value, value]
-        if wh[0] > h or wh[1] > w:
-            raise spec.error(f"sections.occlusion.{key}", f"{key} {wh[0]}x{wh[1]} is larger than the "
-                                                          f"model's input {h}x{w}")
+        if wh[0] <= h and wh[1] <= w:
+            continue
+        path = f"sections.occlusion.{key}"
+        if path in spec.lines:  # the user asked for it: say what is wrong
+            raise spec.error(path, f"{key} {wh[0]}x{wh[1]} is larger than the model's input {h}x{w}")
+        options[key] = [min(wh[0], h), min(wh[1], w)]  # a default on a small input: fit it
 
 
 def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:

@@ -158,3 +158,10 @@ def test_failed_build_keeps_previous_report(project, capsys):
     assert main(["build", str(project / "spec.yaml"), "--quiet"]) == 2
     assert (out / "index.html").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "report.json"]
+
+
+def test_default_occlusion_window_fits_a_small_input(project, capsys):
+    """Only a window the user wrote can be too large; the default shrinks to the input."""
+    spec = project / "small.yaml"
+    spec.write_text(GOOD.replace("[3, 16, 16]", "[3, 8, 8]"))
+    assert main(["validate", str(spec)]) == 0
