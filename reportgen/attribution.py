@@ -22,6 +22,7 @@ from reportgen.analyses import cam as _cam
 from reportgen.analyses import gradients as _grad
 from reportgen.hooks import eval_mode
 from reportgen.layers import get_layer
+from reportgen.models import model_device
 
 Method = Callable[..., Any]
 
@@ -125,14 +126,6 @@ def _check_images(images: Any) -> torch.Tensor:
     return images
 
 
-def _model_device(model: nn.Module, images: torch.Tensor) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return images.device
-
-
 def explain(model: nn.Module, images: torch.Tensor, method: str, target: Any = None,
             layer: Optional[str] = None, **params: Any) -> np.ndarray:
     """Attribution maps for ``images`` as a float32 numpy array (SPEC.md, Library API).
@@ -154,7 +147,7 @@ def explain(model: nn.Module, images: torch.Tensor, method: str, target: Any = N
         n_targets = target.numel() if torch.is_tensor(target) else len(target)
         if n_targets != images.shape[0]:
             raise ValueError(f"target has {n_targets} entries but there are {images.shape[0]} images")
-    images = images.detach().to(_model_device(model, images))
+    images = images.detach().to(model_device(model, images.device))
     kwargs = dict(params, output_key=output_key)
     if layer is not None:
         kwargs["layer"] = layer

@@ -175,3 +175,15 @@ def require_hooks(model: nn.Module, what: str) -> None:
     if is_scripted(model):
         raise NotApplicable(f"{what} needs forward hooks, which TorchScript models do not support; "
                             "give the model as `torchvision:` or `factory:` with a checkpoint to see it")
+
+
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """Where the model's weights live (parameters, else buffers), else ``fallback``.
+
+    Inputs are moved there rather than the model moved to them: the user placed it.
+    """
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return fallback

@@ -42,6 +42,7 @@ from torch import nn
 from reportgen.checkpoints import LoadedCheckpoint, apply_state_dict, load_checkpoint
 from reportgen.hooks import eval_mode, hooks
 from reportgen.layers import get_layer
+from reportgen.models import model_device
 from reportgen.outputs import select_output
 
 EPS = 1e-12            # a norm below this is "zero": relative change is then measured against 1
@@ -268,7 +269,7 @@ def evolution(model: nn.Module, paths: Sequence[Path], labels: Sequence[str], fi
         raise ValueError(f"layer {filter_layer!r} has no weight parameter to show as filters")
     want_maps = probe is not None and fmap_layer is not None
     work = copy.deepcopy(model).eval() if want_maps else None   # holds W_{t-1} between steps
-    batch = probe[None].to(next(model.parameters()).device) if want_maps else None
+    batch = probe[None].to(model_device(model, probe.device)) if want_maps else None
     tally = _Tally(len(paths), names, histogram_params(model, max_hist_layers), bins)
     setup = _read_last(load, paths[-1], keys, tally.hist_names, work, batch, fmap_layer, channels,
                        output_key) if len(paths) > 1 else None

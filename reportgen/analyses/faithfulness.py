@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.hooks import eval_mode
+from reportgen.models import model_device
 from reportgen.outputs import OutputKey, select_output
 
 MethodFn = Callable[[nn.Module, torch.Tensor, List[int]], Any]
@@ -117,14 +118,6 @@ def trapezoid_auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return fallback
-
-
 @torch.no_grad()
 def _target_probs(model: nn.Module, batch: torch.Tensor, target: int, output_key: OutputKey,
                   batch_size: int) -> np.ndarray:
@@ -162,7 +155,7 @@ def deletion_insertion(model: nn.Module, image: torch.Tensor, saliency: np.ndarr
         sal = sal[0]
     if sal.shape != (h, w):
         raise ValueError(f"saliency has shape {sal.shape}, the image is {(h, w)}")
-    device = _model_device(model, image.device)
+    device = model_device(model, image.device)
     x = image.detach().to(device)
     deleted, del_desc = _fill(x, baseline)
     start, ins_desc = _fill(x, insertion_baseline)

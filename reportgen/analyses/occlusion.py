@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.hooks import eval_mode, hooks
+from reportgen.models import model_device
 from reportgen.outputs import OutputKey, ScoresModel, select_output
 
 Size2 = Union[int, Tuple[int, int], Sequence[int]]
@@ -305,7 +306,7 @@ def occlusion_details(model: nn.Module, images: torch.Tensor, target: Target = N
         raise ValueError(f"occlusion: window {win} is larger than the image ({h}, {w})")
     if incremental not in (False, True, "auto"):
         raise ValueError(f"occlusion: incremental must be False, True or 'auto', got {incremental!r}")
-    device = _model_device(model, images)
+    device = model_device(model, images.device)
     images = images.to(device)
     base, base_desc = make_baseline(images, baseline, win)
     ys, xs = window_starts(h, win[0], st[0]), window_starts(w, win[1], st[1])
@@ -343,12 +344,6 @@ def occlusion_details(model: nn.Module, images: torch.Tensor, target: Target = N
         window=win, stride=st, baseline=base_desc, forward_passes=n + n * len(starts),
         batches=batches, batch_size=batch,
         incremental=engine is not None, notes=notes)
-
-
-def _model_device(model: nn.Module, images: torch.Tensor) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return images.device
 
 
 def _prob_and_top(logits: torch.Tensor, t: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:

@@ -6,18 +6,10 @@ from typing import Any, Dict, List, Optional
 from reportgen.analyses import embeddings as emb
 from reportgen.render.embeddings import render_embeddings
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
+from reportgen.sections.topk import dataset_for
 
-# Until reportgen/spec/schema.py lists this section, options arrive as {}: these fill the gaps.
+# The schema's defaults, for callers that construct the section without spec options.
 DEFAULTS: Dict[str, Any] = {"method": "pca", "layer": "auto", "perplexity": 30.0, "thumbnail": 32}
-
-
-def dataset_for(ctx: BuildContext):
-    """The spec's dataset, decoded and preprocessed exactly like the probes."""
-    from reportgen.analyses.topk import ImageDataset
-
-    pre = ctx.spec["preprocess"]
-    return ImageDataset(ctx.dataset, ctx.input_size, pre["resize"], pre["center_crop"],
-                        pre["mean"], pre["std"])
 
 
 @register_section("embeddings")

@@ -12,7 +12,7 @@ from reportgen.render.featureviz import render_featureviz
 from reportgen.models import require_hooks
 from reportgen.sections.base import BuildContext, Section, register_section
 
-# Until reportgen/spec/schema.py lists this section, options arrive as {}: these fill the gaps.
+# The schema's defaults, for callers that construct the section without spec options.
 DEFAULTS: Dict[str, Any] = {
     "layers": "auto", "channels": 4, "classes": "predicted", "max_classes": 4,
     "steps": 128, "size": 128, "lr": 0.05, "tv": 0.0, "fft": True, "decorrelate": True,
@@ -39,7 +39,7 @@ def reference_batches(ctx: BuildContext, limit: int, batch_size: int = 32) -> Di
     if ctx.probes:
         out["probes"].append(ctx.probe_batch())
     if ctx.dataset and limit > 0:
-        from reportgen.sections.embeddings import dataset_for
+        from reportgen.sections.topk import dataset_for
 
         data = dataset_for(ctx)
         picks = np.linspace(0, len(data) - 1, min(limit, len(data))).round().astype(int)
