@@ -119,7 +119,6 @@ def make_context(res: Resolved) -> BuildContext:
                        probes=res.probes, classes=res.classes, checkpoints=res.checkpoints,
                        spec=res.spec, output_key=res.output_key, load_checkpoint=res.model_at,
                        dataset=res.dataset, seed=res.spec["seed"])
-    ctx.resolved = res  # type: ignore[attr-defined]
     return ctx
 
 

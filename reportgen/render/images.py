@@ -80,7 +80,3 @@ def pack_grid(tiles: Sequence[np.ndarray], cols: int, pad: int = 2,
         canvas[y:y + h, x:x + w] = t
         boxes.append((x, y, w, h))
     return canvas, boxes
-
-
-def grid_cols(n: int, max_cols: int = 8) -> int:
-    return max(1, min(max_cols, n))

@@ -12,9 +12,9 @@ from typing import Any, Dict, List
 import numpy as np
 
 from reportgen.analyses.topk import LayerTopK, TopKResult
-from reportgen.render.images import pack_grid, png_uri, upscale_nearest, webp_uri
+from reportgen.render.images import pack_grid, webp_uri
 
-MIN_TILE = 64     # patches are blown up (nearest) to at least this many pixels a side
+MIN_TILE = 64     # patches are shown (browser-enlarged, pixelated) at least this many pixels a side
 PAD = 3
 
 
@@ -23,9 +23,9 @@ def _factor(side: int) -> int:
     return max(1, math.ceil(MIN_TILE / max(side, 1)))
 
 
-def _encode(grid: np.ndarray, factor: int) -> str:
+def _encode(grid: np.ndarray) -> str:
     """Patches are photo crops: lossy WebP at native size is a fraction of PNG
-    (the browser does the enlarging, so ``factor`` no longer costs bytes)."""
+    (the browser does the enlarging, so the display factor costs no bytes)."""
     return webp_uri(grid, quality=85)
 
 
@@ -41,8 +41,8 @@ def projection_rgb(g: np.ndarray) -> np.ndarray:
     return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out[..., :3]
 
 
-def _grid(tiles: List[np.ndarray], cols: int, factor: int) -> np.ndarray:
-    grid, _ = pack_grid([upscale_nearest(t, factor) for t in tiles], cols=cols, pad=PAD, background=1.0)
+def _grid(tiles: List[np.ndarray], cols: int) -> np.ndarray:
+    grid, _ = pack_grid(list(tiles), cols=cols, pad=PAD, background=1.0)
     return grid
 
 
@@ -61,14 +61,14 @@ def _layer_view(la: LayerTopK) -> Dict[str, Any]:
     # packed at native size and enlarged by the browser (width/height below):
     # a nearest-neighbour blow-up inside the file only costs bytes
     tiles = [la.patches[r, j] for r in range(s) for j in range(k)]
-    grid = _grid(tiles, k, 1)
-    view.update(image=_encode(grid, factor), width=grid.shape[1] * factor,
+    grid = _grid(tiles, k)
+    view.update(image=_encode(grid), width=grid.shape[1] * factor,
                 height=grid.shape[0] * factor)
     if la.projections is not None:
         proj = [(projection_rgb(la.projections[r, j]) * 255 + 0.5).astype(np.uint8)
                 for r in range(s) for j in range(k)]
-        pgrid = _grid(proj, k, 1)
-        view["projection"] = _encode(pgrid, factor)
+        pgrid = _grid(proj, k)
+        view["projection"] = _encode(pgrid)
     for r in range(s):
         view["rows"].append({
             "channel": int(la.channels[r]), "score": float(la.score[la.channels[r]]),
