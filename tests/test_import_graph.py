@@ -1,0 +1,141 @@
+"""The package's import graph: layered, and free of cycles.
+
+Parsed from the source (``ast``), so imports inside functions count as much as
+those at module level: a function-level import that closes a cycle is still a
+cycle, only one that fails later. Importing ``a.b.c`` also imports ``a.b``
+(its ``__init__``), so that edge is part of the graph too.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+import reportgen
+
+PACKAGE_DIR = Path(reportgen.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE_DIR.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> Dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+def _resolve_relative(module: str, is_package: bool, level: int, target: str) -> str:
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[:len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([target] if target else []))
+
+
+def _imports(module: str, path: Path, known: Set[str]) -> Set[str]:
+    """Every reportgen module ``module`` imports, directly, anywhere in its body."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: Set[str] = set()
+
+    def add(name: str) -> None:
+        # the deepest known module named by ``name``, plus every parent package on the way
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            candidate = ".".join(parts[:i])
+            if candidate in known:
+                found.add(candidate)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = (_resolve_relative(module, is_package, node.level, node.module or "")
+                    if node.level else (node.module or ""))
+            add(base)
+            for alias in node.names:
+                add(f"{base}.{alias.name}")
+    found.discard(module)
+    # a package's own __init__ importing its parent is not an edge worth following
+    return {m for m in found if not module.startswith(m + ".")}
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    out: List[List[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_graph_sees_function_level_imports():
+    graph = import_graph()
+    assert "reportgen.pipeline" in graph
+    # the graph is not empty-handed: the pipeline imports the spec loader
+    assert "reportgen.spec" in graph["reportgen.pipeline"]
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    cycles = _cycles(import_graph())
+    assert not cycles, "import cycles in reportgen/:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("reportgen.analyses", ("reportgen.spec", "reportgen.sections", "reportgen.render",
+                            "reportgen.pipeline", "reportgen.cli")),
+    ("reportgen.render", ("reportgen.spec", "reportgen.sections", "reportgen.pipeline", "reportgen.cli")),
+    ("reportgen.spec", ("reportgen.render", "reportgen.pipeline", "reportgen.cli")),
+])
+def test_layers_import_only_downwards(layer, forbidden):
+    graph = import_graph()
+    bad = sorted(f"{m} imports {d}" for m, deps in graph.items()
+                 if m == layer or m.startswith(layer + ".")
+                 for d in deps if any(d == f or d.startswith(f + ".") for f in forbidden))
+    assert not bad, "\n".join(bad)
