@@ -59,6 +59,13 @@ class ImageError(InputError):
 class NotApplicable(Exception):
     """A section that does not apply to this model or spec (e.g. hooks on TorchScript).
 
-    Not an error: the report shows the reason in place of the section and
-    report.json records it under ``skipped``.
+    Not an error: the report shows the reason (and the hint: what would make it
+    apply) in place of the section, and report.json records the reason under
+    ``skipped``. The one way to say "does not apply here": a section, or a
+    method inside one, that raises anything else has failed.
     """
+
+    def __init__(self, reason: str, hint: Optional[str] = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint

@@ -6,6 +6,7 @@ any point leaves a previous report untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -15,14 +16,16 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from reportgen import __version__
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
-from reportgen.sections.base import BuildContext, Finding, registry
+from reportgen.sections.base import BuildContext, Finding
+from reportgen.sections.registry import registry
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
@@ -127,7 +130,8 @@ def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
     if only:
         unknown = [n for n in only if n not in sections]
         if unknown:
-            from reportgen.spec.options import suggest
+            from reportgen.options import suggest
+
             raise SpecError(f"unknown section {unknown[0]!r}{suggest(unknown[0], sections)}; "
                             f"sections: {', '.join(sections)}", spec.file, "--only")
     names = []
@@ -143,26 +147,32 @@ def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
 def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: SectionCache,
                  base_key: str, progress: Progress) -> Dict[str, Any]:
     section = registry()[name](options)
+    options = section.options
     key = digest_of({"base": base_key, "section": name, "options": options})
     started = time.perf_counter()
     hit = cache.get(key)
     if hit is not None:
         results, view, summary, findings = hit
-        return {"results": results, "view": view, "summary": summary, "findings": findings,
-                "seconds": time.perf_counter() - started, "cached": True, "error": None,
-                "skipped": summary.get("skipped") if view is None else None}
+        skipped = view is None          # a cached "does not apply": its reason and hint
+        return {"results": None if skipped else results, "view": view, "summary": summary,
+                "findings": findings, "seconds": time.perf_counter() - started, "cached": True,
+                "error": None, "skipped": summary["skipped"] if skipped else None,
+                "hint": results.get("hint") if skipped else None}
     torch.manual_seed(ctx.seed)
     try:
+        section.check_applicable(ctx)
         result = section.analyze(ctx, options)
-        view = section.render(result, ctx)
+        view = section.view(result, ctx)
         summary = to_plain(section.summary(result))
         findings = [f.to_json() for f in section.findings(result, ctx)]
     except ReportgenError:
         raise
     except NotApplicable as e:
-        return {"results": None, "view": None, "summary": {"skipped": str(e)}, "findings": [],
+        summary = {"skipped": e.reason}
+        cache.put(key, {"hint": e.hint}, None, summary, [])
+        return {"results": None, "view": None, "summary": summary, "findings": [],
                 "seconds": time.perf_counter() - started, "cached": False, "error": None,
-                "skipped": str(e)}
+                "skipped": e.reason, "hint": e.hint}
     except Exception as e:  # a bug or an unsupported model: report it, keep the rest
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         progress.log(f"reportgen: section {name!r} failed: {detail}")
@@ -171,17 +181,40 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
                           evidence=detail, section=name).to_json()
         return {"results": None, "view": None, "summary": {"error": detail}, "findings": [finding],
                 "seconds": time.perf_counter() - started, "cached": False, "error": detail,
-                "skipped": None}
+                "skipped": None, "hint": None}
     plain = to_plain(result)
     cache.put(key, plain, view, summary, findings)
     return {"results": plain, "view": view, "summary": summary, "findings": findings,
-            "seconds": time.perf_counter() - started, "cached": False, "error": None, "skipped": None}
+            "seconds": time.perf_counter() - started, "cached": False, "error": None, "skipped": None,
+            "hint": None}
 
 
 def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,
           only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
           quiet: bool = True, cache_dir: Optional[Path] = None) -> Report:
-    """Build the report for ``spec``; raises SpecError/InputError on bad input."""
+    """Build the report for ``spec``; raises SpecError/InputError on bad input.
+
+    Seeds torch for reproducible results, inside a forked random state: the
+    caller's random streams (a notebook's) continue as if no build had run.
+    """
+    with _own_random_state():
+        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir)
+
+
+@contextlib.contextmanager
+def _own_random_state() -> Iterator[None]:
+    numpy_state = np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]],
+           only: Optional[Sequence[str]], device: Optional[str], use_cache: bool, quiet: bool,
+           cache_dir: Optional[Path]) -> Report:
     progress = Progress(quiet)
     spec = load_spec(spec)
     progress.log(f"reportgen: checking {spec.file}")
@@ -202,6 +235,10 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
 
     findings = sorted((f for o in outcomes.values() for f in o["findings"]),
                       key=lambda f: (-SEVERITY_RANK[f["severity"]], f["section"], f["id"]))
+    sections = registry()
+    for name, outcome in outcomes.items():
+        cls = sections[name]
+        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
     page = render_page(res, outcomes, findings)
     data = report_json(res, outcomes, findings)
     index, json_path = write_atomically(target_dir, page, data)

@@ -9,17 +9,15 @@ inside the union of the local ones. Only rank 0 does the light second step
 (choosing channels, reading back and cropping the winners).
 
 Backends: gloo on CPU, nccl when CUDA is available (each rank on
-``cuda:LOCAL_RANK``). Launch:
+``cuda:LOCAL_RANK``). The command-line entry that resolves a spec and
+launches this is ``reportgen.distributed`` (analyses know nothing of specs):
 
-    torchrun --nproc_per_node 2 -m reportgen.analyses.topk_distributed \\
+    torchrun --standalone --nproc_per_node 2 -m reportgen.distributed topk \\
         --spec spec.yaml --out topk.npz [--layers a b] [--channels 16] [--k 9]
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -76,65 +74,3 @@ def result_arrays(result: tk.TopKResult) -> Dict[str, np.ndarray]:
             out[f"{la.layer}/projections"] = la.projections
     out["header"] = np.array(json.dumps(header))
     return out
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m reportgen.analyses.topk_distributed",
-                                 description="Top-k dataset patches, sharded over torchrun processes.")
-    ap.add_argument("--spec", required=True, help="the report spec (model, checkpoints, dataset)")
-    ap.add_argument("--out", required=True, help="where rank 0 writes the result (.npz)")
-    ap.add_argument("--layers", nargs="*", default=None, help="default: the spec's sections.topk.layers")
-    ap.add_argument("--channels", type=int, default=None)
-    ap.add_argument("--k", type=int, default=None)
-    ap.add_argument("--projection", choices=["none", "guided", "deconv"], default=None)
-    return ap.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """torchrun entry: each rank resolves the spec, streams its shard; rank 0 writes the npz."""
-    from reportgen.errors import ReportgenError
-    from reportgen.sections.base import BuildContext
-    from reportgen.sections.topk import choose_layers, dataset_for
-    from reportgen.spec import load_spec
-    from reportgen.spec.resolve import resolve
-
-    args = _parse(argv)
-    device = _device()
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        try:
-            res = resolve(load_spec(args.spec), device.type)
-        except ReportgenError as e:
-            print(f"reportgen: {e}", file=sys.stderr)
-            return 2
-        if not res.dataset:
-            print(f"reportgen: {args.spec}: the spec has no dataset: add a `dataset:` to it", file=sys.stderr)
-            return 2
-        options = res.spec["sections"].get("topk") or {}
-        ctx = BuildContext(model=res.model, device=device, input_size=res.input_size, probes=res.probes,
-                           classes=res.classes, checkpoints=res.checkpoints, spec=res.spec,
-                           dataset=res.dataset)
-        layers = args.layers or choose_layers(ctx, options.get("layers", "auto"))
-        data = res.spec["dataset"]
-        result = distributed_topk_patches(
-            res.model.to(device), dataset_for(ctx), layers, args.channels or options.get("channels", 16),
-            args.k or options.get("k", 9), data["batch_size"], data["workers"], device, res.input_size,
-            args.projection or options.get("projection", "none"))
-        if result is not None:
-            np.savez_compressed(args.out, **result_arrays(result))
-            print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

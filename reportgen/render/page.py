@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import jinja2
 
 from reportgen import __version__
 from reportgen.render.markdown import render_markdown
-from reportgen.sections.base import registry
 
 
-def environment() -> jinja2.Environment:
+def environment(extra_dirs: Sequence[Optional[Path]] = ()) -> jinja2.Environment:
+    """Our templates first, then plugin sections' own folders (their partials)."""
     from reportgen.resources import templates_dir
 
-    folder = str(templates_dir())
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
+    folders = [str(templates_dir())] + [str(d) for d in extra_dirs if d is not None]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters["fmt"] = format_number
@@ -57,15 +58,12 @@ def model_source(spec) -> str:
 
 
 def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> str:
+    """``outcomes``: per section its view and title, partial and template_dir (from the registry)."""
     spec = res.spec
-    env = environment()
-    sections = registry()
-    entries = []
-    for name, outcome in outcomes.items():
-        cls = sections[name]
-        entries.append({"name": name, "title": cls.title or name, "partial": cls.partial,
-                        "view": outcome["view"], "error": outcome["error"],
-                        "skipped": outcome.get("skipped")})
+    env = environment(list(dict.fromkeys(o.get("template_dir") for o in outcomes.values())))
+    entries = [{"name": name, "title": o["title"], "partial": o["partial"], "view": o["view"],
+                "error": o["error"], "skipped": o.get("skipped"), "hint": o.get("hint")}
+               for name, o in outcomes.items()]
     audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
     build_time = None
     if spec["output"]["timestamp"]:

@@ -6,6 +6,7 @@ from typing import Any, Dict
 from reportgen.analyses.architecture import ArchGraph, trace_graph
 from reportgen.render.architecture_svg import render_architecture
 from reportgen.models import require_hooks
+from reportgen.options import Choice
 from reportgen.sections.base import BuildContext, Section, register_section
 
 
@@ -14,14 +15,20 @@ class ArchitectureSection(Section):
     title = "Architecture"
     partial = "sections/architecture.html.j2"
     order = 20
+    options = {
+        "method": Choice(["auto", "fx", "hooks"], default="auto",
+                         doc="fx (torch.fx), hooks (forward hooks), auto (fx, hooks if untraceable)"),
+        "layout": Choice(["grandalf", "dot", "auto"], default="grandalf",
+                         doc="layout engine: grandalf (pure Python, always there), dot (Graphviz on PATH), "
+                             "auto (dot if present)"),
+    }
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> ArchGraph:
-        # options: method auto|fx|hooks (default auto); layout is read in render()
         require_hooks(ctx.model, "The architecture diagram")
-        return trace_graph(ctx.model, ctx.example(), method=options.get("method", "auto"))
+        return trace_graph(ctx.model, ctx.example(), method=options["method"])
 
-    def render(self, result: ArchGraph, ctx: BuildContext) -> Dict[str, Any]:
-        return render_architecture(result, engine=self.options.get("layout", "grandalf"))
+    def view(self, result: ArchGraph, ctx: BuildContext) -> Dict[str, Any]:
+        return render_architecture(result, engine=self.options["layout"])
 
     def summary(self, result: ArchGraph) -> Dict[str, Any]:
         return {

@@ -29,7 +29,29 @@ from reportgen.hooks import eval_mode
 from reportgen.layers import last_spatial_layer
 from reportgen.render import attribution as ra
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
+from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, int_or_pair, layer)
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
+
+CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
+GRADIENT_METHODS = ["saliency", "deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad"]
+
+
+def _shared_options(sanity: bool) -> Dict[str, Option]:
+    """Options every attribution section has: extra classes and scoring."""
+    out: Dict[str, Option] = {
+        "top_classes": Int(min=1, max=10, default=1,
+                           doc="maps for the top-k classes too (shown on demand, collapsed)"),
+        "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
+                                    expected="'auto' or a number of deletion/insertion steps",
+                                    doc="deletion/insertion steps (auto: from the model's cost, 8 to 32)"),
+    }
+    if sanity:
+        out["sanity_threshold"] = OneOf(
+            Choice([None]), Float(min=-1, max=1), default=None,
+            expected="null (use findings.sanity_spearman) or a number in [-1, 1]",
+            doc="Spearman above which a method fails the randomization sanity check; null uses "
+                "findings.sanity_spearman")
+    return out
 
 # Deletion/insertion cost n_probes x (methods + 1 random reference) x 2 curves x (steps + 1)
 # forward passes. "auto" steps keep that under FAITHFULNESS_MAC_BUDGET multiply-accumulates
@@ -135,7 +157,7 @@ def _finding_threshold(ctx: BuildContext, key: str, default: float) -> float:
 class AttributionSection(Section):
     """Maps per method and probe, scored; subclasses define ``methods`` and ``compute``."""
 
-    needs_probes = True
+    requires = ("probes",)
     run_sanity = False
 
     # ----------------------------------------------------------- subclass API
@@ -358,7 +380,7 @@ class AttributionSection(Section):
         return out
 
     # ----------------------------------------------------------- view
-    def render(self, result: Optional[AttributionResult], ctx: BuildContext) -> Dict[str, Any]:
+    def view(self, result: Optional[AttributionResult], ctx: BuildContext) -> Dict[str, Any]:
         if result is None:
             return {"empty": True}
         ok = [m for m in result.methods.values() if m.ok]
@@ -465,6 +487,13 @@ class CamSection(AttributionSection):
     partial = "sections/cam.html.j2"
     order = 50
     run_sanity = True
+    options = {
+        "methods": ListOf(Choice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"],
+                          doc="CAM-family methods, each drawn over every probe"),
+        "layer": layer(spatial=True, doc="layer whose feature maps are weighted (auto: the last layer with "
+                                         "a spatial output)"),
+        **_shared_options(sanity=True),
+    }
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return list(options.get("methods") or ["gradcam", "gradcampp"])
@@ -504,6 +533,15 @@ class GradientsSection(AttributionSection):
     partial = "sections/gradients.html.j2"
     order = 55
     run_sanity = True
+    options = {
+        "methods": ListOf(Choice(GRADIENT_METHODS), min_len=1, coerce=True,
+                          default=["saliency", "guided_backprop", "integrated_gradients"],
+                          doc="gradient methods, each drawn over every probe"),
+        "steps": Int(min=2, default=32, doc="integrated-gradients path steps"),
+        "samples": Int(min=1, default=16, doc="SmoothGrad noisy copies"),
+        "noise": Float(min=0, default=0.15, doc="SmoothGrad noise level, a share of the input's range"),
+        **_shared_options(sanity=True),
+    }
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return list(options.get("methods") or ["saliency", "guided_backprop", "integrated_gradients"])
@@ -581,6 +619,20 @@ class OcclusionSection(AttributionSection):
     title = "Occlusion sensitivity"
     partial = "sections/occlusion.html.j2"
     order = 60
+    options = {
+        "window": int_or_pair(default=16, doc="occluder side in input pixels (a default larger than a small "
+                                              "input shrinks to fit; a written one is checked)"),
+        "stride": int_or_pair(default=8, doc="occluder step in input pixels"),
+        "baseline": OneOf(Choice(["mean", "zero", "grey", "gray", "blur"]), Float(), default="mean",
+                          expected="mean, zero, grey, blur or a number",
+                          doc="what fills the occluder: the image's mean colour, zeros in input space, "
+                              "mid-grey, a blurred copy, or a number"),
+        "target": Choice(["predicted"], default="predicted", doc="the class whose probability drop is drawn"),
+        "incremental": Choice([False, True, AUTO], default=AUTO,
+                              doc="recompute only what each occluder changes (exact): true, false or auto "
+                                  "(when it saves work)"),
+        **_shared_options(sanity=False),
+    }
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return ["occlusion"]

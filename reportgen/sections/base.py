@@ -1,23 +1,37 @@
-"""The section registry: each report section is analysis -> renderer -> template partial.
+"""The section contract: each report section is options -> analysis -> view.
 
-A section class names three things and nothing else:
+A section class declares, once:
 
-* ``analyze(ctx, options)``: calls a pure analysis in ``reportgen.analyses``
-  and returns its plain result (numpy arrays + metadata, never HTML);
-* ``render(result, ctx)``: turns that result into what the partial shows
-  (data-URI images, inline SVG, table rows), via ``reportgen.render``;
-* ``summary(result)``: the JSON-able numbers and auto choices for report.json.
+* ``options``: its spec options (name, type, default, constraints such as a
+  layer with a spatial output, a doc string). The spec schema, the resolver's
+  layer checks, ``--only`` and the README's option table are all derived from
+  these declarations; nothing else states a default.
+* ``requires``: inputs without which it does not apply ("probes", "dataset",
+  "checkpoint_series"); the pipeline says why in place of the section.
+* ``analyze(ctx, options)``: calls ``reportgen.analyses`` and returns a typed,
+  frozen result (numpy arrays + metadata, never HTML).
+* ``view(result, ctx)``, ``summary(result)``, ``findings(result, ctx)``: pure
+  functions of that result. ``view`` feeds the Jinja2 partial (``partial``),
+  ``summary`` is the section's entry in report.json, ``findings`` the audit
+  findings; the context is read only for what the reader sees (probe images,
+  class names) and, through :meth:`BuildContext.threshold`, the findings
+  thresholds.
 
-``partial`` is the Jinja2 template (under templates/sections/) that lays it out.
+"Does not apply here" has one spelling: raise ``NotApplicable(reason, hint)``.
+Third-party packages register sections through the entry-point group
+``reportgen.sections`` (see :func:`registry`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
+
+from reportgen.errors import NotApplicable
+from reportgen.options import Float, Mapping, Option
 
 
 @dataclass
@@ -73,6 +87,17 @@ class BuildContext:
     # progress(iterable, desc, total=None): wraps long loops with a stderr progress bar
     progress: Callable[..., Any] = field(default=lambda iterable, desc="", total=None: iterable)
 
+    def threshold(self, key: str) -> float:
+        """A findings threshold: the spec's ``findings.<key>``, else its declared default."""
+        found = self.spec.get("findings") if hasattr(self.spec, "get") else None
+        value = (found or {}).get(key)
+        if value is None:   # a spec that skipped the schema: the declared default
+            declared = dict(FINDINGS_THRESHOLDS)
+            for cls in _REGISTRY.values():
+                declared.update(cls.thresholds)
+            value = declared[key].default
+        return float(value)
+
     def probe_batch(self) -> torch.Tensor:
         """All probes stacked as (N, C, H, W) on the build device."""
         return torch.stack([p.tensor for p in self.probes]).to(self.device)
@@ -84,29 +109,69 @@ class BuildContext:
         return torch.zeros((1, *self.input_size), device=self.device)
 
 
+# Findings thresholds shared by several sections; a section adds its own through
+# ``Section.thresholds``. Together they are the spec's ``findings:`` mapping.
+FINDINGS_THRESHOLDS: Dict[str, Option] = {
+    "dead_channel_fraction": Float(min=0, max=1, default=0.25,
+                                   doc="share of never-firing channels that raises a finding"),
+    "sanity_spearman": Float(min=-1, max=1, default=0.5,
+                             doc="map similarity after weight randomization that fails a method"),
+    "border_band": Float(min=0, max=0.5, default=0.1, doc="width of the border band, fraction of the side"),
+    "border_ratio": Float(min=0, default=2.0, doc="border share over the band's area share that flags a method"),
+    "border_share": Float(min=0, max=1, default=0.5, doc="minimum border share of attribution mass to flag"),
+}
+
+REQUIREMENTS = {
+    "probes": ("no probe images",
+               "List images under probes.images in the spec to see this section."),
+    "dataset": ("no dataset in the spec",
+                "Add a dataset: with root: an ImageFolder folder (one sub-folder per class, named like "
+                "the model's classes) or a glob of images."),
+    "checkpoint_series": ("needs at least two checkpoints; the spec gives {n}",
+                          "List the checkpoints saved during training (oldest first) under checkpoints: "
+                          "to see filters form, layers drift and distributions spread."),
+}
+
+
 class Section:
-    """Base class; subclasses are registered with @register_section."""
+    """Base class; subclasses are registered with @register_section (see the module doc)."""
 
     name: str = ""
     title: str = ""
-    partial: str = ""
-    order: int = 100          # position in the report
-    needs_probes: bool = False
+    partial: str = ""                          # Jinja2 template, under templates/ or the plugin's own
+    order: int = 100                           # position in the report
+    options: ClassVar[Dict[str, Option]] = {}
+    thresholds: ClassVar[Dict[str, Option]] = {}   # findings thresholds this section adds
+    requires: ClassVar[Tuple[str, ...]] = ()
+    template_dir: ClassVar[Optional[Path]] = None  # a plugin's templates folder
 
     def __init__(self, options: Optional[Dict[str, Any]] = None):
-        # the section's spec options, for render()/findings() that need them too
-        self.options: Dict[str, Any] = dict(options or {})
+        # checked against the declaration: every option present, with its declared default
+        self.options: Dict[str, Any] = self.schema().check(dict(options or {}), f"sections.{self.name}")
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Any:
+    @classmethod
+    def schema(cls) -> Mapping:
+        return Mapping(dict(cls.options))
+
+    def check_applicable(self, ctx: "BuildContext") -> None:
+        """Raise NotApplicable when an input this section requires is missing."""
+        for need in self.requires:
+            present = {"probes": bool(ctx.probes), "dataset": bool(ctx.dataset),
+                       "checkpoint_series": len(ctx.checkpoints) >= 2}[need]
+            if not present:
+                reason, hint = REQUIREMENTS[need]
+                raise NotApplicable(reason.format(n=len(ctx.checkpoints)), hint=hint)
+
+    def analyze(self, ctx: "BuildContext", options: Dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def render(self, result: Any, ctx: BuildContext) -> Dict[str, Any]:
+    def view(self, result: Any, ctx: "BuildContext") -> Dict[str, Any]:
         raise NotImplementedError
 
     def summary(self, result: Any) -> Dict[str, Any]:
         return {}
 
-    def findings(self, result: Any, ctx: BuildContext) -> List[Finding]:
+    def findings(self, result: Any, ctx: "BuildContext") -> List[Finding]:
         return []
 
 
@@ -115,15 +180,10 @@ _REGISTRY: Dict[str, Type[Section]] = {}
 
 def register_section(name: str) -> Callable[[Type[Section]], Type[Section]]:
     def deco(cls: Type[Section]) -> Type[Section]:
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"section {name!r} is already registered")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
     return deco
 
-
-def registry() -> Dict[str, Type[Section]]:
-    """Registered sections, in report order (importing the built-in ones first)."""
-    import reportgen.sections.builtin  # noqa: F401  (registers)
-    return dict(sorted(_REGISTRY.items(), key=lambda kv: (kv[1].order, kv[0])))

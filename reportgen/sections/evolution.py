@@ -7,6 +7,7 @@ the spec gives fewer than two checkpoints.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,28 +17,24 @@ from reportgen.analyses import activations as act
 from reportgen.analyses import evolution as evo
 from reportgen.analyses import metrics as mt
 from reportgen.layers import first_conv
+from reportgen.options import Float, Int, layer
 from reportgen.render import evolution as rev
-from reportgen.sections.base import BuildContext, Finding, Section, register_section
-
-# Defaults for options and thresholds the spec schema may not list yet (see the README).
-DEFAULTS = {"channels": 8, "max_filters": 64, "histogram_layers": 12, "bins": 40,
-            "activations_layer": "auto"}
-THRESHOLDS = {"frozen_change": 1e-6, "norm_growth": 10.0, "norm_shrink": 0.1,
-              "regression_points": 2.0, "regression_loss": 0.10}
-TOO_FEW = "needs at least two checkpoints; the spec gives {n}"
+from reportgen.sections.base import REQUIREMENTS, BuildContext, Finding, Section, register_section
 
 
-def _option(options: Dict[str, Any], key: str) -> Any:
-    value = options.get(key)
-    return DEFAULTS[key] if value is None else value
+@dataclass(frozen=True)
+class EvolutionSectionResult:
+    evolution: evo.EvolutionResult
+    filter_auto: bool
+    fmap_auto: bool
+    frozen_threshold: float
 
 
-def threshold(ctx: BuildContext, key: str) -> float:
-    """A findings threshold from the spec's ``findings:`` if set there, else the default."""
-    spec = ctx.spec
-    found = spec.get("findings") if hasattr(spec, "get") else None
-    value = (found or {}).get(key)
-    return float(THRESHOLDS[key] if value is None else value)
+@dataclass(frozen=True)
+class CurvesResult:
+    checkpoints: Optional[mt.MetricsTable]      # metrics stored in two or more checkpoints
+    file: Optional[mt.MetricsTable]             # the spec's metrics: file
+    n_checkpoints: int
 
 
 def _round(values: Any, digits: int = 5) -> Any:
@@ -53,24 +50,39 @@ class EvolutionSection(Section):
     title = "Training evolution"
     partial = "sections/evolution.html.j2"
     order = 90
+    requires = ("checkpoint_series",)
+    options = {
+        "layer": layer(doc="the convolution whose filters are followed (auto: the first one)"),
+        "activations_layer": layer(spatial=True, doc="layer whose feature maps are followed across "
+                                                     "checkpoints (auto: the middle stage)"),
+        "channels": Int(min=1, max=64, default=8, doc="feature-map channels followed"),
+        "max_filters": Int(min=1, max=1024, default=64, doc="filters shown per checkpoint"),
+        "histogram_layers": Int(min=2, max=64, default=12, doc="conv/linear layers with weight/bias ridgelines"),
+        "bins": Int(min=4, max=256, default=40, doc="histogram bins"),
+    }
+    thresholds = {
+        "frozen_change": Float(min=0, default=1e-6,
+                               doc="relative change per transition below which a layer counts as frozen"),
+        "norm_growth": Float(min=1, default=10.0, doc="last/first weight-norm ratio that raises an explosion "
+                                                      "finding"),
+        "norm_shrink": Float(min=0, max=1, default=0.1, doc="last/first weight-norm ratio that raises a "
+                                                           "vanishing finding"),
+    }
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
-        if len(ctx.checkpoints) < 2:
-            return {"skipped": TOO_FEW.format(n=len(ctx.checkpoints))}
-        layer = options.get("layer") or "auto"
-        filter_layer = first_conv(ctx.model) if layer == "auto" else layer
-        fmap_choice = _option(options, "activations_layer")
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> EvolutionSectionResult:
+        choice = options["layer"]
+        filter_layer = first_conv(ctx.model) if choice == "auto" else choice
+        fmap_choice = options["activations_layer"]
         fmap_layer = self._fmap_layer(ctx, fmap_choice)
         probe = ctx.probes[0] if ctx.probes else None
         res = evo.evolution(
             ctx.model, [c.path for c in ctx.checkpoints], [c.label for c in ctx.checkpoints],
             filter_layer, probe=probe.tensor if probe else None, probe_name=probe.name if probe else None,
-            fmap_layer=fmap_layer, channels=int(_option(options, "channels")),
-            max_filters=int(_option(options, "max_filters")),
-            max_hist_layers=int(_option(options, "histogram_layers")), bins=int(_option(options, "bins")),
-            output_key=ctx.output_key, progress=getattr(ctx, "progress", None))
-        return {"skipped": None, "evolution": res, "filter_auto": layer == "auto",
-                "fmap_auto": fmap_choice == "auto", "frozen_threshold": threshold(ctx, "frozen_change")}
+            fmap_layer=fmap_layer, channels=int(options["channels"]), max_filters=int(options["max_filters"]),
+            max_hist_layers=int(options["histogram_layers"]), bins=int(options["bins"]),
+            output_key=ctx.output_key, progress=ctx.progress)
+        return EvolutionSectionResult(res, choice == "auto", fmap_choice == "auto",
+                                      ctx.threshold("frozen_change"))
 
     @staticmethod
     def _fmap_layer(ctx: BuildContext, choice: str) -> Optional[str]:
@@ -82,59 +94,53 @@ class EvolutionSection(Section):
         stages = act.stage_layers(ctx.model, ctx.example())
         return stages[len(stages) // 2] if stages else None
 
-    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
-        if result["skipped"]:
-            return {"skipped": result["skipped"]}
-        res: evo.EvolutionResult = result["evolution"]
+    def view(self, result: EvolutionSectionResult, ctx: BuildContext) -> Dict[str, Any]:
+        res = result.evolution
         kh, kw = res.filters.shape[-2:]
         view: Dict[str, Any] = {
-            "skipped": None, "labels": res.labels, "n": len(res.labels),
-            "filter_layer": res.filter_layer, "filter_auto": result["filter_auto"],
+            "labels": res.labels, "n": len(res.labels),
+            "filter_layer": res.filter_layer, "filter_auto": result.filter_auto,
             "filters_shown": int(res.filters.shape[1]), "filters_total": res.filters_total,
             "kernel": [int(kh), int(kw)], "rgb": res.filters.shape[2] == 3,
             "filters": rev.frames_view(rev.filter_frames(res), res.labels, int(max(kh, kw)), 28, 560),
-            "drift": rev.drift_view(res, result["frozen_threshold"]),
+            "drift": rev.drift_view(res, result.frozen_threshold),
             "hist": rev.histograms_view(res), "fmaps": None,
         }
         if res.fmaps is not None:
             probe = next(p for p in ctx.probes if p.name == res.fmap_probe)
             fm = rev.frames_view(rev.fmap_frames(res), res.labels, int(max(res.fmaps.shape[-2:])), 48, 720)
-            fm.update(layer=res.fmap_layer, auto=result["fmap_auto"], probe=res.fmap_probe,
+            fm.update(layer=res.fmap_layer, auto=result.fmap_auto, probe=res.fmap_probe,
                       thumb=rev.thumbnail(probe.display), channels=[int(c) for c in res.fmap_channels],
                       shape=res.fmap_shape, pooled=list(res.fmaps.shape[-2:]))
             view["fmaps"] = fm
         return view
 
-    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
-        if result["skipped"]:
-            return {"skipped": result["skipped"]}
-        res: evo.EvolutionResult = result["evolution"]
+    def summary(self, result: EvolutionSectionResult) -> Dict[str, Any]:
+        res = result.evolution
         d = evo.layer_drift(res)
         layers = [str(x) for x in d["layers"]]
-        frozen = evo.frozen_layers(d["step"], layers, result["frozen_threshold"])
+        frozen = evo.frozen_layers(d["step"], layers, result.frozen_threshold)
         out: Dict[str, Any] = {
             "checkpoints": res.labels, "checkpoint_loads": res.loads,
-            "filter_layer": res.filter_layer, "filter_layer_auto": result["filter_auto"],
-            "layers": layers, "frozen_layers": frozen, "frozen_threshold": result["frozen_threshold"],
+            "filter_layer": res.filter_layer, "filter_layer_auto": result.filter_auto,
+            "layers": layers, "frozen_layers": frozen, "frozen_threshold": result.frozen_threshold,
             "drift_step": {n: _round(d["step"][:, j]) for j, n in enumerate(layers)},
             "drift_from_first": {n: _round(d["total"][-1, j]) for j, n in enumerate(layers)},
             "norms": {n: _round(d["norms"][:, j]) for j, n in enumerate(layers)},
             "histograms": res.hist_names,
         }
         if res.fmap_layer:
-            out.update(activations_layer=res.fmap_layer, activations_layer_auto=result["fmap_auto"],
+            out.update(activations_layer=res.fmap_layer, activations_layer_auto=result.fmap_auto,
                        probe=res.fmap_probe, channels=[int(c) for c in res.fmap_channels])
         return out
 
-    def findings(self, result: Dict[str, Any], ctx: BuildContext) -> List[Finding]:
-        if result["skipped"]:
-            return []
-        res: evo.EvolutionResult = result["evolution"]
+    def findings(self, result: EvolutionSectionResult, ctx: BuildContext) -> List[Finding]:
+        res = result.evolution
         d = evo.layer_drift(res)
         layers = [str(x) for x in d["layers"]]
-        out = _frozen_finding(res, d, layers, result["frozen_threshold"])
-        out += _norm_findings(d["norms"], layers, res.labels, threshold(ctx, "norm_growth"),
-                              threshold(ctx, "norm_shrink"))
+        out = _frozen_finding(res, d, layers, result.frozen_threshold)
+        out += _norm_findings(d["norms"], layers, res.labels, ctx.threshold("norm_growth"),
+                              ctx.threshold("norm_shrink"))
         return out
 
 
@@ -186,31 +192,37 @@ class CurvesSection(Section):
     title = "Training curves"
     partial = "sections/curves.html.j2"
     order = 85
+    thresholds = {
+        "regression_points": Float(min=0, default=2.0,
+                                   doc="accuracy points the last checkpoint may trail the best"),
+        "regression_loss": Float(min=0, default=0.10, doc="relative loss rise over its best that raises a "
+                                                          "finding"),
+    }
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> CurvesResult:
         path = _metrics_path(ctx)
         from_file = mt.read_metrics(path) if path is not None else None
         stored = None
         if len(ctx.checkpoints) >= 2:
             stored = mt.from_checkpoints([c.metrics for c in ctx.checkpoints])
             stored = stored if stored.series else None
-        return {"checkpoints": stored, "file": from_file, "n_checkpoints": len(ctx.checkpoints)}
+        return CurvesResult(stored, from_file, len(ctx.checkpoints))
 
-    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
+    def view(self, result: CurvesResult, ctx: BuildContext) -> Dict[str, Any]:
         sources = []
-        for key, table in (("file", result["file"]), ("checkpoints", result["checkpoints"])):
+        for key, table in (("file", result.file), ("checkpoints", result.checkpoints)):
             if table is None:
                 continue
             sources.append({"key": key, "source": table.source, "x_label": table.x_label,
                             "path": Path(table.path).name if table.path else None,
                             "ignored": table.ignored, "charts": rev.curves_view(table)})
-        return {"sources": sources, "n_checkpoints": result["n_checkpoints"],
-                "too_few": TOO_FEW.format(n=result["n_checkpoints"])}
+        return {"sources": sources, "n_checkpoints": result.n_checkpoints,
+                "too_few": REQUIREMENTS["checkpoint_series"][0].format(n=result.n_checkpoints)}
 
-    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
+    def summary(self, result: CurvesResult) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         for key in ("file", "checkpoints"):
-            table: Optional[mt.MetricsTable] = result[key]
+            table: Optional[mt.MetricsTable] = getattr(result, key)
             if table is None:
                 continue
             out[key] = {"source": table.source, "x": table.x_label,
@@ -221,11 +233,11 @@ class CurvesSection(Section):
             out["skipped"] = "no metrics file and no metrics stored in two or more checkpoints"
         return out
 
-    def findings(self, result: Dict[str, Any], ctx: BuildContext) -> List[Finding]:
-        points, loss = threshold(ctx, "regression_points"), threshold(ctx, "regression_loss")
+    def findings(self, result: CurvesResult, ctx: BuildContext) -> List[Finding]:
+        points, loss = ctx.threshold("regression_points"), ctx.threshold("regression_loss")
         out: List[Finding] = []
         for key in ("checkpoints", "file"):
-            table: Optional[mt.MetricsTable] = result[key]
+            table: Optional[mt.MetricsTable] = getattr(result, key)
             if table is None:
                 continue
             for name, s in table.series.items():

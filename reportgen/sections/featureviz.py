@@ -1,6 +1,7 @@
 """Feature visualization: synthesized inputs that drive chosen channels and classes hardest."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -10,14 +11,8 @@ from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
 from reportgen.render.featureviz import render_featureviz
 from reportgen.models import require_hooks
+from reportgen.options import Bool, Choice, Float, Int, ListOf, OneOf, Str, layers
 from reportgen.sections.base import BuildContext, Section, register_section
-
-# The schema's defaults, for callers that construct the section without spec options.
-DEFAULTS: Dict[str, Any] = {
-    "layers": "auto", "channels": 4, "classes": "predicted", "max_classes": 4,
-    "steps": 128, "size": 128, "lr": 0.05, "tv": 0.0, "fft": True, "decorrelate": True,
-    "batch_size": 16, "budget": "auto", "reference_images": 64,
-}
 # Default compute budget in GMACs of forward-pass work (backward counted as 2 more):
 # about a minute on two CPU cores, a few seconds on a GPU.
 BUDGET_GMACS = {"cpu": 300.0, "cuda": 20000.0}
@@ -102,15 +97,51 @@ def _reference_text(counts: Dict[str, int]) -> str:
     return " and ".join(parts)
 
 
+@dataclass(frozen=True)
+class FeatureVizSectionResult:
+    featureviz: fv.FeatureVizResult
+    layers_auto: bool
+    plan: Dict[str, Any]
+    channel_rule: str
+    chooser: str
+    references: int
+    reference_sources: Dict[str, int]
+    classes_rule: Any
+
+
 @register_section("featureviz")
 class FeatureVizSection(Section):
     title = "Feature visualization"
     partial = "sections/featureviz.html.j2"
     order = 75
+    options = {
+        "layers": layers(spatial=True, doc="layers whose channels are synthesized (auto: the deepest stage, "
+                                           "plus a middle one)"),
+        "channels": OneOf(Int(min=1, max=64), ListOf(Int(min=0), min_len=1), default=4,
+                          expected="a number of channels or a list of channel indices",
+                          doc="a count (the most active on the probes) or a list of indices"),
+        "classes": OneOf(Choice(["predicted", "none"]),
+                         ListOf(OneOf(Int(min=0), Str(), expected="a class index or name"), min_len=1),
+                         default="predicted", expected="'predicted', 'none' or a list of classes",
+                         doc="class logits to maximize: the probes' classes, none, or a list"),
+        "max_classes": Int(min=0, max=32, default=4, doc="at most this many classes"),
+        "steps": Int(min=1, max=4096, default=128, doc="optimization steps (scaled down to the budget)"),
+        "size": Int(min=8, max=512, default=128, doc="synthesized side, capped at the model input size"),
+        "lr": Float(min=0, default=0.05, doc="Adam learning rate"),
+        "tv": Float(min=0, default=0.0, doc="total-variation penalty"),
+        "fft": Bool(default=True, doc="Fourier-space parameterization"),
+        "decorrelate": Bool(default=True, doc="colour decorrelation"),
+        "batch_size": Int(min=1, default=16, doc="objectives optimized together"),
+        "budget": OneOf(Choice(["auto"]), Float(min=0), default="auto",
+                        expected="'auto' or GMACs (auto: 300 on CPU, 20000 on CUDA)",
+                        doc="compute budget in GMACs (auto: 300 on CPU, 20000 on CUDA)"),
+        "reference_images": Int(min=0, default=64,
+                                doc="dataset images whose activations the synthesized ones are compared to"),
+    }
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> FeatureVizSectionResult:
         require_hooks(ctx.model, "Feature visualization")
-        opts = {**DEFAULTS, **options}
+        opts = options
         refs = reference_batches(ctx, int(opts["reference_images"]))
         chooser = refs["probes"] or refs["dataset"]
         layers = choose_layers(ctx, opts["layers"])
@@ -130,30 +161,31 @@ class FeatureVizSection(Section):
             result = fv.visualize(ctx.model, objectives, ctx.input_size[0], pre["mean"], pre["std"], params,
                                   ctx.output_key, reference=refs["probes"] + refs["dataset"], device=ctx.device)
         n_refs = {k: sum(len(b) for b in v) for k, v in refs.items()}
-        return {"featureviz": result, "layers_auto": opts["layers"] == "auto", "plan": budget,
-                "channel_rule": CHANNEL_RULE if not isinstance(opts["channels"], list) else "listed in the spec",
-                "chooser": "probes" if refs["probes"] else ("dataset" if refs["dataset"] else "none"),
-                "references": n_refs["probes"] + n_refs["dataset"], "reference_sources": n_refs,
-                "classes_rule": opts["classes"] if isinstance(opts["classes"], str) else "listed"}
+        return FeatureVizSectionResult(
+            featureviz=result, layers_auto=opts["layers"] == "auto", plan=budget,
+            channel_rule=CHANNEL_RULE if not isinstance(opts["channels"], list) else "listed in the spec",
+            chooser="probes" if refs["probes"] else ("dataset" if refs["dataset"] else "none"),
+            references=n_refs["probes"] + n_refs["dataset"], reference_sources=n_refs,
+            classes_rule=opts["classes"] if isinstance(opts["classes"], str) else "listed")
 
-    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
-        view = render_featureviz(result["featureviz"], ctx.classes)
-        view.update(plan=result["plan"], layers_auto=result["layers_auto"], channel_rule=result["channel_rule"],
-                    chooser=result["chooser"], references=result["references"], device=ctx.device.type,
-                    reference_text=_reference_text(result["reference_sources"]))
+    def view(self, result: FeatureVizSectionResult, ctx: BuildContext) -> Dict[str, Any]:
+        view = render_featureviz(result.featureviz, ctx.classes)
+        view.update(plan=result.plan, layers_auto=result.layers_auto, channel_rule=result.channel_rule,
+                    chooser=result.chooser, references=result.references, device=ctx.device.type,
+                    reference_text=_reference_text(result.reference_sources))
         return view
 
-    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
-        r: fv.FeatureVizResult = result["featureviz"]
+    def summary(self, result: FeatureVizSectionResult) -> Dict[str, Any]:
+        r = result.featureviz
         ratio = r.ratio()
         layers = list(dict.fromkeys(l for l in r.layers if l is not None))
         return {
-            "layers": layers, "layers_auto": result["layers_auto"], "channel_rule": result["channel_rule"],
+            "layers": layers, "layers_auto": result.layers_auto, "channel_rule": result.channel_rule,
             "channels": {l: [i for i, k, ll in zip(r.indices, r.kinds, r.layers) if k == "channel" and ll == l]
                          for l in layers},
             "classes": [i for i, k in zip(r.indices, r.kinds) if k == "class"],
-            "size": r.size, "steps": r.steps, "scaled_to_budget": result["plan"]["scaled"],
-            "budget_gmacs": result["plan"]["budget_gmacs"], "reference_images": result["references"],
+            "size": r.size, "steps": r.steps, "scaled_to_budget": result.plan["scaled"],
+            "budget_gmacs": result.plan["budget_gmacs"], "reference_images": result.references,
             "achieved": [float(v) for v in r.activation],
             "ratio_to_reference_max": None if ratio is None else
             [float(v) if np.isfinite(v) else None for v in ratio],

@@ -1,7 +1,8 @@
 """Sections about the model itself: summary, first-layer filters, activations."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -13,7 +14,21 @@ from reportgen.models import require_hooks
 from reportgen.render.activations import render_activations
 from reportgen.render.filters import render_filters
 from reportgen.render.images import png_uri
+from reportgen.options import Choice, Float, Int, layer, layers
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    summary: summ.ModelSummary
+    predictions: Optional[summ.Predictions]
+
+
+@dataclass(frozen=True)
+class FiltersResult:
+    filters: flt.FilterResult
+    auto: bool
+    normalize: str
 
 
 @register_section("summary")
@@ -21,20 +36,21 @@ class SummarySection(Section):
     title = "Model summary"
     partial = "sections/summary.html.j2"
     order = 10
+    options = {"top_k": Int(min=1, max=20, default=5, doc="predictions shown per probe")}
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> SummaryResult:
         summary = summ.summarize(ctx.model, ctx.example(), ctx.output_key)
         preds = (summ.top_predictions(ctx.model, ctx.probe_batch(), options["top_k"], ctx.output_key)
                  if ctx.probes else None)
-        return {"summary": summary, "predictions": preds}
+        return SummaryResult(summary, preds)
 
-    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
-        s: summ.ModelSummary = result["summary"]
+    def view(self, result: SummaryResult, ctx: BuildContext) -> Dict[str, Any]:
+        s = result.summary
         rows = [{"name": r.name, "type": r.type, "shape": "×".join(map(str, r.output_shape))
                  if r.output_shape else "–", "params": r.params, "macs": r.macs, "depth": r.depth}
                 for r in s.rows]
         probes = []
-        preds = result["predictions"]
+        preds = result.predictions
         for i, probe in enumerate(ctx.probes):
             top = [{"cls": ctx.classes[int(c)], "index": int(c), "p": float(p)}
                    for c, p in zip(preds.indices[i], preds.probs[i])]
@@ -44,13 +60,13 @@ class SummarySection(Section):
         return {"rows": rows, "total_params": s.total_params, "trainable": s.trainable_params,
                 "total_macs": s.total_macs, "probes": probes, "n_layers": len(rows)}
 
-    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
-        s: summ.ModelSummary = result["summary"]
+    def summary(self, result: SummaryResult) -> Dict[str, Any]:
+        s = result.summary
         out: Dict[str, Any] = {"layers": len(s.rows), "parameters": s.total_params,
                                "trainable_parameters": s.trainable_params, "macs": s.total_macs}
-        if result["predictions"] is not None:
-            out["top1"] = result["predictions"].indices[:, 0].tolist()
-            out["top1_prob"] = result["predictions"].probs[:, 0].tolist()
+        if result.predictions is not None:
+            out["top1"] = result.predictions.indices[:, 0].tolist()
+            out["top1_prob"] = result.predictions.probs[:, 0].tolist()
         return out
 
 
@@ -59,30 +75,42 @@ class FiltersSection(Section):
     title = "First-layer filters"
     partial = "sections/filters.html.j2"
     order = 30
+    options = {
+        "layer": layer(doc="the convolution whose kernels are drawn (auto: the first one)"),
+        "normalize": Choice(["per_filter", "common"], default="per_filter",
+                            doc="one colour scale per filter, or one for all centred on zero"),
+        "sort": Choice(["norm", "noise", "index"], default="norm", doc="order of the filters in the grid"),
+        "noise_threshold": Float(min=0, default=0.75,
+                                 doc="roughness above which a filter may be flagged noisy; it is flagged only "
+                                     "when its roughness is also inside the i.i.d.-noise band for its kernel "
+                                     "shape (above the 5 % quantile of random filters of that shape)"),
+    }
+    thresholds = {"noisy_filter_fraction": Float(min=0, max=1, default=0.25,
+                                                 doc="share of noisy first-layer filters that raises a finding")}
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
-        layer = first_conv(ctx.model) if options["layer"] == "auto" else options["layer"]
-        res = flt.first_layer_filters(ctx.model, layer, options["noise_threshold"], options["sort"])
-        return {"filters": res, "auto": options["layer"] == "auto", "normalize": options["normalize"]}
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> FiltersResult:
+        name = first_conv(ctx.model) if options["layer"] == "auto" else options["layer"]
+        res = flt.first_layer_filters(ctx.model, name, options["noise_threshold"], options["sort"])
+        return FiltersResult(res, options["layer"] == "auto", options["normalize"])
 
-    def render(self, result: Dict[str, Any], ctx: BuildContext) -> Dict[str, Any]:
-        view = render_filters(result["filters"], result["normalize"])
-        view["auto"] = result["auto"]
+    def view(self, result: FiltersResult, ctx: BuildContext) -> Dict[str, Any]:
+        view = render_filters(result.filters, result.normalize)
+        view["auto"] = result.auto
         return view
 
-    def summary(self, result: Dict[str, Any]) -> Dict[str, Any]:
-        f: flt.FilterResult = result["filters"]
-        return {"layer": f.layer, "layer_auto": result["auto"], "filters": int(len(f.norms)),
+    def summary(self, result: FiltersResult) -> Dict[str, Any]:
+        f = result.filters
+        return {"layer": f.layer, "layer_auto": result.auto, "filters": int(len(f.norms)),
                 "noisy": int(f.noisy.sum()), "dead": int(f.dead.sum()),
                 "noise_median": float(np.median(f.noise)), "noise_threshold": f.noise_threshold,
                 "noise_band": round(f.noise_band, 4),
                 "noisy_indices": np.flatnonzero(f.noisy).tolist(),
                 "dead_indices": np.flatnonzero(f.dead).tolist()}
 
-    def findings(self, result: Dict[str, Any], ctx: BuildContext) -> List[Finding]:
-        f: flt.FilterResult = result["filters"]
+    def findings(self, result: FiltersResult, ctx: BuildContext) -> List[Finding]:
+        f = result.filters
         out: List[Finding] = []
-        limit = ctx.spec["findings"]["noisy_filter_fraction"]
+        limit = ctx.threshold("noisy_filter_fraction")
         n = len(f.norms)
         if n and f.noisy.sum() / n > limit:
             out.append(Finding(
@@ -112,35 +140,30 @@ class ActivationsSection(Section):
     title = "Activations"
     partial = "sections/activations.html.j2"
     order = 40
-    needs_probes = True
+    requires = ("probes",)
+    options = {
+        "layers": layers(spatial=True, doc="layers whose feature maps are shown (auto: the last layer of "
+                                           "each resolution stage)"),
+        "max_channels": Int(min=1, max=1024, default=32, doc="channels shown per layer, most active first"),
+    }
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> act.ActivationsResult | None:
-        if not ctx.probes:
-            return None
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> act.ActivationsResult:
         require_hooks(ctx.model, "The activations section")
         auto = options["layers"] == "auto"
         layers = act.stage_layers(ctx.model, ctx.example()) if auto else list(options["layers"])
         return act.activations(ctx.model, ctx.probe_batch(), layers, options["max_channels"],
                                ctx.output_key, auto=auto)
 
-    def render(self, result, ctx: BuildContext) -> Dict[str, Any]:
-        if result is None:
-            return {"empty": True}
-        view = render_activations(result, ctx.probes)
-        view["empty"] = False
-        return view
+    def view(self, result: act.ActivationsResult, ctx: BuildContext) -> Dict[str, Any]:
+        return render_activations(result, ctx.probes)
 
-    def summary(self, result) -> Dict[str, Any]:
-        if result is None:
-            return {"skipped": "no probe images"}
+    def summary(self, result: act.ActivationsResult) -> Dict[str, Any]:
         return {"layers": [la.layer for la in result.layers], "layers_auto": result.auto,
                 "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.dead.sum()),
                                          "channels": la.shape[0]} for la in result.layers}}
 
-    def findings(self, result, ctx: BuildContext) -> List[Finding]:
-        if result is None:
-            return []
-        limit = ctx.spec["findings"]["dead_channel_fraction"]
+    def findings(self, result: act.ActivationsResult, ctx: BuildContext) -> List[Finding]:
+        limit = ctx.threshold("dead_channel_fraction")
         out = []
         # sparse, selective channels are healthy: silence on one or two images proves little
         few = result.n_probes < MIN_PROBES_FOR_DEAD

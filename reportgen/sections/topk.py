@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import topk as tk
 from reportgen.analyses.activations import stage_layers
 from reportgen.render.topk import render_topk
+from reportgen.options import Choice, Int, ListOf, OneOf, layers
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF
@@ -24,6 +26,12 @@ def dataset_for(ctx: BuildContext) -> tk.ImageDataset:
                            pre["mean"], pre["std"])
 
 
+@dataclass(frozen=True)
+class TopKSectionResult:
+    topk: tk.TopKResult
+    auto: bool
+
+
 def choose_layers(ctx: BuildContext, layers: Any) -> List[str]:
     if layers == "auto":
         return stage_layers(ctx.model, ctx.example())[-AUTO_LAYERS:]
@@ -35,30 +43,37 @@ class TopKSection(Section):
     title = "Top-k dataset patches"
     partial = "sections/topk.html.j2"
     order = 70
+    requires = ("dataset",)
+    options = {
+        "layers": layers(spatial=True, doc="layers whose channels are shown (auto: the last two resolution "
+                                           "stages)"),
+        "channels": OneOf(Int(min=1, max=512), ListOf(Int(min=0), min_len=1), default=16,
+                          expected="a count or a list of channel indices",
+                          doc="a count (the channels with the largest mean top-k activation) or a list of "
+                              "indices"),
+        "k": Int(min=1, max=64, default=9, doc="patches per channel"),
+        "projection": Choice(["none", "guided", "deconv"], default="none",
+                             doc="guided-backprop or deconvnet projection of each patch: what in it drives "
+                                 "the unit"),
+    }
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        if not ctx.dataset:
-            return None
-        data = ctx.spec["dataset"] or {}
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
+        data = ctx.spec["dataset"]
         result = tk.topk_patches(
             ctx.model, dataset_for(ctx), choose_layers(ctx, options["layers"]), options["channels"],
-            options["k"], data.get("batch_size", 64), data.get("workers", 0), ctx.device,
-            ctx.input_size, options.get("projection", "none"), progress=getattr(ctx, "progress", None))
-        return {"topk": result, "auto": options["layers"] == "auto"}
+            options["k"], data["batch_size"], data["workers"], ctx.device,
+            ctx.input_size, options["projection"], progress=ctx.progress)
+        return TopKSectionResult(result, options["layers"] == "auto")
 
-    def render(self, result: Optional[Dict[str, Any]], ctx: BuildContext) -> Dict[str, Any]:
-        if result is None:
-            return {"empty": True}
-        view = render_topk(result["topk"])
-        view.update(empty=False, auto=result["auto"])
+    def view(self, result: TopKSectionResult, ctx: BuildContext) -> Dict[str, Any]:
+        view = render_topk(result.topk)
+        view.update(auto=result.auto)
         return view
 
-    def summary(self, result: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        if result is None:
-            return {"skipped": "no dataset in the spec"}
-        r: tk.TopKResult = result["topk"]
+    def summary(self, result: TopKSectionResult) -> Dict[str, Any]:
+        r = result.topk
         return {
-            "layers": [la.layer for la in r.layers], "layers_auto": result["auto"],
+            "layers": [la.layer for la in r.layers], "layers_auto": result.auto,
             "channel_rule": r.channel_rule, "k": r.k, "images": r.n_images, "projection": r.projection,
             "per_layer": {la.layer: {
                 "channels": la.channels.tolist(), "receptive_field": [int(v) for v in la.rf["size"]],
@@ -68,12 +83,10 @@ class TopKSection(Section):
             } for la in r.layers},
         }
 
-    def findings(self, result: Optional[Dict[str, Any]], ctx: BuildContext) -> List[Finding]:
+    def findings(self, result: TopKSectionResult, ctx: BuildContext) -> List[Finding]:
         """Channels that never fire on any dataset image: stronger evidence than the probes give."""
-        if result is None:
-            return []
-        r: tk.TopKResult = result["topk"]
-        limit = ctx.spec["findings"]["dead_channel_fraction"]
+        r = result.topk
+        limit = ctx.threshold("dead_channel_fraction")
         out = []
         for la in r.layers:
             dead = la.channel_max <= 0

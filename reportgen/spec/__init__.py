@@ -4,10 +4,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 from reportgen.errors import SpecError
-from reportgen.spec.options import OptionError
+from reportgen.options import OptionError, join_path
 from reportgen.spec.schema import SPEC
 from reportgen.spec.yamlload import Lines, load_yaml
 
@@ -21,6 +21,7 @@ class Spec:
     base_dir: Path
     lines: Lines = field(default_factory=dict)
     digest: str = ""
+    given_paths: frozenset = frozenset()   # key paths the user wrote (defaults filled in are not)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -37,6 +38,10 @@ class Spec:
             cut = max(path.rfind("."), path.rfind("["))
             path = path[:cut] if cut > 0 else ""
         return None
+
+    def given(self, key_path: str) -> bool:
+        """Whether the user wrote ``key_path`` (a YAML file or a dict alike)."""
+        return key_path in self.given_paths
 
     def error(self, key_path: str, message: str) -> SpecError:
         return SpecError(message, self.file, key_path, self.line(key_path))
@@ -72,8 +77,21 @@ def load_spec(source: Union[str, Path, Dict[str, Any], Spec], base_dir: Optional
         import json
         base = Path(base_dir or Path.cwd()).resolve()
         digest = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
-        return Spec(_check(source, "<dict>", {}), "<dict>", base, {}, digest)
+        return Spec(_check(source, "<dict>", {}), "<dict>", base, {}, digest, frozenset(_key_paths(source)))
     path = Path(source)
     data, lines, text = load_yaml(path)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Spec(_check(data, str(path), lines), str(path), path.resolve().parent, lines, digest)
+    return Spec(_check(data, str(path), lines), str(path), path.resolve().parent, lines, digest,
+                frozenset(lines))
+
+
+def _key_paths(value: Any, path: str = "") -> Iterator[str]:
+    """Every key path in a plain dict spec, in the style of the YAML loader's line map."""
+    if path:
+        yield path
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _key_paths(sub, join_path(path, key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield from _key_paths(sub, join_path(path, i))

@@ -8,12 +8,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from reportgen.errors import InputError, SpecError
+from reportgen.options import AUTO, LayerName, layer_option
 from reportgen.models import ModelError, build_model, input_size, pick_device
 from reportgen.outputs import select_output
 from reportgen.sections.base import CheckpointInfo, Probe
@@ -127,7 +128,7 @@ def audit_index(spec: Spec, checkpoints: List[CheckpointInfo]) -> Optional[int]:
         return choice % len(checkpoints)
     labels = [c.label for c in checkpoints]
     if choice not in labels:
-        from reportgen.spec.options import suggest
+        from reportgen.options import suggest
         raise spec.error("audit_checkpoint", f"no checkpoint labelled {choice!r}{suggest(choice, labels)}; "
                                              f"labels: {', '.join(labels)}")
     return labels.index(choice)
@@ -178,7 +179,7 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 def _check_norm(spec: Spec, channels: int) -> None:
     for key in ("mean", "std"):
         values = spec["preprocess"][key]
-        if channels == 1 and values == IMAGENET[key] and f"preprocess.{key}" not in spec.lines:
+        if channels == 1 and values == IMAGENET[key] and not spec.given(f"preprocess.{key}"):
             # the ImageNet default for a greyscale model: the luminance-free average
             spec["preprocess"][key] = [round(sum(values) / 3, 6)]
             continue
@@ -194,7 +195,7 @@ def _class_index(spec: Spec, key: str, value: Any, classes: List[str]) -> int:
         return value
     if value in classes:
         return classes.index(value)
-    from reportgen.spec.options import suggest
+    from reportgen.options import suggest
     raise spec.error(key, f"unknown class {value!r}{suggest(value, classes)}")
 
 
@@ -223,7 +224,7 @@ def resolve_dataset(spec: Spec) -> List[Tuple[Path, str]]:
 
 
 def resolve_theme(spec: Spec) -> str:
-    from reportgen.render.theme import load_theme
+    from reportgen.theme import load_theme
 
     try:
         return load_theme(spec["output"]["theme"], spec.base_dir)
@@ -231,54 +232,64 @@ def resolve_theme(spec: Spec) -> str:
         raise _as_spec_error(spec, "output.theme", e) from None
 
 
+def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
+    """(key path, layer name, declaration) for every layer a section's options name.
+
+    Read from the sections' own option declarations (``LayerName``), so a new
+    option that names a layer, a plugin's included, is checked without a list here.
+    """
+    from reportgen.sections.registry import registry
+
+    for section, cls in registry().items():
+        options = spec["sections"].get(section)
+        if not options:
+            continue
+        for key, opt in cls.options.items():
+            decl = layer_option(opt)
+            value = options.get(key)
+            if decl is None or value in (None, AUTO):
+                continue
+            names = value if isinstance(value, list) else [value]
+            for i, name in enumerate(names):
+                yield f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else ""), name, decl
+
+
 def check_layers(spec: Spec, model: nn.Module) -> None:
     """Every layer named in a section exists (auto is resolved later, per section)."""
     from reportgen.layers import get_layer
 
-    for name, options in spec["sections"].items():
-        if not options:
-            continue
-        for key in ("layer", "layers", "activations_layer"):
-            value = options.get(key)
-            if value in (None, "auto"):
-                continue
-            names = value if isinstance(value, list) else [value]
-            for i, layer in enumerate(names):
-                path = f"sections.{name}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
-                try:
-                    get_layer(model, layer)
-                except ValueError as e:
-                    raise spec.error(path, str(e)) from None
-
-
-# sections whose named layers must produce a spatial (N, C, H, W) map
-SPATIAL_LAYER_KEYS = {"cam": ("layer",), "activations": ("layers",), "topk": ("layers",),
-                      "featureviz": ("layers",), "evolution": ("activations_layer",)}
+    for path, name, _ in _named_layers(spec):
+        try:
+            get_layer(model, name)
+        except ValueError as e:
+            raise spec.error(path, str(e)) from None
 
 
 def check_spatial_layers(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> None:
-    """A named CAM/activation layer without a spatial output is a spec error, found now."""
+    """A named layer declared spatial must give an (N, C, H, W) map larger than 1x1.
+
+    A 1x1 map (after global pooling) has no "where": a CAM on it is one flat
+    colour, so it is refused here as the automatic choice already refuses it.
+    """
     from reportgen.layers import output_shapes
 
-    named = [(section, key, value) for section, keys in SPATIAL_LAYER_KEYS.items()
-             for key in keys
-             for value in [(spec["sections"].get(section) or {}).get(key)]
-             if value not in (None, "auto")]
+    named = [(path, name) for path, name, decl in _named_layers(spec) if decl.spatial]
     if not named:
         return
     try:
         shapes = output_shapes(model, torch.zeros((1, *size)))
     except Exception:  # hooks unsupported (TorchScript): the sections say so themselves
         return
-    for section, key, value in named:
-        for i, layer in enumerate(value if isinstance(value, list) else [value]):
-            shape = shapes.get(layer)
-            path = f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
-            if shape is None:
-                raise spec.error(path, f"layer {layer!r} is not called in the model's forward pass")
-            if len(shape) != 4 or shape[2] * shape[3] < 1:
-                raise spec.error(path, f"layer {layer!r} has output shape {list(shape)}, not a spatial "
-                                       "(N, C, H, W) map; pick a convolutional layer")
+    for path, name in named:
+        shape = shapes.get(name)
+        if shape is None:
+            raise spec.error(path, f"layer {name!r} is not called in the model's forward pass")
+        if len(shape) != 4:
+            raise spec.error(path, f"layer {name!r} has output shape {list(shape)}, not a spatial "
+                                   "(N, C, H, W) map; pick a convolutional layer")
+        if shape[2] * shape[3] <= 1:
+            raise spec.error(path, f"layer {name!r} has a 1x1 output (shape {list(shape)}): a map with one "
+                                   "position cannot show where anything is; pick an earlier layer")
 
 
 def check_occlusion(spec: Spec, size: Tuple[int, int, int]) -> None:
@@ -293,7 +304,7 @@ def check_occlusion(spec: Spec, size: Tuple[int, int, int]) -> None:
         if wh[0] <= h and wh[1] <= w:
             continue
         path = f"sections.occlusion.{key}"
-        if path in spec.lines:  # the user asked for it: say what is wrong
+        if spec.given(path):  # the user asked for it: say what is wrong
             raise spec.error(path, f"{key} {wh[0]}x{wh[1]} is larger than the model's input {h}x{w}")
         options[key] = [min(wh[0], h), min(wh[1], w)]  # a default on a small input: fit it
 

@@ -12,15 +12,9 @@ from typing import Any, Dict, Tuple
 import yaml
 
 from reportgen.errors import SpecError
+from reportgen.options import join_path
 
 Lines = Dict[str, int]
-
-
-def join_path(parent: str, key: Any) -> str:
-    """Key path in the style of the errors: `a.b[2].c`."""
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    return f"{parent}.{key}" if parent else str(key)
 
 
 def _construct(node: yaml.Node, path: str, lines: Lines, file: str) -> Any:

@@ -1,7 +1,7 @@
 """The sharded top-k pass (2 CPU processes, gloo) gives exactly the single-process result.
 
 Two ways in: ``torch.multiprocessing.spawn`` around the library function,
-and the real ``torchrun -m reportgen.analyses.topk_distributed`` entry on a
+and the real ``torchrun -m reportgen.distributed topk`` entry on a
 spec. Shards are interleaved (rank r takes r::2), so every channel's winners
 come from both processes and the merge, ties included, is what is tested.
 """
@@ -134,7 +134,7 @@ def test_torchrun_entry_point_matches_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "reportgen.analyses.topk_distributed", "--spec", str(tmp_path / "spec.yaml"),
+         "-m", "reportgen.distributed", "topk", "--spec", str(tmp_path / "spec.yaml"),
          "--out", str(tmp_path / "out.npz")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]

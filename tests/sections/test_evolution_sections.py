@@ -89,7 +89,7 @@ def test_fewer_than_two_checkpoints_is_a_note(tmp_path):
     assert "skipped" in report.data["sections"]["curves"]
     assert report.findings == []
     html = report.path.read_text()
-    assert "Training evolution needs at least two checkpoints" in html
+    assert "Not shown: needs at least two checkpoints; the spec gives 1. List the checkpoints" in html
     assert "No training curves" in html
 
 

@@ -69,4 +69,4 @@ def test_without_dataset_embeddings_explains_how_to_add_one(tmp_path):
     data = json.loads(report.json_path.read_text())
     assert data["sections"]["embeddings"] == {"skipped": "no dataset in the spec"}
     assert data["sections"]["featureviz"]["reference_images"] == 2
-    assert "Add a <code>dataset:</code>" in report.path.read_text()
+    assert "Not shown: no dataset in the spec. Add a dataset: with root:" in report.path.read_text()

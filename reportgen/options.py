@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from reportgen.spec.yamlload import join_path
 
 
 class OptionError(Exception):
@@ -21,6 +20,13 @@ class OptionError(Exception):
 
 
 _REQUIRED = object()
+
+
+def join_path(parent: str, key: Any) -> str:
+    """Key path in the style of the errors: `a.b[2].c`."""
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
 
 
 def _type_name(value: Any) -> str:
@@ -227,3 +233,81 @@ def suggest(value: Any, choices) -> str:
         return ""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- shared shapes
+
+AUTO = "auto"
+
+
+class LayerName(Str):
+    """A dotted ``named_modules()`` name. ``spatial``: its output must be an (N, C, H, W) map.
+
+    The name itself is checked against the model in the resolver (the schema
+    has no model); the flag is what tells the resolver which layers must also
+    produce a spatial map, so a section states the constraint where it declares
+    the option instead of in a list kept elsewhere.
+    """
+
+    def __init__(self, default: Any = _REQUIRED, doc: str = "", spatial: bool = False):
+        super().__init__(default, doc)
+        self.spatial = spatial
+
+
+def auto_or(opt: Option, default: Any = AUTO, doc: str = "", expected: str = "") -> Option:
+    """'auto' or ``opt``: every automatic choice is written into report.json."""
+    return OneOf(Choice([AUTO]), opt, default=default, doc=doc,
+                 expected=expected or f"'auto' or {describe(opt)}")
+
+
+def layer(spatial: bool = False, doc: str = "") -> Option:
+    return auto_or(LayerName(spatial=spatial), doc=doc)
+
+
+def layers(spatial: bool = False, doc: str = "") -> Option:
+    return auto_or(ListOf(LayerName(spatial=spatial), coerce=True, min_len=1), doc=doc)
+
+
+def int_or_pair(min_value: int = 1, default: Any = _REQUIRED, doc: str = "") -> Option:
+    return OneOf(Int(min=min_value), ListOf(Int(min=min_value), min_len=2, max_len=2), default=default,
+                 doc=doc, expected=f"an integer >= {min_value} or a list [h, w]")
+
+
+def describe(opt: Option) -> str:
+    if isinstance(opt, ListOf):
+        return "a list of layer names" if isinstance(opt.item, LayerName) else "a list"
+    if isinstance(opt, LayerName):
+        return "a layer name"
+    if isinstance(opt, Str):
+        return "a string"
+    return "a value"
+
+
+def layer_option(opt: Option) -> Optional[LayerName]:
+    """The LayerName inside ``opt`` (through 'auto or ...' and lists), or None."""
+    if isinstance(opt, LayerName):
+        return opt
+    if isinstance(opt, ListOf):
+        return layer_option(opt.item)
+    if isinstance(opt, OneOf):
+        for alt in opt.alternatives:
+            found = layer_option(alt)
+            if found is not None:
+                return found
+    return None
+
+
+def default_text(opt: Option) -> str:
+    """The default as a user writes it in YAML, for generated documentation."""
+    if opt.required:
+        return "required"
+    value = opt.default
+    if isinstance(opt, Mapping):
+        return ""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)

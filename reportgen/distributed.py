@@ -1,0 +1,86 @@
+"""Dataset passes sharded over processes with ``torch.distributed`` (launched by torchrun).
+
+    torchrun --standalone --nproc_per_node N -m reportgen.distributed topk \\
+        --spec spec.yaml --out topk.npz [--layers a b] [--channels 16] [--k 9] [--projection guided]
+
+Each rank resolves the spec (the same checks as ``reportgen build``), streams
+its shard of the dataset, and rank 0 writes the merged result, exactly equal
+to one process. gloo on CPU, nccl when CUDA is available (``cuda:LOCAL_RANK``).
+The algorithms live in ``reportgen.analyses``; this module is only the entry.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from reportgen.analyses.topk_distributed import distributed_topk_patches, result_arrays
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    root = argparse.ArgumentParser(prog="torchrun ... -m reportgen.distributed",
+                                   description="Dataset passes sharded over torchrun processes.")
+    sub = root.add_subparsers(dest="command", required=True)
+    ap = sub.add_parser("topk", help="top-k dataset patches (sections.topk)")
+    ap.add_argument("--spec", required=True, help="the report spec (model, checkpoints, dataset)")
+    ap.add_argument("--out", required=True, help="where rank 0 writes the result (.npz)")
+    ap.add_argument("--layers", nargs="*", default=None, help="default: the spec's sections.topk.layers")
+    ap.add_argument("--channels", type=int, default=None)
+    ap.add_argument("--k", type=int, default=None)
+    ap.add_argument("--projection", choices=["none", "guided", "deconv"], default=None)
+    return root.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """torchrun entry: each rank resolves the spec, streams its shard; rank 0 writes the npz."""
+    from reportgen.errors import ReportgenError
+    from reportgen.sections.base import BuildContext
+    from reportgen.sections.topk import TopKSection, choose_layers, dataset_for
+    from reportgen.spec import load_spec
+    from reportgen.spec.resolve import resolve
+
+    args = _parse(argv)
+    device = _device()
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        try:
+            res = resolve(load_spec(args.spec), device.type)
+        except ReportgenError as e:
+            print(f"reportgen: {e}", file=sys.stderr)
+            return 2
+        if not res.dataset:
+            print(f"reportgen: {args.spec}: the spec has no dataset: add a `dataset:` to it", file=sys.stderr)
+            return 2
+        options = TopKSection(res.spec["sections"].get("topk") or {}).options
+        ctx = BuildContext(model=res.model, device=device, input_size=res.input_size, probes=res.probes,
+                           classes=res.classes, checkpoints=res.checkpoints, spec=res.spec,
+                           dataset=res.dataset)
+        layers = args.layers or choose_layers(ctx, options["layers"])
+        data = res.spec["dataset"]
+        result = distributed_topk_patches(
+            res.model.to(device), dataset_for(ctx), layers, args.channels or options["channels"],
+            args.k or options["k"], data["batch_size"], data["workers"], device, res.input_size,
+            args.projection or options["projection"])
+        if result is not None:
+            np.savez_compressed(args.out, **result_arrays(result))
+            print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
