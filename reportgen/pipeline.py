@@ -121,7 +121,7 @@ def make_context(res: Resolved) -> BuildContext:
     ctx = BuildContext(model=res.model, device=res.device, input_size=res.input_size,
                        probes=res.probes, classes=res.classes, checkpoints=res.checkpoints,
                        spec=res.spec, output_key=res.output_key, load_checkpoint=res.model_at,
-                       dataset=res.dataset, seed=res.spec["seed"])
+                       dataset=res.dataset, seed=res.spec["seed"], metrics_path=res.metrics_path)
     return ctx
 
 

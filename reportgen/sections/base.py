@@ -84,6 +84,7 @@ class BuildContext:
     load_checkpoint: Optional[Callable[[int], torch.nn.Module]] = None  # index -> model with those weights
     dataset: Optional[Any] = None     # list of (Path, class name or None) from `dataset:`, or []
     seed: int = 0
+    metrics_path: Optional[Path] = None   # the spec's metrics: file or folder, resolved
     # progress(iterable, desc, total=None): wraps long loops with a stderr progress bar
     progress: Callable[..., Any] = field(default=lambda iterable, desc="", total=None: iterable)
 

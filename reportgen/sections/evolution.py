@@ -200,8 +200,7 @@ class CurvesSection(Section):
     }
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> CurvesResult:
-        path = _metrics_path(ctx)
-        from_file = mt.read_metrics(path) if path is not None else None
+        from_file = mt.read_metrics(ctx.metrics_path) if ctx.metrics_path is not None else None
         stored = None
         if len(ctx.checkpoints) >= 2:
             stored = mt.from_checkpoints([c.metrics for c in ctx.checkpoints])
@@ -247,15 +246,6 @@ class CurvesSection(Section):
                 if f is not None:
                     out.append(f)
         return out
-
-
-def _metrics_path(ctx: BuildContext) -> Optional[Path]:
-    resolved = getattr(ctx, "resolved", None)
-    if resolved is not None:
-        return resolved.metrics_path
-    spec = ctx.spec
-    value = spec.get("metrics") if hasattr(spec, "get") else None
-    return spec.path(value) if value else None
 
 
 def _regression_finding(name: str, s: mt.Series, table: mt.MetricsTable, points: float,
