@@ -13,6 +13,7 @@ import sys
 from importlib import metadata
 from typing import Dict, Type
 
+from reportgen.errors import ReportgenError
 from reportgen.options import Option
 from reportgen.sections.base import _REGISTRY, FINDINGS_THRESHOLDS, Section, register_section
 
@@ -20,8 +21,12 @@ ENTRY_POINT_GROUP = "reportgen.sections"
 _loaded_plugins = False
 
 
-class PluginError(Exception):
-    """An installed section plugin that cannot be loaded (named by its entry point)."""
+class PluginError(ReportgenError):
+    """An installed section plugin that cannot be loaded, named by its entry point.
+
+    Exit 2 like a bad spec: the fix is in the user's environment (repair or
+    uninstall the package), not in reportgen.
+    """
 
 
 def _entry_points():
@@ -30,26 +35,39 @@ def _entry_points():
     return metadata.entry_points().get(ENTRY_POINT_GROUP, [])  # pragma: no cover
 
 
+def _named(ep) -> str:
+    """How an error names a plugin: the entry point, its target and the package that installed it."""
+    dist = getattr(ep, "dist", None)
+    source = f", installed by {dist.name} {dist.version}" if dist is not None else ""
+    return f"section plugin {ep.name!r} ({ep.value}{source})"
+
+
 def load_plugins(force: bool = False) -> None:
-    """Import every installed section plugin once (``force``: look again, e.g. after an install)."""
+    """Import every installed section plugin once (``force``: look again, e.g. after an install).
+
+    A plugin that fails raises PluginError, and does so again on the next call:
+    a build never goes on quietly without a section that is installed.
+    """
     global _loaded_plugins
     if _loaded_plugins and not force:
         return
-    _loaded_plugins = True
+    _loaded_plugins = False   # True only once every plugin has loaded
     for ep in sorted(_entry_points(), key=lambda e: e.name):
         try:
             obj = ep.load()
         except Exception as e:  # a broken plugin must name itself, not crash somewhere later
-            raise PluginError(f"section plugin {ep.name!r} ({ep.value}) failed to import: "
-                              f"{type(e).__name__}: {e}") from e
+            raise PluginError(f"{_named(ep)} failed to import: {type(e).__name__}: {e}") from e
         if isinstance(obj, type) and issubclass(obj, Section):
             if obj.name and obj.name != ep.name:
-                raise PluginError(f"section plugin {ep.name!r} ({ep.value}) registers itself as {obj.name!r}")
-            if _REGISTRY.get(ep.name) is not obj:
-                register_section(ep.name)(obj)
+                raise PluginError(f"{_named(ep)} registers itself as {obj.name!r}")
+            if ep.name in _REGISTRY and _REGISTRY[ep.name] is not obj:
+                raise PluginError(f"{_named(ep)}: a section {ep.name!r} is already registered "
+                                  f"({_REGISTRY[ep.name].__module__})")
+            register_section(ep.name)(obj)
         elif ep.name not in _REGISTRY:
-            raise PluginError(f"section plugin {ep.name!r} ({ep.value}) is neither a Section subclass "
+            raise PluginError(f"{_named(ep)} is neither a Section subclass "
                               "nor a module that registers one under that name")
+    _loaded_plugins = True
 
 
 def registry() -> Dict[str, Type[Section]]:
