@@ -144,11 +144,20 @@ def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
     return names
 
 
+def _plugin_code(cls: type) -> Optional[str]:
+    """A plugin section's module, hashed: reportgen's version in the key covers only built-ins."""
+    if cls.__module__.split(".")[0] == "reportgen":
+        return None
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return file_digest(Path(path)) if path and os.path.isfile(path) else None
+
+
 def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: SectionCache,
                  base_key: str, progress: Progress) -> Dict[str, Any]:
-    section = registry()[name](options)
+    cls = registry()[name]
+    section = cls(options)
     options = section.options
-    key = digest_of({"base": base_key, "section": name, "options": options})
+    key = digest_of({"base": base_key, "section": name, "options": options, "code": _plugin_code(cls)})
     started = time.perf_counter()
     hit = cache.get(key)
     if hit is not None:

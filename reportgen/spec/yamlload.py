@@ -6,6 +6,7 @@ the line. We compose the node tree ourselves and record, for each key path
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -37,7 +38,14 @@ def _construct(node: yaml.Node, path: str, lines: Lines, file: str) -> Any:
     return _scalar(node)
 
 
+# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: 1e-3, 5E+2 (no dot).
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
 def _scalar(node: yaml.ScalarNode) -> Any:
+    """A scalar as PyYAML reads it, except that ``1e-3`` is the number users mean."""
+    if node.tag == "tag:yaml.org,2002:str" and node.style is None and _FLOAT_12.match(node.value):
+        return float(node.value)
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)

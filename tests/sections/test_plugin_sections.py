@@ -72,7 +72,7 @@ def test_registration_is_undone_afterwards(installed):
 
 @pytest.mark.parametrize("value, message", [
     ("-1", "must be >= 0, got -1"),
-    ("1e-3", "expected a number, got a string"),       # YAML 1.1: a float needs a dot (1.0e-3)
+    ('"1e-3"', "expected a number, got a string"),     # quoted: the user asked for a string
 ])
 def test_bad_option_value_fails_validation_with_key_and_line(weightstats, tmp_path, capsys, value, message):
     spec = _spec(tmp_path, f"sections:\n  weightstats:\n    eps: {value}\n")
@@ -207,3 +207,17 @@ def test_broken_plugin_is_a_plugin_error_naming_its_entry_point(tmp_path, capsys
         err = capsys.readouterr().err
         assert err.startswith(f"error: {expected}") and "Traceback" not in err
     assert "reportgen_broken_mod" not in sys.modules
+
+
+def test_editing_the_plugin_module_invalidates_its_cached_section(tmp_path):
+    """The cache key holds the plugin module's digest: reportgen's version does not cover its code."""
+    from reportgen.pipeline import _plugin_code
+    from reportgen.sections.registry import registry as reg
+
+    with plugin_on_path(install_plugin(tmp_path)):   # its own copy: this test edits it
+        cls = reg()["weightstats"]
+        before = _plugin_code(cls)
+        module_file = Path(sys.modules[cls.__module__].__file__)
+        module_file.write_text(module_file.read_text() + "\n# edited\n")
+        assert before is not None and _plugin_code(cls) != before
+    assert _plugin_code(reg()["filters"]) is None

@@ -165,3 +165,11 @@ def test_default_occlusion_window_fits_a_small_input(project, capsys):
     spec = project / "small.yaml"
     spec.write_text(GOOD.replace("[3, 16, 16]", "[3, 8, 8]"))
     assert main(["validate", str(spec)]) == 0
+
+
+def test_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 reads 1e-3 as a string; users mean a number (YAML 1.2 agrees). Quoted stays text."""
+    from reportgen.spec.yamlload import parse_yaml
+
+    data, _ = parse_yaml("a: 1e-3\nb: -5E+2\nc: '1e-3'\nd: 1.0e-3\ne: 1e\nf: [2e0]\n", "x.yaml")
+    assert data == {"a": 0.001, "b": -500.0, "c": "1e-3", "d": 0.001, "e": "1e", "f": [2.0]}
