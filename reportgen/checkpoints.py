@@ -430,15 +430,16 @@ def _match(pattern: str, base: Path) -> List[Path]:
     full = Path(os.path.expanduser(pattern))
     if not full.is_absolute():
         full = base / full
+    resolved = os.path.abspath(full)
     if GLOB_CHARS.search(pattern):
         hits = [Path(h) for h in glob.glob(str(full), recursive=True) if Path(h).is_file()]
         if not hits:
-            raise InputError("no checkpoint file matches this glob", pattern)
+            raise InputError("no checkpoint file matches this glob", pattern, resolved)
         return sorted(hits, key=natural_key)
     if not full.exists():
-        raise InputError("checkpoint file not found", pattern)
+        raise InputError("checkpoint file not found", pattern, resolved)
     if not full.is_file():
-        raise InputError("checkpoint path is not a file", pattern)
+        raise InputError("checkpoint path is not a file", pattern, resolved)
     return [full]
 
 

@@ -40,12 +40,19 @@ class SpecError(ReportgenError):
 
 
 class InputError(ReportgenError):
-    """A bad input file (image, checkpoint, class list) named by its path."""
+    """A bad input file (image, checkpoint, class list) named by its path.
 
-    def __init__(self, message: str, path: Optional[Union[str, Path]] = None):
+    ``path`` is as the caller wrote it (a spec's relative path or glob);
+    ``resolved``, when given, is the absolute path that was looked at.
+    """
+
+    def __init__(self, message: str, path: Optional[Union[str, Path]] = None,
+                 resolved: Optional[Union[str, Path]] = None):
         self.message = message
         self.path = str(path) if path is not None else None
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        self.resolved = str(resolved) if resolved is not None else None
+        text = f"{self.path}: {message}" if self.path else message
+        super().__init__(text + (f" (resolved: {self.resolved})" if self.resolved else ""))
 
 
 class CheckpointError(InputError):

@@ -64,8 +64,13 @@ class ActivationRecorder:
         from reportgen.layers import get_layer
 
         handles = self._stack.enter_context(hooks())
-        for name in self.names:
-            handles.append(get_layer(self.model, name).register_forward_hook(self._hook(name)))
+        try:
+            for name in self.names:
+                handles.append(get_layer(self.model, name).register_forward_hook(self._hook(name)))
+        except BaseException:
+            # an unknown layer after a known one: no with block, so no __exit__ either
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -272,19 +272,20 @@ def _expand_image_pattern(pattern: str, base: Path) -> List[Path]:
     full = Path(os.path.expanduser(pattern))
     if not full.is_absolute():
         full = base / full
+    resolved = os.path.abspath(full)
     if GLOB_CHARS.search(pattern):
         hits = [p for p in map(Path, _glob(full)) if p.is_file() and _is_image_name(p)]
         if not hits:
             raise InputError("no image file matches this glob "
-                             f"(extensions: {' '.join(IMAGE_EXTENSIONS)})", pattern)
+                             f"(extensions: {' '.join(IMAGE_EXTENSIONS)})", pattern, resolved)
         return sorted(hits, key=_natural_key)
     if full.is_dir():
         hits = [p for p in full.rglob("*") if p.is_file() and _is_image_name(p)]
         if not hits:
-            raise InputError("the folder holds no image files", pattern)
+            raise InputError("the folder holds no image files", pattern, resolved)
         return sorted(hits, key=_natural_key)
     if not full.exists():
-        raise InputError("image file not found", pattern)
+        raise InputError("image file not found", pattern, resolved)
     return [full]
 
 
@@ -309,14 +310,14 @@ def image_folder(root: PathLike, limit: Optional[int] = None, seed: int = 0,
     full = full if full.is_absolute() else base / full
     if GLOB_CHARS.search(str(root)) or not full.is_dir():
         if not GLOB_CHARS.search(str(root)) and not full.exists():
-            raise InputError("dataset folder not found", root)
+            raise InputError("dataset folder not found", root, os.path.abspath(full))
         items: List[Tuple[Path, Optional[str]]] = [
             (p, None) for p in list_images([str(root)], base)]
     else:
         items = _folder_items(full)
         if not items:
             raise InputError("the dataset folder holds no images (expected class sub-folders "
-                             f"with {' '.join(IMAGE_EXTENSIONS)} files)", root)
+                             f"with {' '.join(IMAGE_EXTENSIONS)} files)", root, os.path.abspath(full))
     return select_deterministic(items, limit, seed, full if full.is_dir() else base)
 
 

@@ -8,8 +8,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import importlib.machinery
+import importlib.util
+import os
 import sys
+import sysconfig
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -78,11 +83,101 @@ def _on_path(folder: Path) -> Iterator[None]:
             sys.path.remove(entry)
 
 
+# The user's own modules that factory imports brought in, as they were imported:
+# name -> (module object, real path of its .py source, digest of that source then).
+_user_modules: Dict[str, Tuple[ModuleType, str, Optional[str]]] = {}
+
+
+def _source_digest(path: str) -> Optional[str]:
+    from reportgen.cache import file_digest
+
+    try:
+        return file_digest(Path(path))
+    except OSError:
+        return None
+
+
+def _user_source(module: ModuleType) -> Optional[str]:
+    """The .py file a module ran from, unless it is compiled, standard library or installed.
+
+    Only such modules are ever imported again: re-running torch's or
+    torchvision's import would register their operators twice.
+    """
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    path = os.path.realpath(path)
+    if {"site-packages", "dist-packages"} & set(Path(path).parts):
+        return None
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    return None if path.startswith(stdlib + os.sep) else path
+
+
+def _user_modules_stale(module_name: str, base_dir: Path) -> bool:
+    """Whether a fresh import would run other code than the user's modules imported earlier.
+
+    True when one of them changed on disk since, or when the factory's
+    top-level package would now come from another file (the same module name
+    in another spec's folder).
+    """
+    for name, (module, source, digest) in _user_modules.items():
+        if sys.modules.get(name) is module and _source_digest(source) != digest:
+            return True
+    top = module_name.partition(".")[0]
+    if top in _user_modules and sys.modules.get(top) is _user_modules[top][0]:
+        found = importlib.machinery.PathFinder.find_spec(top, [str(base_dir)])
+        if found is not None and found.origin and os.path.realpath(found.origin) != _user_modules[top][1]:
+            return True
+    return False
+
+
+def _forget_user_modules() -> None:
+    """Un-import every recorded user module, and drop bytecode Python would wrongly trust.
+
+    They go together: a module keeps what it took from a helper (``from
+    helper import Block``), so an edited helper means its importers run again
+    too. A .pyc is trusted by the source's size and mtime in whole seconds,
+    which a quick same-size edit keeps.
+    """
+    for name, (module, source, digest) in _user_modules.items():
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+        if _source_digest(source) != digest:
+            with contextlib.suppress(OSError):
+                os.remove(importlib.util.cache_from_source(source))
+    _user_modules.clear()
+    importlib.invalidate_caches()
+
+
+def _import_factory_module(module_name: str, base_dir: Path) -> ModuleType:
+    """Import ``module_name`` as a fresh process would, yet only when its code changed.
+
+    A module reportgen imported for a factory is imported again when it, or
+    another of the user's modules that came with it (a helper next to it, a
+    submodule of its package), changed on disk since: the second build in a
+    notebook runs the edited code, which is also what the cache key hashes.
+    Unchanged, the module is reused. Modules imported by someone else, and
+    installed or standard-library ones, are left to Python.
+    """
+    if _user_modules_stale(module_name, base_dir):
+        _forget_user_modules()
+    before = set(sys.modules)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        for name in sorted(set(sys.modules) - before):
+            # the factory's module, and modules of top-level packages new with it
+            if name == module_name or name.partition(".")[0] not in before:
+                source = _user_source(sys.modules[name])
+                if source is not None:
+                    _user_modules[name] = (sys.modules[name], source, _source_digest(source))
+
+
 def build_factory(ref: str, kwargs: Dict[str, Any], base_dir: Path) -> nn.Module:
     module_name, _, attr = ref.partition(":")
     with _on_path(base_dir):
         try:
-            module = importlib.import_module(module_name)
+            module = _import_factory_module(module_name, base_dir)
         except ModuleNotFoundError as e:
             raise ModelError(f"cannot import module {module_name!r} ({e}); it must be importable "
                              f"from {base_dir} or sys.path", "model.factory") from None

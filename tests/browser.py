@@ -302,6 +302,20 @@ class BrowserSession:
         )
 
 
+ARTIFACTS_ENV = "REPORTGEN_TEST_ARTIFACTS"
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Where a test's screenshot ``name`` goes: never into the checkout.
+
+    The folder $REPORTGEN_TEST_ARTIFACTS names (created; CI keeps it), else
+    ``tmp_path``, the test's own pytest tmp dir.
+    """
+    folder = Path(os.environ[ARTIFACTS_ENV]) if os.environ.get(ARTIFACTS_ENV) else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
 def check_report(html_path: Path, screenshot: Path, width: int = 1280, height: int = 2000,
                  session: Optional[BrowserSession] = None) -> BrowserResult:
     """Check one report; pass a BrowserSession to reuse a browser across pages."""

@@ -300,3 +300,13 @@ def test_expand_checkpoints_errors_name_the_entry(tmp_path, entry):
     with pytest.raises(InputError) as info:
         expand_checkpoints([entry], tmp_path)
     assert ("none_*" in str(info.value)) or ("missing.pt" in str(info.value))
+
+
+@pytest.mark.parametrize("entry", ["runs/none_*.pt", "missing.pt", {"path": "missing.pt"}])
+def test_expand_checkpoints_errors_name_the_resolved_path(tmp_path, entry):
+    written = entry["path"] if isinstance(entry, dict) else entry
+    with pytest.raises(InputError) as info:
+        expand_checkpoints([entry], tmp_path)
+    assert info.value.path == written
+    assert info.value.resolved == str(tmp_path / written)
+    assert str(info.value).endswith(f" (resolved: {tmp_path / written})")

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from reportgen.cli import main
-from tests.browser import check_report, chromium_available
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+from tests.browser import check_report, chromium_available, screenshot_path
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +58,7 @@ def test_second_demo_run_reuses_the_model(demo):
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not chromium_available(), reason="needs chromium + chromedriver")
-def test_demo_report_opens_offline(demo):
+def test_demo_report_opens_offline(demo, tmp_path):
     out, _ = demo
-    ARTIFACTS.mkdir(exist_ok=True)
-    result = check_report(out / "site" / "index.html", ARTIFACTS / "demo-report.png")
+    result = check_report(out / "site" / "index.html", screenshot_path("demo-report.png", tmp_path))
     assert result.requests == [] and result.console_errors == [], (result.requests, result.console_errors)

@@ -260,10 +260,40 @@ def test_dead_channels_on_the_probes(tmp_path):
     assert findings(relaxed, ["activations"]) == {}
 
 
+def _one_probe(spec: Path, quiet_channel: Optional[int] = None) -> Path:
+    """Keep probe a.png only; ``quiet_channel`` of conv1 outputs -0.01 everywhere: silent, barely."""
+    (spec.parent / "probes" / "b.png").unlink()
+    if quiet_channel is not None:
+        ck = spec.parent / "ckpt" / "epoch_1.pt"
+        state = torch.load(ck, weights_only=True)
+        state["model_state_dict"]["conv1.weight"][quiet_channel] = 0.0
+        state["model_state_dict"]["conv1.bias"][quiet_channel] = -0.01
+        torch.save(state, ck)
+    return spec
+
+
+ONE_CHANNEL = "findings: {dead_channel_fraction: 0.2}\n"   # one channel of TinyNet's four is 25 %
+
+
+def test_certainly_dead_channels_warn_even_on_one_probe(tmp_path):
+    spec = _one_probe(tiny_series(tmp_path / "dead", n=1, conv_bias=[-1000, 0, 0, 0], extra=ONE_CHANNEL))
+    report = reportgen.build(spec, only=["activations"], quiet=True, use_cache=False)
+    dead = [f for f in report.findings if f["id"].startswith("dead-channels-")]
+    assert len(dead) == 1 and dead[0]["severity"] == "warning", dead
+    assert "1 of 4" in dead[0]["title"] and "1 probe" in dead[0]["evidence"]
+    assert "only a hint" not in dead[0]["evidence"]
+    summary = report.data["sections"]["activations"]["per_layer"]["relu"]
+    assert (summary["dead_channels"], summary["certain_dead"]) == (1, 1)
+
+
 def test_dead_channels_on_too_few_probes_are_only_a_hint(tmp_path):
-    found = findings(tiny_series(tmp_path / "dead", n=1, conv_bias=[-100, -100, 0, 0]), ["activations"])
-    dead = [f for i, f in found.items() if i.startswith("dead-channels-")]
+    # a channel merely silent on one probe: it may just be selective
+    spec = _one_probe(tiny_series(tmp_path / "quiet", n=1, extra=ONE_CHANNEL), quiet_channel=0)
+    report = reportgen.build(spec, only=["activations"], quiet=True, use_cache=False)
+    dead = [f for f in report.findings if f["id"].startswith("dead-channels-")]
     assert len(dead) == 1 and dead[0]["severity"] == "info" and "only a hint" in dead[0]["evidence"]
+    summary = report.data["sections"]["activations"]["per_layer"]["relu"]
+    assert (summary["dead_channels"], summary["certain_dead"]) == (1, 0)
 
 
 def test_dead_channels_on_the_dataset(tmp_path):

@@ -3,18 +3,34 @@
 Seeds (activation visualization): good feature maps are sparse and local; a
 map that looks like the input learned little; channels that never fire are
 dead capacity. Layers default to the last module of each resolution stage.
+
+A channel that never fires on the probes is either dead for certain or merely
+silent. Dead: even its largest pre-activation lies more than ``DEAD_SPREADS``
+spreads below zero, the spread being the layer's robust standard deviation
+(1.4826 x the median absolute deviation over all probes, channels and
+positions, so a few dead channels cannot widen it). Such a channel needs an
+input unlike any probe by many spreads to fire, so one probe shows it as
+surely as a thousand (a bias of -1000 does that). Silent: never positive, yet
+not that far below zero; on a few probes that may just be a selective channel.
+The values judged are the layer's recorded output, or for a ReLU module its
+input: a ReLU's output is >= 0 and cannot tell -0.01 from -1000. A layer whose
+output has passed a ReLU inside it (a ResNet stage) is >= 0 too, so its quiet
+channels are only ever silent.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from reportgen.hooks import ActivationRecorder, eval_mode, hooks
+from reportgen.layers import get_layer
 from reportgen.outputs import select_output
+
+DEAD_SPREADS = 6.0   # a channel peaking this many layer spreads below zero is dead for certain
 
 
 @torch.no_grad()
@@ -64,7 +80,13 @@ class LayerActivations:
     maps: np.ndarray             # (N, K, h, w) float32
     mean_activation: np.ndarray  # (N, C) spatial mean per probe and channel
     sparsity: float              # fraction of activations <= 0 over all probes
-    dead: np.ndarray             # (C,) bool: never positive on any probe
+    dead: np.ndarray             # (C,) bool: dead for certain (see the module docstring)
+    silent: np.ndarray           # (C,) bool: never positive on any probe, yet not provably dead
+
+    @property
+    def never_fire(self) -> np.ndarray:
+        """(C,) bool: never positive on any probe, dead or silent."""
+        return self.dead | self.silent
 
 
 @dataclass
@@ -77,7 +99,18 @@ class ActivationsResult:
 @torch.no_grad()
 def activations(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], max_channels: int = 32,
                 output_key=None, auto: bool = False) -> ActivationsResult:
-    with eval_mode(model), ActivationRecorder(model, layers) as rec:
+    relu_inputs: Dict[str, torch.Tensor] = {}
+
+    def keep_input(name):
+        def fn(_module, inputs):
+            relu_inputs[name] = inputs[0].detach().clone()   # clone: an in-place ReLU overwrites it
+        return fn
+
+    with eval_mode(model), ActivationRecorder(model, layers) as rec, hooks() as hs:
+        for name in layers:
+            module = get_layer(model, name)
+            if isinstance(module, (nn.ReLU, nn.ReLU6)):
+                hs.append(module.register_forward_pre_hook(keep_input(name)))
         select_output(model(batch), output_key)
         outputs = dict(rec.outputs)
     result = []
@@ -88,11 +121,30 @@ def activations(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], ma
         if out.ndim != 4:
             raise ValueError(f"layer {name!r} has output shape {tuple(out.shape)}, not (N, C, H, W); "
                              "pick a convolutional layer")
-        result.append(_summarize_layer(name, out.float(), max_channels))
+        pre = relu_inputs.get(name)
+        result.append(_summarize_layer(name, out.float(), max_channels,
+                                       None if pre is None else pre.float()))
     return ActivationsResult(layers=result, auto=auto, n_probes=int(batch.shape[0]))
 
 
-def _summarize_layer(name: str, out: torch.Tensor, max_channels: int) -> LayerActivations:
+def dead_and_silent(values: torch.Tensor, spreads: float = DEAD_SPREADS) -> Tuple[np.ndarray, np.ndarray]:
+    """(dead, silent), (C,) bools, for a layer's pre-activations ``values`` (N, C, H, W).
+
+    Without a spread (all values alike) nothing is dead for certain.
+    """
+    best = values.amax(dim=(0, 2, 3))
+    flat = values.flatten()
+    spread = float(1.4826 * (flat - flat.median()).abs().median())
+    quiet = best <= 0
+    if spread > 0 and np.isfinite(spread):
+        dead = quiet & (best < -spreads * spread)
+    else:
+        dead = torch.zeros_like(quiet)
+    return dead.cpu().numpy(), (quiet & ~dead).cpu().numpy()
+
+
+def _summarize_layer(name: str, out: torch.Tensor, max_channels: int,
+                     pre: Optional[torch.Tensor] = None) -> LayerActivations:
     n, c = out.shape[:2]
     mean = out.mean(dim=(2, 3))                                  # (N, C)
     k = min(max_channels, c)
@@ -100,9 +152,9 @@ def _summarize_layer(name: str, out: torch.Tensor, max_channels: int) -> LayerAc
     order = torch.stack([torch.from_numpy(np.lexsort((np.arange(c), -m.cpu().numpy()))[:k])
                          for m in mean])
     maps = torch.stack([out[i, order[i]] for i in range(n)])
-    alive = (out > 0).flatten(2).any(dim=2).any(dim=0)          # (C,)
+    dead, silent = dead_and_silent(out if pre is None else pre)
     return LayerActivations(layer=name, shape=list(out.shape[1:]), channels=order.numpy(),
                             maps=maps.cpu().numpy().astype(np.float32),
                             mean_activation=mean.cpu().numpy().astype(np.float32),
                             sparsity=float((out <= 0).float().mean()),
-                            dead=(~alive).cpu().numpy())
+                            dead=dead, silent=silent)

@@ -39,7 +39,8 @@ def render_activations(result: ActivationsResult, probes) -> Dict:
                               "width": grid.shape[1] * scale, "height": grid.shape[0] * scale,
                               "channels": [int(c) for c in la.channels[i]]})
         layers.append({"layer": la.layer, "shape": la.shape, "sparsity": la.sparsity,
-                       "dead": int(la.dead.sum()), "channels_total": la.shape[0],
+                       "dead": int(la.never_fire.sum()), "certain_dead": int(la.dead.sum()),
+                       "channels_total": la.shape[0],
                        "shown": int(la.maps.shape[1]), "probes": per_probe})
     return {"layers": layers, "auto": result.auto, "n_probes": result.n_probes,
             "thumbs": [{"name": p.name, "image": png_uri(p.display)} for p in probes]}

@@ -159,7 +159,8 @@ class ActivationsSection(Section):
 
     def summary(self, result: act.ActivationsResult) -> Dict[str, Any]:
         return {"layers": [la.layer for la in result.layers], "layers_auto": result.auto,
-                "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.dead.sum()),
+                "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.never_fire.sum()),
+                                         "certain_dead": int(la.dead.sum()),
                                          "channels": la.shape[0]} for la in result.layers}}
 
     def findings(self, result: act.ActivationsResult, ctx: BuildContext) -> List[Finding]:
@@ -168,12 +169,19 @@ class ActivationsSection(Section):
         # sparse, selective channels are healthy: silence on one or two images proves little
         few = result.n_probes < MIN_PROBES_FOR_DEAD
         for la in result.layers:
-            frac = float(la.dead.mean())
-            if frac > limit:
+            frac = float(la.never_fire.mean())
+            if la.dead.mean() > limit:  # far below zero: as sure on one probe as on many
+                out.append(Finding(
+                    id=f"dead-channels-{la.layer}", severity="warning", section="activations", layer=la.layer,
+                    title=f"{int(la.dead.sum())} of {la.shape[0]} channels are dead",
+                    evidence=f"{la.dead.mean():.0%} of channels of {la.layer} peak more than "
+                             f"{act.DEAD_SPREADS:g} spreads of the layer below zero on the {result.n_probes} "
+                             f"probe image(s) (threshold {limit:.0%}): no plausible input makes them fire"))
+            elif frac > limit:
                 out.append(Finding(
                     id=f"dead-channels-{la.layer}", severity="info" if few else "warning",
                     section="activations", layer=la.layer,
-                    title=f"{int(la.dead.sum())} of {la.shape[0]} channels never fire",
+                    title=f"{int(la.never_fire.sum())} of {la.shape[0]} channels never fire",
                     evidence=f"{frac:.0%} of channels of {la.layer} are never positive on the "
                              f"{result.n_probes} probe image(s) (threshold {limit:.0%})"
                              + (f"; with fewer than {MIN_PROBES_FOR_DEAD} probes this is only a hint: "

@@ -6,6 +6,7 @@ the key path and line, never half-way through a long build.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -57,6 +58,14 @@ def _as_spec_error(spec: Spec, key: str, e: Exception) -> SpecError:
     return spec.error(key, message)
 
 
+def _path_error(spec: Spec, key: str, e: InputError) -> SpecError:
+    """A path the spec names that is missing or matches nothing: as written and as resolved."""
+    if e.path is None:
+        return _as_spec_error(spec, key, e)
+    resolved = f" (resolved: {e.resolved})" if e.resolved else ""
+    return spec.error(key, f"{e.message}: {e.path!r}{resolved}")
+
+
 def resolve_model(spec: Spec, device: torch.device) -> Tuple[nn.Module, Tuple[int, int, int], int]:
     torch.manual_seed(spec["seed"])  # random-init models are reproducible too
     try:
@@ -97,8 +106,7 @@ def resolve_checkpoints(spec: Spec, model: nn.Module) -> List[CheckpointInfo]:
         try:
             found = expand_checkpoints([entry], spec.base_dir)
         except InputError as e:
-            shown = entry if isinstance(entry, str) else entry.get("path")
-            raise spec.error(key, f"{shown!r}: {e}") from None
+            raise _path_error(spec, key, e) from None
         for label, path in found:
             if path in seen:
                 continue
@@ -158,7 +166,7 @@ def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -
         try:
             paths = list_images([pattern], spec.base_dir)
         except InputError as e:
-            raise _as_spec_error(spec, key, e) from None
+            raise _path_error(spec, key, e) from None
         for path in paths:
             try:
                 img = load_image(path)
@@ -220,7 +228,9 @@ def resolve_dataset(spec: Spec) -> List[Tuple[Path, str]]:
     try:
         return image_folder(str(spec.path(ds["root"])), ds["limit"], spec["seed"])
     except InputError as e:
-        raise _as_spec_error(spec, "dataset.root", e) from None
+        # image_folder saw the absolute path: name the root as the spec writes it
+        written = InputError(e.message, ds["root"], e.resolved)
+        raise _path_error(spec, "dataset.root", written) from None
 
 
 def resolve_theme(spec: Spec) -> str:
@@ -337,7 +347,8 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     if spec["metrics"]:
         metrics_path = spec.path(spec["metrics"])
         if not metrics_path.exists():
-            raise spec.error("metrics", f"file not found: {metrics_path}")
+            missing = InputError("file not found", spec["metrics"], os.path.abspath(metrics_path))
+            raise _path_error(spec, "metrics", missing)
     theme_css = resolve_theme(spec)
     model = model.to(device).eval()
     return Resolved(spec=spec, model=model, device=device, input_size=size, num_classes=num_classes,
