@@ -149,6 +149,18 @@ def _forget_user_modules() -> None:
     importlib.invalidate_caches()
 
 
+def user_module_digests(module_name: str, base_dir: Path) -> Dict[str, Optional[str]]:
+    """The user's modules that came with a factory import, name -> digest of the source now.
+
+    Those of the factory's top-level package and those in the spec's folder:
+    the build's cache key hashes them all, since an edited helper beside the
+    factory changes the results as surely as an edited factory.
+    """
+    top, root = module_name.partition(".")[0], os.path.realpath(base_dir) + os.sep
+    return {name: _source_digest(source) for name, (_, source, _) in sorted(_user_modules.items())
+            if name.partition(".")[0] == top or source.startswith(root)}
+
+
 def _import_factory_module(module_name: str, base_dir: Path) -> ModuleType:
     """Import ``module_name`` as a fresh process would, yet only when its code changed.
 

@@ -93,6 +93,9 @@ def inputs_digest(res: Resolved) -> str:
         found = importlib.util.find_spec(module)
         if found is not None and found.origin and os.path.isfile(found.origin):
             model_src["factory_digest"] = file_digest(Path(found.origin))
+        from reportgen.models import user_module_digests
+
+        model_src["factory_modules"] = user_module_digests(module, spec.base_dir)
     parts = {
         "version": __version__, "torch": torch.__version__, "device": res.device.type,
         "model": model_src, "seed": spec["seed"], "preprocess": spec["preprocess"],
