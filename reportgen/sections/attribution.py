@@ -9,8 +9,9 @@ methods it runs and how one method's maps are computed (``compute``), the
 way each CAM method overrides one method of ``BaseCAM``.
 
 A method that cannot apply to the model (``cam`` without a GAP + linear
-head, guided backprop without ReLUs) becomes an inline note in its section;
-the other methods still render. The analysis and the scores are pure
+head, guided backprop without ReLUs) raises ``NotApplicable`` and becomes an
+inline note in its section; any other failure is an error finding. The other
+methods still render. The analysis and the scores are pure
 (``reportgen.analyses``); pictures come from ``reportgen.render.attribution``.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.gradients import class_scores, integrated_gradients_with_delta
+from reportgen.errors import NotApplicable
 from reportgen.hooks import eval_mode
 from reportgen.layers import last_spatial_layer
 from reportgen.render import attribution as ra
@@ -162,12 +164,9 @@ class AttributionSection(Section):
         names = self.method_names(options)
         try:
             plan = self.plan(ctx, options)
-        except (ValueError, RuntimeError) as e:    # e.g. no hookable layer: every method says why
+        except NotApplicable as e:    # e.g. no hookable layer: every method says why
             plan = {}
-            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
-            if isinstance(ctx.model, torch.jit.ScriptModule):
-                why = f"needs forward hooks on a layer, which a TorchScript model does not allow ({why})"
-            methods = {n: MethodResult(n, error=why) for n in names}
+            methods = {n: MethodResult(n, error=str(e)) for n in names}
         else:
             methods = {n: self._run(n, ctx, images, targets, options, plan) for n in names}
         ok = [m for m in methods.values() if m.ok]
@@ -196,18 +195,13 @@ class AttributionSection(Section):
 
     def _run(self, name: str, ctx: BuildContext, images: torch.Tensor, targets: np.ndarray,
              options: Dict[str, Any], plan: Dict[str, Any]) -> MethodResult:
-        """One method over all probes; a failure is kept as a note, never sinks the section."""
+        """One method over all probes; NotApplicable is a note, anything else a bug, neither sinks the section."""
         res = MethodResult(name)
         try:
             res.maps, res.raw, res.extras = self.compute(name, ctx.model, images, targets.tolist(),
                                                          ctx, options, plan)
-        except ValueError as e:          # the method does not apply to this model: say why
+        except NotApplicable as e:       # the method says it does not apply to this model, and why
             res.error = str(e)
-        except RuntimeError as e:
-            if not isinstance(ctx.model, torch.jit.ScriptModule):
-                res.error, res.bug = f"RuntimeError: {e}", True
-            else:                        # hooks and ReLU overrides cannot reach inside TorchScript
-                res.error = f"{name} cannot run on a TorchScript model: {str(e).strip().splitlines()[0]}"
         except Exception as e:  # noqa: BLE001 - a bug: report it, keep the other methods
             res.error, res.bug = f"{type(e).__name__}: {e}", True
         return res

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import reportgen
+import reportgen.attribution
 from reportgen.analyses import faithfulness as fa
+from reportgen.cli import main
 from reportgen.sections.attribution import AttributionResult, CamSection, MethodResult
 from tests.project import GOOD, make_project
 
@@ -225,3 +227,21 @@ def test_torchscript_model_gets_notes_not_errors(tmp_path):
     assert "TorchScript" in data["sections"]["gradients"]["methods"]["guided_backprop"]["error"]
     assert len(data["sections"]["gradients"]["methods"]["saliency"]["deletion_auc"]) == 2
     assert {f["severity"] for f in data["findings"]} <= {"info", "warning"}, data["findings"]
+
+
+def test_a_value_error_inside_a_method_is_an_error_finding_not_a_note(tmp_path, monkeypatch):
+    """Only NotApplicable means "does not apply here"; a ValueError from inside a method is a bug:
+    an error finding that trips --fail-on error, while the other methods still render."""
+    def broken(model, images, target=None, *, output_key=None):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setitem(reportgen.attribution._METHODS, "saliency", broken)
+    spec = make_project(tmp_path, GOOD + "sections:\n  gradients: {methods: [saliency, guided_backprop]}\n")
+    assert main(["build", str(spec), "--quiet", "--only", "gradients", "--no-cache", "--fail-on", "error"]) == 3
+    data = json.loads((tmp_path / "site" / "report.json").read_text())
+    ids = {f["id"]: f for f in data["findings"]}
+    assert ids["method-failed-saliency"]["severity"] == "error"
+    assert "method-unavailable-saliency" not in ids
+    assert data["sections"]["gradients"]["methods"]["saliency"]["error"] == \
+        "ValueError: operands could not be broadcast together"
+    assert len(data["sections"]["gradients"]["methods"]["guided_backprop"]["deletion_auc"]) == 2
