@@ -76,3 +76,14 @@ class NotApplicable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
+
+
+class MethodNotApplicable(NotApplicable, ValueError):
+    """One attribution method does not apply to this model (``cam`` without a GAP + linear head,
+    guided backprop without ReLUs, hooks on TorchScript, a token layer with no reshape).
+
+    The attribution sections turn it, and only it, into an info note for that method; any
+    other exception a method raises is a bug and an error finding. It is also a ValueError,
+    so ``reportgen.explain`` keeps its contract: what it refuses, it refuses with a
+    ValueError that says why.
+    """

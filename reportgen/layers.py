@@ -7,6 +7,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from reportgen.errors import MethodNotApplicable
+
 
 def layer_names(model: nn.Module) -> List[str]:
     """Dotted names of every sub-module (the root, named "", excluded)."""
@@ -66,10 +68,15 @@ def last_spatial_layer(model: nn.Module, example: torch.Tensor) -> str:
 
     This is the usual CAM target: the deepest layer that still has a spatial map.
     Containers win over their last child when they produce the same tensor, so
-    'layer4' is chosen for a ResNet rather than 'layer4.1.relu'.
+    'layer4' is chosen for a ResNet rather than 'layer4.1.relu'. A model without
+    one, or a TorchScript model (no hooks), raises ``MethodNotApplicable``.
     """
     from reportgen.hooks import eval_mode, hooks
     from reportgen.outputs import select_output
+
+    if isinstance(model, torch.jit.ScriptModule):
+        raise MethodNotApplicable("needs forward hooks on a layer, which a TorchScript model does not "
+                                  "allow (its modules run outside Python)")
 
     order: List[Tuple[str, Tuple[int, ...]]] = []
 
@@ -86,7 +93,7 @@ def last_spatial_layer(model: nn.Module, example: torch.Tensor) -> str:
         select_output(model(example), None)
     spatial = [n for n, s in order if len(s) == 4 and s[2] * s[3] > 1]
     if not spatial:
-        raise ValueError("no layer of the model has a spatial (N, C, H, W) output")
+        raise MethodNotApplicable("no layer of the model has a spatial (N, C, H, W) output")
     last = spatial[-1]
     # forward hooks fire child-first, so a container that ends with `last`
     # fires right after it; prefer the outermost such container.

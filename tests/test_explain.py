@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import importlib.machinery
+import io
 import sys
 import types
 
@@ -13,6 +14,7 @@ from torch import nn
 
 import reportgen
 from reportgen import attribution as explain_mod
+from reportgen.errors import MethodNotApplicable, NotApplicable
 from reportgen.hooks import count_hooks
 
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
@@ -209,3 +211,59 @@ def test_bad_images_are_refused(make_cnn):
     for bad in (torch.zeros(3, 8, 8), torch.zeros(1, 3, 8, 8, dtype=torch.uint8), np.zeros((1, 3, 8, 8))):
         with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
             reportgen.explain(model, bad, "saliency")
+
+
+class _Tokens(nn.Module):
+    """(N, C, H, W) -> (N, C, H*W): a token sequence, as in a ViT block."""
+
+    def forward(self, x):
+        return x.flatten(2)
+
+
+def _scripted(model, x):
+    """The model as a `torchscript:` spec loads it: saved, then loaded (no hooks at all)."""
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(model, x), buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+def _not_applicable_cases(make_cnn, make_images):
+    x = make_images(n=2, h=8, w=8)
+    torch.manual_seed(0)
+    flat_head = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+    gelu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.GELU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    tokens = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Tokens(), nn.Linear(64, 2), nn.Flatten(),
+                           nn.Linear(8, 3)).eval()
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()
+    scripted = _scripted(make_cnn(), x)
+    return x, [(flat_head, "cam", {}, "global-average-pool"),
+               (gelu, "guided_backprop", {}, "called no ReLU"),
+               (gelu, "deconvnet", {}, "called no ReLU"),
+               (tokens, "gradcam", {"layer": "1"}, "reshape"),
+               (mlp, "gradcam", {}, "no layer of the model has a spatial"),
+               (scripted, "gradcam", {}, "TorchScript"),
+               (scripted, "eigencam", {"layer": "relu2"}, "TorchScript"),
+               (scripted, "guided_backprop", {}, "TorchScript")]
+
+
+def test_a_method_that_does_not_apply_says_so_with_method_not_applicable(make_cnn, make_images):
+    """The report's sections turn MethodNotApplicable (and only it) into a note; it is still a ValueError."""
+    assert issubclass(MethodNotApplicable, ValueError) and issubclass(MethodNotApplicable, NotApplicable)
+    x, cases = _not_applicable_cases(make_cnn, make_images)
+    for model, method, kw, msg in cases:
+        with pytest.raises(MethodNotApplicable, match=msg):
+            reportgen.explain(model, x, method, **kw)
+
+
+def test_bad_arguments_are_plain_value_errors_not_refusals(make_cnn, make_images):
+    model, x = make_cnn(), make_images(n=2)
+    calls = [lambda: reportgen.explain(model, x, "gradcamm"),
+             lambda: reportgen.explain(model, x, "gradcam", layer="conv3"),
+             lambda: reportgen.explain(model, x, "saliency", target=[0, 9]),
+             lambda: reportgen.explain(model, x, "integrated_gradients", steps=0),
+             lambda: reportgen.explain(model, x, "gradcam", layer="conv2", reshape=lambda t: t[:, 0])]
+    for call in calls:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert not isinstance(err.value, NotApplicable), err.value

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses.gradients import Target, class_scores, resolve_targets
+from reportgen.errors import MethodNotApplicable
 from reportgen.hooks import eval_mode, hooks
 from reportgen.layers import get_layer, last_spatial_layer
 from reportgen.outputs import OutputKey
@@ -87,6 +88,9 @@ class BaseCAM:
         to the layer's own output.
         """
         layer = get_layer(self.model, name)
+        if isinstance(layer, torch.jit.ScriptModule):
+            raise MethodNotApplicable(f"{type(self).__name__} needs a forward hook on layer {name!r}, which "
+                                      "TorchScript does not allow; use saliency or integrated_gradients for it")
         store: Dict[str, Any] = {}
 
         def record(_m, _i, out):
@@ -124,10 +128,12 @@ class BaseCAM:
         if self.reshape is not None:
             t = self.reshape(t)
         if t.ndim != 4:
+            # no reshape: the method does not apply to this layer; a reshape that gets it wrong is a bug
+            refuse = ValueError if self.reshape is not None else MethodNotApplicable
             how = "the reshape callable returned" if self.reshape is not None else "outputs"
-            raise ValueError(f"layer {name!r} {how} shape {tuple(t.shape)}, not (N, C, H, W); "
-                             "pass reshape=<callable> that turns it into (N, C, H, W) "
-                             "(e.g. ViT tokens (N, L, D) -> (N, D, h, w)) or pick a convolutional layer")
+            raise refuse(f"layer {name!r} {how} shape {tuple(t.shape)}, not (N, C, H, W); "
+                         "pass reshape=<callable> that turns it into (N, C, H, W) "
+                         "(e.g. ViT tokens (N, L, D) -> (N, D, h, w)) or pick a convolutional layer")
         return t
 
     def combine(self, cap: Capture) -> torch.Tensor:
@@ -183,15 +189,15 @@ class CAM(BaseCAM):
 
     def weights(self, cap: Capture) -> torch.Tensor:
         if "linear" not in cap.extra:
-            raise ValueError("cam needs a global-average-pool + nn.Linear head, but the model called "
-                             "no nn.Linear; use gradcam, which needs no particular head")
+            raise MethodNotApplicable("cam needs a global-average-pool + nn.Linear head, but the model "
+                                      "called no nn.Linear; use gradcam, which needs no particular head")
         name, fc, feats = cap.extra["linear"]
         gap = cap.activations.mean(dim=(2, 3))
         same = (feats is not None and feats.shape == gap.shape
                 and torch.allclose(feats, gap, rtol=1e-4, atol=1e-5 * float(gap.abs().max().clamp_min(1))))
         if not same:
             got = tuple(feats.shape) if feats is not None else None
-            raise ValueError(
+            raise MethodNotApplicable(
                 f"cam needs a global-average-pool + linear head: the input of the final nn.Linear "
                 f"{name!r} (shape {got}) is not the spatial mean of the target layer's output "
                 f"{tuple(cap.activations.shape)}. Pick the layer that feeds the pooling, or use "

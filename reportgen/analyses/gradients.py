@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from reportgen.errors import MethodNotApplicable
 from reportgen.hooks import eval_mode
 from reportgen.outputs import OutputKey, select_output
 
@@ -191,15 +192,15 @@ def relu_backward_override(rule: str) -> Iterator[_ReluOverride]:
 def _modified_relu_gradients(model: nn.Module, images: torch.Tensor, target: Target,
                              output_key: OutputKey, rule: str, name: str) -> np.ndarray:
     if isinstance(model, torch.jit.ScriptModule):
-        raise ValueError(f"{name} cannot see the ReLUs of a TorchScript model (they run outside "
-                         "Python); use saliency or integrated_gradients for it")
+        raise MethodNotApplicable(f"{name} cannot see the ReLUs of a TorchScript model (they run outside "
+                                  "Python); use saliency or integrated_gradients for it")
     with eval_mode(model), torch.enable_grad():
         with relu_backward_override(rule) as mode:
             grad, _ = _input_gradients(model, images, target, output_key)
     if mode.calls == 0:
         # never hand back plain gradients under another method's name
-        raise ValueError(f"{name} needs ReLU nonlinearities, but the model called no ReLU "
-                         "(nn.ReLU, F.relu, torch.relu, Tensor.relu) during its forward pass")
+        raise MethodNotApplicable(f"{name} needs ReLU nonlinearities, but the model called no ReLU "
+                                  "(nn.ReLU, F.relu, torch.relu, Tensor.relu) during its forward pass")
     return _numpy(grad)
 
 

@@ -223,8 +223,9 @@ def probe(model: nn.Module, x1: torch.Tensor) -> Tuple[int, Any]:
         torch.cuda.synchronize(x1.device)
         return max(1, torch.cuda.max_memory_allocated(x1.device) - before), out
     sizes: List[Tuple[int, int]] = []
-    if isinstance(model, torch.jit.ScriptModule):
-        # no hooks on TorchScript: assume activations of a typical CNN's early layers
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        # no hooks on TorchScript (the model is often wrapped, e.g. in ScoresModel):
+        # assume activations of a typical CNN's early layers
         return 64 * _nbytes(x1), model(x1)
 
     def record(_m, inputs, output):

@@ -1,31 +1,31 @@
 """Attribution sections: class activation maps, gradient attributions, occlusion.
 
-The three share one pipeline (``AttributionSection``): compute each method's
-maps for every probe, then score them - deletion/insertion AUC against a
-random-order reference, the share of attribution on the image border and,
-for the CAM and gradient families, Adebayo et al.'s model-randomization
-check - and lay them out as one strip per probe. A subclass says only which
-methods it runs and how one method's maps are computed (``compute``), the
-way each CAM method overrides one method of ``BaseCAM``.
+The three share one pipeline (``AttributionSection``): each method's maps for
+every probe, scored by ``reportgen.analyses.attribution_eval`` - deletion/insertion
+AUC against a random-order reference, the share of attribution on the image
+border and, for the CAM and gradient families, Adebayo et al.'s
+model-randomization check - and laid out as one strip per probe. A subclass
+says only which methods it runs and how one method's maps are computed
+(``compute``), the way each CAM method overrides one method of ``BaseCAM``.
 
 A method that cannot apply to the model (``cam`` without a GAP + linear
-head, guided backprop without ReLUs) becomes an inline note in its section;
-the other methods still render. The analysis and the scores are pure
-(``reportgen.analyses``); pictures come from ``reportgen.render.attribution``.
+head, guided backprop without ReLUs) raises ``NotApplicable`` and becomes an
+inline note in its section; any other failure is an error finding. The other
+methods still render. Pictures come from ``reportgen.render.attribution``.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from reportgen.analyses import attribution_eval as ae
 from reportgen.analyses import faithfulness as fa
-from reportgen.analyses.gradients import class_scores, integrated_gradients_with_delta
-from reportgen.hooks import eval_mode
+from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
+from reportgen.analyses.gradients import integrated_gradients_with_delta
+from reportgen.errors import NotApplicable
 from reportgen.layers import last_spatial_layer
 from reportgen.render import attribution as ra
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
@@ -53,105 +53,8 @@ def _shared_options(sanity: bool) -> Dict[str, Option]:
                 "findings.sanity_spearman")
     return out
 
-# Deletion/insertion cost n_probes x (methods + 1 random reference) x 2 curves x (steps + 1)
-# forward passes. "auto" steps keep that under FAITHFULNESS_MAC_BUDGET multiply-accumulates
-# (~250 ResNet-50 passes at 224 px: ~10 s on an 8-core laptop CPU, ~50 s on 2 busy cores)
-# where the floor of 8 steps allows; small models (the demo) get the full 32.
-FAITHFULNESS_MAC_BUDGET = 1e12
-FAITHFULNESS_STEPS = (8, 32)
+
 GRADIENT_BATCH = 32            # path points / noisy copies per forward-backward pass
-
-
-@dataclass
-class MethodResult:
-    """One method's maps and scores over all probes (numpy only)."""
-
-    name: str
-    maps: Optional[np.ndarray] = None          # (N, H, W): what is drawn and scored
-    raw: Optional[np.ndarray] = None           # (N, C, H, W) input attributions (gradient methods)
-    error: Optional[str] = None                # why the method produced no maps
-    bug: bool = False                          # True: an unexpected failure, not "does not apply"
-    deletion_auc: Optional[np.ndarray] = None  # (N,)
-    insertion_auc: Optional[np.ndarray] = None
-    deletion_curves: Optional[np.ndarray] = None   # (N, steps + 1)
-    insertion_curves: Optional[np.ndarray] = None
-    border_share: Optional[np.ndarray] = None  # (N,)
-    sanity: Optional[fa.SanityResult] = None
-    sanity_error: Optional[str] = None
-    topk: Optional[np.ndarray] = None          # (N, K, H, W), maps for the top-K classes
-    extras: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.maps is not None
-
-
-@dataclass
-class AttributionResult:
-    section: str
-    probe_names: List[str]
-    image_size: Tuple[int, int]
-    targets: np.ndarray                        # (N,) class explained per probe
-    target_from_spec: List[bool]
-    probs: np.ndarray                          # (N, classes) softmax of the clean probes
-    methods: Dict[str, MethodResult]
-    steps: int
-    steps_auto: bool
-    deletion_baseline: str
-    insertion_baseline: str
-    random_deletion_auc: np.ndarray            # (N,) the random-order reference
-    random_insertion_auc: np.ndarray
-    border_frac: float
-    border_area_share: float
-    layer: Optional[str] = None
-    layer_auto: bool = False
-    topk_classes: Optional[np.ndarray] = None  # (N, K)
-    sanity_threshold: Optional[float] = None
-    sanity_randomized: Optional[str] = None
-    sanity_error: Optional[str] = None
-    extras: Dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- shared pipeline
-
-def _targets(ctx: BuildContext, probs: np.ndarray) -> Tuple[np.ndarray, List[bool]]:
-    """probe.target where the spec names one, else the predicted class."""
-    given = [p.target is not None for p in ctx.probes]
-    t = [int(p.target) if p.target is not None else int(probs[i].argmax()) for i, p in enumerate(ctx.probes)]
-    return np.asarray(t, dtype=np.int64), given
-
-
-@torch.no_grad()
-def _probabilities(ctx: BuildContext, images: torch.Tensor) -> np.ndarray:
-    with eval_mode(ctx.model):
-        scores = class_scores(ctx.model, images, ctx.output_key)
-    return torch.softmax(scores.double(), dim=1).cpu().numpy()
-
-
-def auto_steps(ctx: BuildContext, n_maps: int) -> int:
-    """Steps per deletion/insertion curve from the model's cost (deterministic: MACs, not timings)."""
-    from reportgen.analyses.summary import summarize
-
-    lo, hi = FAITHFULNESS_STEPS
-    try:
-        macs = summarize(ctx.model, ctx.example(), ctx.output_key).total_macs
-    except Exception:  # noqa: BLE001 - a model the summary cannot hook: fall back on the size
-        macs = 0
-    if macs <= 0:
-        h, w = ctx.input_size[-2:]
-        return hi if h * w <= 128 * 128 else 16
-    curves = max(1, len(ctx.probes)) * max(1, n_maps) * 2       # deletion + insertion per map
-    passes = FAITHFULNESS_MAC_BUDGET / macs / curves
-    return int(min(hi, max(lo, math.floor(passes) - 1)))
-
-
-def _finding_threshold(ctx: BuildContext, key: str, default: float) -> float:
-    """A findings threshold from the spec when the schema has it, else our default."""
-    try:
-        value = ctx.spec["findings"].get(key)
-    except (KeyError, TypeError, AttributeError):
-        value = None
-    return float(default if value is None else value)
 
 
 class AttributionSection(Section):
@@ -169,139 +72,40 @@ class AttributionSection(Section):
         return {}
 
     def compute(self, name: str, model: nn.Module, images: torch.Tensor, targets: Sequence[int],
-                ctx: BuildContext, options: Dict[str, Any], plan: Dict[str, Any]
-                ) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, Any]]:
+                ctx: BuildContext, options: Dict[str, Any], plan: Dict[str, Any]) -> ae.Maps:
         """(maps (N, H, W) to draw and score, raw attributions or None, extras)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------- analysis
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> Optional[AttributionResult]:
-        if not ctx.probes:
-            return None
-        images = ctx.probe_batch()
-        probs = _probabilities(ctx, images)
-        targets, given = _targets(ctx, probs)
-        names = self.method_names(options)
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> AttributionResult:
         try:
-            plan = self.plan(ctx, options)
-        except (ValueError, RuntimeError) as e:    # e.g. no hookable layer: every method says why
-            plan = {}
-            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
-            if isinstance(ctx.model, torch.jit.ScriptModule):
-                why = f"needs forward hooks on a layer, which a TorchScript model does not allow ({why})"
-            methods = {n: MethodResult(n, error=why) for n in names}
-        else:
-            methods = {n: self._run(n, ctx, images, targets, options, plan) for n in names}
-        ok = [m for m in methods.values() if m.ok]
-        steps_opt = options.get("faithfulness_steps", "auto")
-        steps = auto_steps(ctx, len(ok) + 1) if steps_opt in (None, "auto") else int(steps_opt)
-        h, w = images.shape[-2:]
-        border_frac = _finding_threshold(ctx, "border_band", fa.BORDER_FRAC)
-        rand = self._random_reference(ctx, images, targets, steps)
-        for m in ok:
-            self._score(m, ctx, images, targets, steps, border_frac)
-        result = AttributionResult(
-            section=self.name, probe_names=[p.name for p in ctx.probes], image_size=(int(h), int(w)),
-            targets=targets, target_from_spec=given, probs=probs.astype(np.float32), methods=methods,
-            steps=steps, steps_auto=steps_opt in (None, "auto"),
-            deletion_baseline=rand["deletion_baseline"], insertion_baseline=rand["insertion_baseline"],
-            random_deletion_auc=rand["deletion_auc"], random_insertion_auc=rand["insertion_auc"],
-            border_frac=border_frac, border_area_share=fa.border_area_share(int(h), int(w), border_frac),
+            plan, refused = self.plan(ctx, options), None
+        except NotApplicable as e:    # e.g. no hookable layer: every method says why
+            plan, refused = {}, e
+        methods = {n: self._method(n, ctx, options, plan, refused) for n in self.method_names(options)}
+        threshold = None
+        if self.run_sanity:  # the section's own value wins over findings:
+            own = options["sanity_threshold"]
+            threshold = float(own) if own is not None else ctx.threshold("sanity_spearman")
+        return ae.evaluate(
+            ctx.model, ctx.probe_batch(), methods, targets=[p.target for p in ctx.probes],
+            steps=options["faithfulness_steps"], border_frac=ctx.threshold("border_band"),
+            top_classes=options["top_classes"], sanity_threshold=threshold, seed=ctx.seed,
+            output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
             layer=plan.get("layer"), layer_auto=bool(plan.get("layer_auto", False)),
             extras={k: v for k, v in plan.items() if k not in ("layer", "layer_auto")})
-        k = int(options.get("top_classes", 1) or 1)
-        if k > 1:
-            self._top_classes(result, ctx, images, options, plan, min(k, probs.shape[1]))
-        if self.run_sanity and ok:
-            self._sanity(result, ctx, images, options, plan)
-        return result
 
-    def _run(self, name: str, ctx: BuildContext, images: torch.Tensor, targets: np.ndarray,
-             options: Dict[str, Any], plan: Dict[str, Any]) -> MethodResult:
-        """One method over all probes; a failure is kept as a note, never sinks the section."""
-        res = MethodResult(name)
-        try:
-            res.maps, res.raw, res.extras = self.compute(name, ctx.model, images, targets.tolist(),
-                                                         ctx, options, plan)
-        except ValueError as e:          # the method does not apply to this model: say why
-            res.error = str(e)
-        except RuntimeError as e:
-            if not isinstance(ctx.model, torch.jit.ScriptModule):
-                res.error, res.bug = f"RuntimeError: {e}", True
-            else:                        # hooks and ReLU overrides cannot reach inside TorchScript
-                res.error = f"{name} cannot run on a TorchScript model: {str(e).strip().splitlines()[0]}"
-        except Exception as e:  # noqa: BLE001 - a bug: report it, keep the other methods
-            res.error, res.bug = f"{type(e).__name__}: {e}", True
-        return res
-
-    def _score(self, m: MethodResult, ctx: BuildContext, images: torch.Tensor, targets: np.ndarray,
-               steps: int, border_frac: float) -> None:
-        rows = [fa.deletion_insertion(ctx.model, images[i:i + 1], m.maps[i], int(targets[i]), steps=steps,
-                                      output_key=ctx.output_key) for i in range(len(targets))]
-        m.deletion_auc = np.array([r["deletion_auc"] for r in rows])
-        m.insertion_auc = np.array([r["insertion_auc"] for r in rows])
-        m.deletion_curves = np.stack([r["deletion_curve"] for r in rows])
-        m.insertion_curves = np.stack([r["insertion_curve"] for r in rows])
-        m.border_share = np.asarray(fa.border_concentration(m.maps, border_frac), dtype=np.float64)
-
-    def _random_reference(self, ctx: BuildContext, images: torch.Tensor, targets: np.ndarray,
-                          steps: int) -> Dict[str, Any]:
-        """The same curves for a seeded random pixel order: what "no information" scores."""
-        h, w = images.shape[-2:]
-        rows = [fa.deletion_insertion(ctx.model, images[i:i + 1], fa.random_saliency((h, w), ctx.seed + i),
-                                      int(targets[i]), steps=steps, output_key=ctx.output_key)
-                for i in range(len(targets))]
-        return {"deletion_auc": np.array([r["deletion_auc"] for r in rows]),
-                "insertion_auc": np.array([r["insertion_auc"] for r in rows]),
-                "deletion_baseline": rows[0]["deletion_baseline"],
-                "insertion_baseline": rows[0]["insertion_baseline"]}
-
-    def _top_classes(self, result: AttributionResult, ctx: BuildContext, images: torch.Tensor,
-                     options: Dict[str, Any], plan: Dict[str, Any], k: int) -> None:
-        """Maps for each probe's k most likely classes (shown collapsed, on demand)."""
-        top = np.argsort(-result.probs, axis=1, kind="stable")[:, :k]
-        result.topk_classes = top
-        for m in result.methods.values():
-            if not m.ok:
-                continue
-            try:
-                per_rank = [self.compute(m.name, ctx.model, images, top[:, r].tolist(), ctx, options, plan)[0]
-                            for r in range(k)]
-                m.topk = np.stack(per_rank, axis=1)
-            except Exception as e:  # noqa: BLE001 - the main maps worked; keep them
-                m.extras["topk_error"] = f"{type(e).__name__}: {e}"
-
-    def _sanity(self, result: AttributionResult, ctx: BuildContext, images: torch.Tensor,
-                options: Dict[str, Any], plan: Dict[str, Any]) -> None:
-        """Adebayo et al.: one randomized copy per section (seeded), each method's maps compared."""
-        own = options.get("sanity_threshold")  # the section's own value wins over findings:
-        threshold = float(own) if own is not None else float(
-            _finding_threshold(ctx, "sanity_spearman", fa.SANITY_THRESHOLD))
-        result.sanity_threshold = threshold
-        try:
-            randomized = fa.randomize_weights(ctx.model, seed=ctx.seed)
-        except ValueError as e:
-            result.sanity_error = str(e)
-            return
-        result.sanity_randomized = f"all parameters re-initialized (seed {ctx.seed})"
-        targets = result.targets.tolist()
-        for m in result.methods.values():
-            if not m.ok:
-                continue
-
-            def method(model, x, t, _name=m.name):
-                return self.compute(_name, model, x, t, ctx, options, plan)[0]
-            try:
-                m.sanity = fa.sanity_randomization(ctx.model, images, method, targets, randomized=randomized,
-                                                   original=m.maps, threshold=threshold, name=m.name)
-            except Exception as e:  # noqa: BLE001 - e.g. a head the random weights break
-                m.sanity_error = f"{type(e).__name__}: {e}"
-        del randomized
+    def _method(self, name: str, ctx: BuildContext, options: Dict[str, Any], plan: Dict[str, Any],
+                refused: Optional[NotApplicable]) -> ae.Method:
+        """``compute`` for one method as the analysis calls it; a refused plan refuses every method."""
+        def method(model: nn.Module, images: torch.Tensor, targets: List[int]) -> ae.Maps:
+            if refused is not None:
+                raise refused
+            return self.compute(name, model, images, targets, ctx, options, plan)
+        return method
 
     # ----------------------------------------------------------- report.json
-    def summary(self, result: Optional[AttributionResult]) -> Dict[str, Any]:
-        if result is None:
-            return {"skipped": "no probe images"}
+    def summary(self, result: AttributionResult) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         if result.layer is not None:
             out["layer"], out["layer_auto"] = result.layer, result.layer_auto
@@ -344,13 +148,10 @@ class AttributionSection(Section):
         return {}
 
     # ----------------------------------------------------------- findings
-    def findings(self, result: Optional[AttributionResult], ctx: BuildContext) -> List[Finding]:
-        if result is None:
-            return []
+    def findings(self, result: AttributionResult, ctx: BuildContext) -> List[Finding]:
         out: List[Finding] = []
         h, w = result.image_size
-        ratio = _finding_threshold(ctx, "border_ratio", fa.BORDER_RATIO)
-        min_share = _finding_threshold(ctx, "border_share", fa.BORDER_MIN_SHARE)
+        ratio, min_share = ctx.threshold("border_ratio"), ctx.threshold("border_share")
         for name, m in result.methods.items():
             title = ra.label(name)
             if not m.ok:
@@ -380,9 +181,7 @@ class AttributionSection(Section):
         return out
 
     # ----------------------------------------------------------- view
-    def view(self, result: Optional[AttributionResult], ctx: BuildContext) -> Dict[str, Any]:
-        if result is None:
-            return {"empty": True}
+    def view(self, result: AttributionResult, ctx: BuildContext) -> Dict[str, Any]:
         ok = [m for m in result.methods.values() if m.ok]
         scale = self.display_scale(result, ok)
         probes = []
@@ -399,7 +198,7 @@ class AttributionSection(Section):
             if result.topk_classes is not None:
                 entry["topk"] = self._topk_view(result, ok, i, probe, ctx, scale)
             probes.append(entry)
-        view = {"empty": False, "section": self.name, "probes": probes,
+        view = {"section": self.name, "probes": probes,
                 "errors": [{"label": ra.label(m.name), "name": m.name, "error": m.error, "bug": m.bug}
                            for m in result.methods.values() if not m.ok],
                 "colorbar": ra.colorbar_view(scale["vmin"], scale["vmax"], scale["cmap"], scale["low"],
@@ -496,11 +295,11 @@ class CamSection(AttributionSection):
     }
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
-        return list(options.get("methods") or ["gradcam", "gradcampp"])
+        return list(options["methods"])
 
     def plan(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
-        layer = options.get("layer", "auto") or "auto"
-        if layer == "auto":
+        layer = options["layer"]
+        if layer == AUTO:
             return {"layer": last_spatial_layer(ctx.model, ctx.example()), "layer_auto": True}
         return {"layer": layer, "layer_auto": False}
 
@@ -520,9 +319,9 @@ class CamSection(AttributionSection):
 
 def _gradient_params(name: str, options: Dict[str, Any], seed: int) -> Dict[str, Any]:
     if name == "integrated_gradients":
-        return {"steps": int(options.get("steps", 32)), "batch_size": GRADIENT_BATCH}
+        return {"steps": int(options["steps"]), "batch_size": GRADIENT_BATCH}
     if name == "smoothgrad":
-        return {"samples": int(options.get("samples", 16)), "noise_level": float(options.get("noise", 0.15)),
+        return {"samples": int(options["samples"]), "noise_level": float(options["noise"]),
                 "seed": int(seed), "batch_size": GRADIENT_BATCH}
     return {}
 
@@ -544,7 +343,7 @@ class GradientsSection(AttributionSection):
     }
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
-        return list(options.get("methods") or ["saliency", "guided_backprop", "integrated_gradients"])
+        return list(options["methods"])
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         params = _gradient_params(name, options, ctx.seed)
@@ -639,11 +438,10 @@ class OcclusionSection(AttributionSection):
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         from reportgen.analyses.occlusion import occlusion_details
-        d = occlusion_details(model, images, target=list(targets), window=options.get("window", 16),
-                              stride=options.get("stride", 8),
-                              baseline=_occlusion_baseline(ctx, options.get("baseline", "mean")),
-                              output_key=ctx.output_key, incremental=options.get("incremental", False))
-        meta = dict(d.meta(), baseline_option=options.get("baseline", "mean"))
+        d = occlusion_details(model, images, target=list(targets), window=options["window"],
+                              stride=options["stride"], baseline=_occlusion_baseline(ctx, options["baseline"]),
+                              output_key=ctx.output_key, incremental=options["incremental"])
+        meta = dict(d.meta(), baseline_option=options["baseline"])
         extras = {"prob_map": d.prob_map, "top_class": d.top_class, "positions": d.positions,
                   "window": list(d.window), "meta": meta}
         return d.sensitivity, None, extras

@@ -1,6 +1,8 @@
 """Occlusion sensitivity: captum parity, hand-checked maps, batching, incremental exactness, bad input."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -300,3 +302,16 @@ def test_bad_inputs_raise_and_leave_model_clean(make_cnn, make_images):
         occlusion(model, x, window=4, incremental="yes")
     assert count_hooks(model) == 0
     assert all(m.training for m in model.modules())
+
+
+def test_torchscript_model_gives_the_eager_result(make_cnn, make_images):
+    """No hooks on TorchScript, even wrapped to pick the class scores: the memory probe guesses instead."""
+    model, x = make_cnn(), make_images(n=2, h=8, w=8)
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(model, x), buffer)
+    buffer.seek(0)
+    scripted = torch.jit.load(buffer)          # as a `torchscript:` model is loaded: no hooks at all
+    eager = occlusion_details(model, x, window=4, stride=2)
+    traced = occlusion_details(scripted, x, window=4, stride=2)
+    np.testing.assert_allclose(traced.sensitivity, eager.sensitivity, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(traced.top_class, eager.top_class)

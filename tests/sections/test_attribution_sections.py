@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import reportgen
+import reportgen.attribution
 from reportgen.analyses import faithfulness as fa
+from reportgen.cli import main
 from reportgen.sections.attribution import AttributionResult, CamSection, MethodResult
+from reportgen.sections.base import BuildContext
 from tests.project import GOOD, make_project
 
 SECTIONS = ["cam", "gradients", "occlusion"]
@@ -200,7 +202,8 @@ def test_failing_sanity_check_becomes_a_warning_finding():
         steps_auto=True, deletion_baseline="zero", insertion_baseline="blur",
         random_deletion_auc=np.zeros(2), random_insertion_auc=np.zeros(2), border_frac=0.1,
         border_area_share=fa.border_area_share(8, 8), layer="conv1", layer_auto=True)
-    ctx = SimpleNamespace(spec={"findings": {}})
+    ctx = BuildContext(model=torch.nn.Identity(), device=torch.device("cpu"), input_size=(3, 8, 8), probes=[],
+                       classes=["a", "b"], checkpoints=[], spec={"findings": {}})
     (finding,) = CamSection({}).findings(result, ctx)
     assert finding.id == "sanity-gradcam" and finding.severity == "warning" and finding.layer == "conv1"
     assert "0.85" in finding.evidence and "Adebayo" in finding.evidence
@@ -225,3 +228,21 @@ def test_torchscript_model_gets_notes_not_errors(tmp_path):
     assert "TorchScript" in data["sections"]["gradients"]["methods"]["guided_backprop"]["error"]
     assert len(data["sections"]["gradients"]["methods"]["saliency"]["deletion_auc"]) == 2
     assert {f["severity"] for f in data["findings"]} <= {"info", "warning"}, data["findings"]
+
+
+def test_a_value_error_inside_a_method_is_an_error_finding_not_a_note(tmp_path, monkeypatch):
+    """Only NotApplicable means "does not apply here"; a ValueError from inside a method is a bug:
+    an error finding that trips --fail-on error, while the other methods still render."""
+    def broken(model, images, target=None, *, output_key=None):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setitem(reportgen.attribution._METHODS, "saliency", broken)
+    spec = make_project(tmp_path, GOOD + "sections:\n  gradients: {methods: [saliency, guided_backprop]}\n")
+    assert main(["build", str(spec), "--quiet", "--only", "gradients", "--no-cache", "--fail-on", "error"]) == 3
+    data = json.loads((tmp_path / "site" / "report.json").read_text())
+    ids = {f["id"]: f for f in data["findings"]}
+    assert ids["method-failed-saliency"]["severity"] == "error"
+    assert "method-unavailable-saliency" not in ids
+    assert data["sections"]["gradients"]["methods"]["saliency"]["error"] == \
+        "ValueError: operands could not be broadcast together"
+    assert len(data["sections"]["gradients"]["methods"]["guided_backprop"]["deletion_auc"]) == 2
