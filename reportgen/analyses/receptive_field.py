@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reportgen.hooks import eval_mode, hooks
+from reportgen.hooks import eval_mode, record_calls
 from reportgen.layers import get_layer
 
 Pair = Tuple[int, int]
@@ -702,6 +702,7 @@ def _chain_window(model: nn.Module, layer: str, example: torch.Tensor, trace_err
     window is marked lost rather than guessed.
     """
     target = get_layer(model, layer)
+    calls = _run_or_explain(lambda x: record_calls(model, x, keep_tensors=True).calls, example)
     known: Dict[int, Tuple[torch.Tensor, Any]] = {id(example): (example, _image_window(example.shape))}
     found: Dict[str, Any] = {}
 
@@ -709,32 +710,20 @@ def _chain_window(model: nn.Module, layer: str, example: torch.Tensor, trace_err
         hit = known.get(id(t)) if torch.is_tensor(t) else None
         return hit[1] if hit is not None and hit[0] is t else None
 
-    def on_leaf(name: str) -> Callable:
-        def fn(m, inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not (inputs and torch.is_tensor(out)):
-                return
-            state = state_of(inputs[0])
+    for call in calls:   # in the order they finished, as the hooks saw them
+        out = call.output[0] if isinstance(call.output, (tuple, list)) else call.output
+        if call.name and call.leaf and call.inputs and torch.is_tensor(out):
+            state = state_of(call.inputs[0])
             if state is None:
-                state = f"the input of module {name!r}, which no earlier module returned"
+                state = f"the input of module {call.name!r}, which no earlier module returned"
             elif isinstance(state, Window):
                 try:
-                    state = _module_rule(m, state, tuple(inputs[0].shape), tuple(out.shape))
+                    state = _module_rule(call.module, state, tuple(call.inputs[0].shape), tuple(out.shape))
                 except _Unsupported as err:
-                    state = f"module {name!r} ({err})"
+                    state = f"module {call.name!r} ({err})"
             known[id(out)] = (out, state)
-        return fn
-
-    def on_target(_m, _inputs, output):
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        found["state"], found["shape"] = state_of(out), tuple(getattr(out, "shape", ()))
-
-    with torch.no_grad(), hooks() as hs:
-        for name, m in model.named_modules():
-            if name and next(m.children(), None) is None:
-                hs.append(m.register_forward_hook(on_leaf(name)))
-        hs.append(target.register_forward_hook(on_target))
-        _run_or_explain(model, example)
+        if call.module is target:
+            found["state"], found["shape"] = state_of(out), tuple(getattr(out, "shape", ()))
     state = found.get("state")
     if isinstance(state, Window) or state is NONSPATIAL:
         return _final(state, found.get("shape"), layer)
