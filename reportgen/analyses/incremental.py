@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reportgen.analyses.memory import nbytes, peak_estimate
+
 # Geom ops whose uniform rectangle covers at least this fraction of their
 # output map are computed densely. Krypton uses a similar threshold (tau):
 # near a full map, cutting and pasting the halo costs more than the few rows
@@ -250,11 +252,9 @@ class IncrementalEngine:
 
     def peak_bytes(self) -> int:
         """Peak activation bytes of one sample's plain forward, from the clean pass's cache."""
-        from reportgen.analyses.occlusion import _nbytes, peak_estimate
-
-        steps = [(sum(_nbytes(self.cache.get(a)) for a in node.all_input_nodes), _nbytes(self.cache[node]))
+        steps = [(sum(nbytes(self.cache.get(a)) for a in node.all_input_nodes), nbytes(self.cache[node]))
                  for node in self.nodes if node.op not in ("placeholder", "output", "get_attr")]
-        return peak_estimate(steps, _nbytes(self.cache[self.input_node]))
+        return peak_estimate(steps, nbytes(self.cache[self.input_node]))
 
     # ---- planning
     def _classify(self, node: fx.Node, dep: Dict[fx.Node, bool]) -> str:

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.hooks import eval_mode, hooks
+from reportgen.analyses.incremental import IncrementalEngine, trace
+from reportgen.analyses.memory import probe
+from reportgen.hooks import eval_mode
 from reportgen.models import model_device
 from reportgen.outputs import OutputKey, ScoresModel, select_output
 
@@ -189,55 +191,6 @@ def make_baseline(images: torch.Tensor, baseline: Baseline, window: Tuple[int, i
 
 # ---------------------------------------------------------------- batch size
 
-def _nbytes(v: Any) -> int:
-    if torch.is_tensor(v):
-        return v.numel() * v.element_size()
-    if isinstance(v, (tuple, list)):
-        return sum(_nbytes(t) for t in v)
-    return 0
-
-
-def peak_estimate(steps: Sequence[Tuple[int, int]], in_bytes: int) -> int:
-    """Peak bytes of a no_grad forward from each step's (input, output) bytes.
-
-    At any moment such a pass holds about one layer's input and output plus
-    one skip tensor (a residual branch): max(in + out) + max(out) + the input.
-    """
-    if not steps:
-        return 2 * in_bytes
-    return max(i + o for i, o in steps) + max(o for _, o in steps) + in_bytes
-
-
-def probe(model: nn.Module, x1: torch.Tensor) -> Tuple[int, Any]:
-    """One forward pass of a single sample: its peak activation bytes, and its output.
-
-    The output is the clean image's scores, so the probe costs no extra pass.
-    On CUDA the allocator's peak is exact; on CPU we record every leaf
-    module's input and output sizes (:func:`peak_estimate`).
-    """
-    if x1.is_cuda:
-        torch.cuda.synchronize(x1.device)
-        before = torch.cuda.memory_allocated(x1.device)
-        torch.cuda.reset_peak_memory_stats(x1.device)
-        out = model(x1)
-        torch.cuda.synchronize(x1.device)
-        return max(1, torch.cuda.max_memory_allocated(x1.device) - before), out
-    sizes: List[Tuple[int, int]] = []
-    if isinstance(model, torch.jit.ScriptModule):
-        # no hooks on TorchScript: assume activations of a typical CNN's early layers
-        return 64 * _nbytes(x1), model(x1)
-
-    def record(_m, inputs, output):
-        sizes.append((_nbytes(inputs), _nbytes(output)))
-
-    with hooks() as hs:
-        for m in model.modules():
-            if not list(m.children()):
-                hs.append(m.register_forward_hook(record))
-        out = model(x1)
-    return peak_estimate(sizes, _nbytes(x1)), out
-
-
 def default_memory_budget(device: torch.device) -> int:
     """Bytes we allow the occluded batch to take (see the constants above for why)."""
     if device.type == "cuda":
@@ -380,7 +333,6 @@ def _pick_engine(model, images, win, starts, incremental):
     """
     if incremental is False:
         return None, {}
-    from reportgen.analyses.incremental import IncrementalEngine, trace
     try:
         engine = IncrementalEngine(trace(model))
         engine.clean_pass(images[:1])
