@@ -6,8 +6,8 @@ dead capacity. Layers default to the last module of each resolution stage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Sequence
 
 import numpy as np
 import torch

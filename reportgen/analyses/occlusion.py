@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from reportgen.analyses.blur import gaussian_blur
 from reportgen.analyses.incremental import IncrementalEngine, trace
 from reportgen.analyses.memory import probe
 from reportgen.hooks import eval_mode
@@ -130,24 +130,6 @@ def _targets(target: Target, n: int, k: int) -> Optional[torch.Tensor]:
     return t
 
 
-def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel, reflect padding so borders keep their colour."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    xs = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    k = torch.exp(-(xs ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = images.shape[1]
-    out = images
-    for dim, kern in ((3, k.view(1, 1, 1, -1)), (2, k.view(1, 1, -1, 1))):
-        pad = min(radius, out.shape[dim] - 1)
-        kern = kern[..., radius - pad:radius + pad + 1] if dim == 3 else kern[:, :, radius - pad:radius + pad + 1]
-        kern = kern / kern.sum()
-        padding = (pad, pad, 0, 0) if dim == 3 else (0, 0, pad, pad)
-        out = F.pad(out, padding, mode="reflect") if pad else out
-        out = F.conv2d(out, kern.expand(c, 1, *kern.shape[2:]).contiguous(), groups=c)
-    return out
-
-
 def make_baseline(images: torch.Tensor, baseline: Baseline, window: Tuple[int, int]) -> Tuple[torch.Tensor, str]:
     """What fills the occluder, broadcastable to (N, C, H, W), and a description.
 
@@ -171,7 +153,7 @@ def make_baseline(images: torch.Tensor, baseline: Baseline, window: Tuple[int, i
             return images.new_full((1, 1, 1, 1), 0.5), "grey (0.5)"
         if name == "blur":
             sigma = max(window) / 4.0
-            return _blur(images, sigma), f"blur (sigma {sigma:g})"
+            return gaussian_blur(images, sigma), f"blur (sigma {sigma:g})"
         raise ValueError(f"occlusion: unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}, "
                          "a number, a per-channel sequence or a tensor")
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
