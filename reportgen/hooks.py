@@ -2,15 +2,21 @@
 
 Every piece of reportgen that registers a hook or flips train/eval does it
 inside one of these, so an exception half-way through an analysis cannot
-leave a user's model instrumented or in the wrong mode.
+leave a user's model instrumented or in the wrong mode. Code that needs every
+module's call on one forward pass (output shapes, the order layers run in,
+which tensor feeds which module) takes it from :func:`record_calls`.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterable, Iterator, List
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from reportgen.layer_lookup import get_layer
 
 
 @contextlib.contextmanager
@@ -61,8 +67,6 @@ class ActivationRecorder:
         return fn
 
     def __enter__(self) -> "ActivationRecorder":
-        from reportgen.layers import get_layer
-
         handles = self._stack.enter_context(hooks())
         try:
             for name in self.names:
@@ -76,6 +80,87 @@ class ActivationRecorder:
     def __exit__(self, *exc) -> None:
         self._stack.close()
         self.outputs = {} if exc[0] is not None else self.outputs
+
+
+@dataclass(frozen=True)
+class Call:
+    """One module call of a recorded forward pass.
+
+    ``inputs`` and ``output`` hold storage-less ``meta`` twins of the tensors
+    (shape, dtype and size, no values), or with ``keep_tensors`` the tensors
+    themselves, alive until the recording is dropped so ``id()`` tells them
+    apart (later in-place ops may have changed their values).
+    """
+
+    name: str                  # dotted module name, "" for the model itself
+    module: nn.Module
+    order: int                 # rank of the call's start: a container starts before its children
+    inputs: Tuple[Any, ...]    # the positional arguments the module received
+    output: Any                # what it returned
+
+    @property
+    def tensor(self) -> Optional[torch.Tensor]:
+        """The output tensor, or element 0 of a tuple/list output (as ActivationRecorder takes it)."""
+        out = self.output
+        if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
+            out = out[0]
+        return out if torch.is_tensor(out) else None
+
+    @property
+    def leaf(self) -> bool:
+        """True for a module without children."""
+        return next(self.module.children(), None) is None
+
+
+@dataclass
+class Recording:
+    calls: List[Call]          # in the order the calls finished (forward hooks fire child-first)
+    output: Any                # the model's output
+
+
+def record_calls(model: nn.Module, *inputs: Any, keep_tensors: bool = False) -> Recording:
+    """Run ``model`` once on ``inputs`` (eval mode, no grad), recording every module's calls.
+
+    Every module, the model itself included, is hooked; a module called
+    several times gives one Call per call. Without ``keep_tensors`` the pass
+    holds no more memory than a plain one. Hooks come off and train/eval
+    flags are restored even when the forward pass raises.
+    """
+    calls: List[Call] = []
+    starts = itertools.count()
+    running: Dict[int, List[int]] = {}   # id(module) -> start ranks of its unfinished calls
+    keep = (lambda v: v) if keep_tensors else _meta_twins
+
+    def on_start(module, _args):
+        running.setdefault(id(module), []).append(next(starts))
+
+    def on_finish(name: str) -> Callable:
+        def fn(module, args, output):
+            calls.append(Call(name, module, running[id(module)].pop(), keep(args), keep(output)))
+        return fn
+
+    with torch.no_grad(), eval_mode(model), hooks() as hs:
+        for name, m in model.named_modules():
+            hs.append(m.register_forward_pre_hook(on_start))
+            hs.append(m.register_forward_hook(on_finish(name)))
+        output = model(*inputs)
+    return Recording(calls, output)
+
+
+def _meta_twins(v: Any) -> Any:
+    """``v`` with each tensor (in tuples, lists and dict values) replaced by a meta tensor
+    of its shape and dtype; one that has no meta form (quantized) is kept as it is."""
+    if torch.is_tensor(v):
+        try:
+            return torch.empty(v.shape, dtype=v.dtype, device="meta")
+        except (RuntimeError, NotImplementedError):
+            return v
+    if isinstance(v, (tuple, list)):
+        twins = [_meta_twins(x) for x in v]
+        return twins if isinstance(v, list) else tuple(twins)
+    if isinstance(v, dict):
+        return {k: _meta_twins(x) for k, x in v.items()}
+    return v
 
 
 def count_hooks(model: nn.Module) -> int:

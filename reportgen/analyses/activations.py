@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from reportgen.hooks import ActivationRecorder, eval_mode, hooks
-from reportgen.layers import get_layer
+from reportgen.layer_lookup import get_layer
+from reportgen.layers import spatial_calls
 from reportgen.outputs import select_output
 
 DEAD_SPREADS = 6.0   # a channel peaking this many layer spreads below zero is dead for certain
 
 
-@torch.no_grad()
 def stage_layers(model: nn.Module, example: torch.Tensor, max_layers: int = 4) -> List[str]:
     """The outermost module that ends each run of equal spatial resolution.
 
@@ -41,19 +41,7 @@ def stage_layers(model: nn.Module, example: torch.Tensor, max_layers: int = 4) -
     more stages than ``max_layers``, evenly spaced ones are kept, always
     including the deepest.
     """
-    done: List[Tuple[str, Tuple[int, int]]] = []
-
-    def make(name):
-        def fn(_m, _i, out):
-            if torch.is_tensor(out) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
-                done.append((name, (int(out.shape[2]), int(out.shape[3]))))
-        return fn
-
-    with eval_mode(model), hooks() as hs:
-        for name, m in model.named_modules():
-            if name:
-                hs.append(m.register_forward_hook(make(name)))
-        select_output(model(example[:1]), None)
+    done = spatial_calls(model, example[:1])
     runs: List[List[str]] = []
     last_hw = None
     for name, hw in done:

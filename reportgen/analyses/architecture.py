@@ -22,12 +22,13 @@ as ``x.sum() > 0``, dead code) are pruned so the picture shows the dataflow only
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
+
+from reportgen.analyses import fxops
 
 Shape = Optional[Tuple[int, ...]]
 
@@ -249,12 +250,6 @@ def _is_fx_node(a: Any) -> bool:
     return isinstance(a, torch.fx.Node)
 
 
-def _is_inplace(target: Any) -> bool:
-    """relu_, add_, mul_ (trailing underscore, not dunder): ops that rewrite their first argument."""
-    name = target if isinstance(target, str) else getattr(target, "__name__", "")
-    return name.endswith("_") and not name.endswith("__")
-
-
 def _trace_fx(model: nn.Module, inputs: Tuple) -> Tuple[List[ArchNode], List[ArchEdge]]:
     """Symbolic trace + ShapeProp, turned into ArchNodes (getitem on tuples folded away)."""
     from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
@@ -274,10 +269,11 @@ def _trace_fx(model: nn.Module, inputs: Tuple) -> Tuple[List[ArchNode], List[Arc
     kept: Set[str] = set()
     # fx node name -> (kept producer id, shape) for nodes folded into their producer
     folded: Dict[str, Tuple[str, Shape]] = {}
-    modules = dict(model.named_modules())
+    modules = dict(gm.named_modules())
 
-    # x.relu_() with its result ignored: fx keeps feeding later users the old proxy
-    # `x`; those uses really read the in-place op's result, so reroute them.
+    # x.relu_() with its result ignored (or relu(x, inplace=True), x += y): fx keeps
+    # feeding later users the old proxy `x`; those uses really read the in-place
+    # op's result, so reroute them (the hooks tracer sees the same by tensor identity).
     mutated: Dict[str, Tuple[str, Shape]] = {}
 
     def resolve(n: Any) -> Optional[Tuple[str, Shape]]:
@@ -312,12 +308,12 @@ def _trace_fx(model: nn.Module, inputs: Tuple) -> Tuple[List[ArchNode], List[Arc
         elif n.op == "get_attr":
             continue  # a parameter/buffer/constant: not dataflow worth drawing
         elif n.op == "call_module":
-            mod = modules.get(n.target) or gm.get_submodule(n.target)
+            mod = modules[n.target]
             nodes.append(ArchNode(n.name, n.target.rsplit(".", 1)[-1], "module", type(mod).__name__,
                                   path=n.target, parent=_parent_path(n.target), params=_module_params(mod),
                                   shape=shape, attrs=_module_attrs(mod)))
         else:  # call_function / call_method
-            if n.target is operator.getitem and isinstance(n.args[0], torch.fx.Node) \
+            if fxops.node_kind(n, modules) == fxops.GETITEM and isinstance(n.args[0], torch.fx.Node) \
                     and not is_tensor_node(n.args[0]):
                 src = resolve(n.args[0])
                 if src is not None:
@@ -329,8 +325,7 @@ def _trace_fx(model: nn.Module, inputs: Tuple) -> Tuple[List[ArchNode], List[Arc
                                   shape=shape, attrs=_op_args(n.args, dict(n.kwargs), _is_fx_node)))
         kept.add(n.name)
         connect(n.name, (n.args, dict(n.kwargs)))
-        if n.op in ("call_method", "call_function") and _is_inplace(n.target) and n.args \
-                and isinstance(n.args[0], torch.fx.Node):
+        if fxops.is_inplace(n, modules) and n.args and isinstance(n.args[0], torch.fx.Node):
             mutated[n.args[0].name] = (n.name, shape)
     return nodes, edges
 

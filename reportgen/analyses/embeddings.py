@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reportgen.hooks import eval_mode, hooks
+from reportgen.hooks import eval_mode, hooks, record_calls
+from reportgen.layers import get_layer
 from reportgen.outputs import select_output
 
 METHODS = ("pca", "tsne")
@@ -64,25 +65,17 @@ class EmbeddingResult:
 
 # --------------------------------------------------------------------------- features
 
-@torch.no_grad()
 def penultimate_layer(model: nn.Module, example: torch.Tensor) -> str:
-    """Name of the last nn.Linear called in a forward pass (its input is the penultimate feature)."""
-    calls: List[str] = []
+    """Name of the last nn.Linear called in a forward pass (its input is the penultimate feature).
 
-    def make(name: str):
-        def fn(_m, _args):
-            calls.append(name)
-        return fn
-
-    with eval_mode(model), hooks() as hs:
-        for name, m in model.named_modules():
-            if isinstance(m, nn.Linear):
-                hs.append(m.register_forward_pre_hook(make(name)))
-        model(example[:1])
-    if not calls:
+    "Last" by when the call starts, so a Linear that wraps others (a LoRA
+    adapter) loses to the last one it calls.
+    """
+    linears = [c for c in record_calls(model, example[:1]).calls if isinstance(c.module, nn.Linear)]
+    if not linears:
         raise ValueError("the model calls no nn.Linear layer, so there is no penultimate feature "
                          "to take; name a layer with sections.embeddings.layer")
-    return calls[-1]
+    return max(linears, key=lambda c: c.order).name
 
 
 def _pooled(t: torch.Tensor) -> torch.Tensor:
@@ -101,8 +94,6 @@ def extract_features(model: nn.Module, batches: Iterable[torch.Tensor], layer: s
     ``use_input``: take ``layer``'s input (a pre-hook; for the last Linear),
     else its output. A module called several times keeps its last call.
     """
-    from reportgen.layers import get_layer
-
     module = get_layer(model, layer)
     current: List[torch.Tensor] = []
 

@@ -8,7 +8,8 @@
   deleted pixels become 0 *in the model's input space* (for normalized inputs
   that is the dataset mean colour, the paper's "black" after normalization),
   and insertion starts from a Gaussian-blurred copy of the image (the paper's
-  11x11, sigma 5 kernel at 224 pixels; we scale sigma with the image size).
+  sigma 5 at 224 pixels, scaled with the image size; the kernel reaches 3 sigma,
+  ``reportgen.analyses.blur``, the blur occlusion's baseline uses too).
 * **Model-parameter randomization** (Adebayo et al. 2018, "Sanity checks for
   saliency maps"): a map that barely changes when the weights are replaced
   by random ones explains the input, not the model. We re-initialize a seeded
@@ -30,9 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from reportgen.analyses.blur import gaussian_blur
 from reportgen.hooks import eval_mode
 from reportgen.models import model_device
 from reportgen.outputs import OutputKey, select_output
@@ -64,24 +65,6 @@ def to_saliency(maps: np.ndarray) -> np.ndarray:
     if a.ndim in (2, 3):
         return a
     raise ValueError(f"expected an (H, W), (N, H, W) or (N, C, H, W) map, got shape {a.shape}")
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel, reflect padding, kernel radius ceil(2 sigma)."""
-    if sigma <= 0:
-        return images.clone()
-    radius = max(1, int(math.ceil(2 * sigma)))
-    radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
-    if radius < 1:
-        return images.clone()
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    c = images.shape[1]
-    out = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
-    out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
-    return out
 
 
 def blur_sigma(h: int, w: int) -> float:

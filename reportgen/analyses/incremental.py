@@ -11,13 +11,15 @@ what a full forward pass would give (up to float summation order).
 
 The model is traced with torch.fx, so the engine sees the real data flow
 (residual adds included) instead of guessing it from module order. Nodes are
-classified once per input size into a *plan*:
+classified once per input size into a *plan*, from their kind in
+``reportgen.analyses.fxops``:
 
 * ``geom``: Conv2d / MaxPool2d / AvgPool2d with zero padding semantics we can
   reproduce (rectangles grow);
-* ``point``: per-pixel ops (BatchNorm in eval, activations, dropout in eval);
-* ``binary``: elementwise add/sub/mul of two equally shaped maps (ResNet's
-  residual add): the union of both rectangles;
+* ``point``: per-pixel ops of one map (``pointwise`` and ``norm`` kinds:
+  activations, BatchNorm and dropout in eval, casts);
+* ``binary``: elementwise arithmetic (``arith``) on maps of one shape, or on one
+  map and scalars (ResNet's residual add): the union of the rectangles;
 * ``dense``: anything else (global pooling, flatten, linear, ops we do not
   know), and any geom op whose rectangle would cover more than
   ``DENSE_FRACTION`` of its map -- Krypton's projective-field threshold: past
@@ -30,7 +32,6 @@ one conv call; recomputing a few unchanged border pixels is harmless.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from reportgen.analyses import fxops
+from reportgen.analyses.memory import nbytes, peak_estimate
 
 # Geom ops whose uniform rectangle covers at least this fraction of their
 # output map are computed densely. Krypton uses a similar threshold (tau):
@@ -47,21 +51,10 @@ from torch import fx, nn
 # tuned on wall time (the shared benchmark machine was too noisy to separate them).
 DENSE_FRACTION = 0.6
 
-_POINT_MODULES = (
-    nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.PReLU, nn.Identity,
-    nn.Dropout, nn.Dropout2d, nn.Softplus,
-)
-_POINT_FUNCS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.hardtanh,
-    F.mish, F.dropout, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh,
-    torch.relu_, F.relu_,
-}
-_POINT_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_",
-                  "clamp_min", "clamp_min_", "contiguous"}
-_BINARY_FUNCS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
-                 torch.add, torch.sub, torch.mul}
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
+# node kinds (reportgen.analyses.fxops) whose output pixel depends only on the same
+# input pixel: a changed rectangle stays that rectangle
+_PER_PIXEL = (fxops.POINTWISE, fxops.NORM)
+_TRAINING_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.RReLU, nn.modules.batchnorm._BatchNorm)
 
 
 class IncrementalUnsupported(ValueError):
@@ -122,6 +115,14 @@ def _geom_params(mod: nn.Module) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _per_pixel_as_set(mod: nn.Module) -> bool:
+    """Whether a module of a per-pixel kind is per pixel in its current mode: a batch norm
+    without running statistics, and dropout, RReLU or batch norm in training, are not."""
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None:
+        return False
+    return not (mod.training and isinstance(mod, _TRAINING_DEPENDENT))
+
+
 def _uniform(lo: np.ndarray, hi: np.ndarray, extent: Sequence[int]) -> Tuple[Tuple[int, int], np.ndarray]:
     """One rectangle size for all positions, and corners that keep it inside the map."""
     ext = np.asarray(extent)
@@ -142,18 +143,6 @@ def _geom_out(lo, hi, g, out_hw) -> Tuple[np.ndarray, np.ndarray]:
     return olo, ohi
 
 
-def _is_inplace(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
-    if node.op == "call_method":
-        return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return bool(node.kwargs.get("inplace")) or name.endswith("_") and not name.endswith("__") \
-            or node.target in (operator.iadd, operator.imul)
-    if node.op == "call_module":
-        return bool(getattr(modules[node.target], "inplace", False))
-    return False
-
-
 def _functionalize(gm: fx.GraphModule) -> None:
     """Make later readers of an in-place-modified tensor read the in-place op's node.
 
@@ -164,7 +153,7 @@ def _functionalize(gm: fx.GraphModule) -> None:
     modules = dict(gm.named_modules())
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in list(gm.graph.nodes):
-        if not _is_inplace(node, modules) or not node.args or not isinstance(node.args[0], fx.Node):
+        if not fxops.is_inplace(node, modules) or not node.args or not isinstance(node.args[0], fx.Node):
             continue
         src = node.args[0]
         for user in list(src.users):
@@ -250,11 +239,9 @@ class IncrementalEngine:
 
     def peak_bytes(self) -> int:
         """Peak activation bytes of one sample's plain forward, from the clean pass's cache."""
-        from reportgen.analyses.occlusion import _nbytes, peak_estimate
-
-        steps = [(sum(_nbytes(self.cache.get(a)) for a in node.all_input_nodes), _nbytes(self.cache[node]))
+        steps = [(sum(nbytes(self.cache.get(a)) for a in node.all_input_nodes), nbytes(self.cache[node]))
                  for node in self.nodes if node.op not in ("placeholder", "output", "get_attr")]
-        return peak_estimate(steps, _nbytes(self.cache[self.input_node]))
+        return peak_estimate(steps, nbytes(self.cache[self.input_node]))
 
     # ---- planning
     def _classify(self, node: fx.Node, dep: Dict[fx.Node, bool]) -> str:
@@ -268,28 +255,19 @@ class IncrementalEngine:
         tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
         spatial = [a for a in tensor_args if len(self.plan[a].shape or ()) == 4
                    and self.plan[a].kind in ("input", "geom", "point", "binary")]
+        kind = fxops.node_kind(node, self.modules)
         if node.op == "call_module":
             mod = self.modules[node.target]
-            if isinstance(mod, nn.BatchNorm2d) and (mod.training or mod.running_mean is None):
-                return "dense"
             if len(node.args) == 1 and spatial:
                 if _geom_params(mod) is not None:
                     return "geom"
-                if isinstance(mod, _POINT_MODULES) and not (isinstance(mod, (nn.Dropout, nn.Dropout2d))
-                                                            and mod.training):
+                if kind in _PER_PIXEL and _per_pixel_as_set(mod):
                     return "point"
-        elif node.op == "call_function":
-            if node.target in _POINT_FUNCS and spatial and tensor_args[0] is node.args[0] \
-                    and not node.kwargs.get("training", False) and len(tensor_args) == 1:
-                return "point"
-            if node.target in _BINARY_FUNCS and self._binary_ok(node, tensor_args):
-                return "binary"
-        elif node.op == "call_method":
-            if node.target in _POINT_METHODS and spatial and len(tensor_args) == 1 \
-                    and node.args[0] is tensor_args[0]:
-                return "point"
-            if node.target in _BINARY_METHODS and self._binary_ok(node, tensor_args):
-                return "binary"
+        elif kind in _PER_PIXEL and spatial and len(tensor_args) == 1 and node.args[0] is tensor_args[0] \
+                and not node.kwargs.get("training", False):
+            return "point"
+        elif kind == fxops.ARITH and self._binary_ok(node, tensor_args):
+            return "binary"
         return "dense"
 
     def _binary_ok(self, node: fx.Node, tensor_args: List[fx.Node]) -> bool:

@@ -26,10 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from reportgen.hooks import eval_mode, hooks
+from reportgen.analyses.blur import gaussian_blur
+from reportgen.analyses.incremental import IncrementalEngine, trace
+from reportgen.analyses.memory import probe
+from reportgen.hooks import eval_mode
 from reportgen.models import model_device
 from reportgen.outputs import OutputKey, ScoresModel, select_output
 
@@ -128,24 +130,6 @@ def _targets(target: Target, n: int, k: int) -> Optional[torch.Tensor]:
     return t
 
 
-def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel, reflect padding so borders keep their colour."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    xs = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    k = torch.exp(-(xs ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = images.shape[1]
-    out = images
-    for dim, kern in ((3, k.view(1, 1, 1, -1)), (2, k.view(1, 1, -1, 1))):
-        pad = min(radius, out.shape[dim] - 1)
-        kern = kern[..., radius - pad:radius + pad + 1] if dim == 3 else kern[:, :, radius - pad:radius + pad + 1]
-        kern = kern / kern.sum()
-        padding = (pad, pad, 0, 0) if dim == 3 else (0, 0, pad, pad)
-        out = F.pad(out, padding, mode="reflect") if pad else out
-        out = F.conv2d(out, kern.expand(c, 1, *kern.shape[2:]).contiguous(), groups=c)
-    return out
-
-
 def make_baseline(images: torch.Tensor, baseline: Baseline, window: Tuple[int, int]) -> Tuple[torch.Tensor, str]:
     """What fills the occluder, broadcastable to (N, C, H, W), and a description.
 
@@ -169,7 +153,7 @@ def make_baseline(images: torch.Tensor, baseline: Baseline, window: Tuple[int, i
             return images.new_full((1, 1, 1, 1), 0.5), "grey (0.5)"
         if name == "blur":
             sigma = max(window) / 4.0
-            return _blur(images, sigma), f"blur (sigma {sigma:g})"
+            return gaussian_blur(images, sigma), f"blur (sigma {sigma:g})"
         raise ValueError(f"occlusion: unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}, "
                          "a number, a per-channel sequence or a tensor")
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
@@ -188,56 +172,6 @@ def make_baseline(images: torch.Tensor, baseline: Baseline, window: Tuple[int, i
 
 
 # ---------------------------------------------------------------- batch size
-
-def _nbytes(v: Any) -> int:
-    if torch.is_tensor(v):
-        return v.numel() * v.element_size()
-    if isinstance(v, (tuple, list)):
-        return sum(_nbytes(t) for t in v)
-    return 0
-
-
-def peak_estimate(steps: Sequence[Tuple[int, int]], in_bytes: int) -> int:
-    """Peak bytes of a no_grad forward from each step's (input, output) bytes.
-
-    At any moment such a pass holds about one layer's input and output plus
-    one skip tensor (a residual branch): max(in + out) + max(out) + the input.
-    """
-    if not steps:
-        return 2 * in_bytes
-    return max(i + o for i, o in steps) + max(o for _, o in steps) + in_bytes
-
-
-def probe(model: nn.Module, x1: torch.Tensor) -> Tuple[int, Any]:
-    """One forward pass of a single sample: its peak activation bytes, and its output.
-
-    The output is the clean image's scores, so the probe costs no extra pass.
-    On CUDA the allocator's peak is exact; on CPU we record every leaf
-    module's input and output sizes (:func:`peak_estimate`).
-    """
-    if x1.is_cuda:
-        torch.cuda.synchronize(x1.device)
-        before = torch.cuda.memory_allocated(x1.device)
-        torch.cuda.reset_peak_memory_stats(x1.device)
-        out = model(x1)
-        torch.cuda.synchronize(x1.device)
-        return max(1, torch.cuda.max_memory_allocated(x1.device) - before), out
-    sizes: List[Tuple[int, int]] = []
-    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-        # no hooks on TorchScript (the model is often wrapped, e.g. in ScoresModel):
-        # assume activations of a typical CNN's early layers
-        return 64 * _nbytes(x1), model(x1)
-
-    def record(_m, inputs, output):
-        sizes.append((_nbytes(inputs), _nbytes(output)))
-
-    with hooks() as hs:
-        for m in model.modules():
-            if not list(m.children()):
-                hs.append(m.register_forward_hook(record))
-        out = model(x1)
-    return peak_estimate(sizes, _nbytes(x1)), out
-
 
 def default_memory_budget(device: torch.device) -> int:
     """Bytes we allow the occluded batch to take (see the constants above for why)."""
@@ -381,7 +315,6 @@ def _pick_engine(model, images, win, starts, incremental):
     """
     if incremental is False:
         return None, {}
-    from reportgen.analyses.incremental import IncrementalEngine, trace
     try:
         engine = IncrementalEngine(trace(model))
         engine.clean_pass(images[:1])

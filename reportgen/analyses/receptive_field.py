@@ -41,7 +41,6 @@ for chains of modules: a functional op between two modules stops it with a
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Sequence, Tuple, Union
 
@@ -49,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reportgen.hooks import eval_mode, hooks
+from reportgen.analyses import fxops
+from reportgen.hooks import eval_mode, record_calls
 from reportgen.layers import get_layer
 
 Pair = Tuple[int, int]
@@ -346,40 +346,32 @@ def _union(operands: Sequence[Tuple[State, Shape]], out_shape: Shape, broadcast:
 
 # -------------------------------------------------------------- module rules
 
-_ACTIVATIONS = tuple(getattr(nn, n) for n in (
-    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
-    "Hardswish", "Hardsigmoid", "Hardtanh", "Hardshrink", "Softshrink", "Tanhshrink", "Sigmoid",
-    "LogSigmoid", "Tanh", "Softplus", "Softsign", "Threshold", "Softmax2d") if hasattr(nn, n))
-_POINTWISE_MODULES = _ACTIVATIONS + (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm,
-    nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.modules.dropout._DropoutNd,
-    nn.Identity)
-_PADS = tuple(getattr(nn, n) for n in ("ZeroPad2d", "ConstantPad2d", "ReflectionPad2d",
-                                       "ReplicationPad2d", "CircularPad2d") if hasattr(nn, n))
-
+# kinds (reportgen.analyses.fxops) that leave a unit's window as it is; normalisation
+# statistics are ignored, as the module docstring says
+_KEEPS_WINDOW = (fxops.POINTWISE, fxops.NORM, fxops.STAT_NORM)
 
 def _module_rule(m: nn.Module, w: Window, in_shape: Shape, out_shape: Shape) -> State:
     """The window after module ``m``; _Unsupported for modules of unknown geometry."""
-    if isinstance(m, nn.Conv2d):
+    kind = fxops.module_kind(m)
+    if kind == fxops.CONV:
         return _conv(w, in_shape, m.kernel_size, m.stride, m.padding, m.dilation)
-    if isinstance(m, nn.MaxPool2d):
-        return _pool(w, in_shape, m.kernel_size, m.stride, m.padding, m.dilation)
-    if isinstance(m, nn.AvgPool2d):
-        return _pool(w, in_shape, m.kernel_size, m.stride, m.padding)
-    if isinstance(m, nn.LPPool2d):
-        return _pool(w, in_shape, m.kernel_size, m.stride, 0)
-    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+    if kind == fxops.POOL:
+        if isinstance(m, nn.LPPool2d):
+            return _pool(w, in_shape, m.kernel_size, m.stride, 0)
+        dilation = m.dilation if isinstance(m, nn.MaxPool2d) else 1
+        return _pool(w, in_shape, m.kernel_size, m.stride, m.padding, dilation)
+    if kind == fxops.ADAPTIVE_POOL:
         return _adaptive(w, in_shape, out_shape)
-    if isinstance(m, _PADS):
+    if kind == fxops.PAD:
         return _pad(w, in_shape, _pad_tuple(m.padding))
-    if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+    if kind == fxops.SOFTMAX:
         _not_spatial_dim(w, m.dim, len(in_shape), type(m).__name__)
         return w
-    if isinstance(m, _POINTWISE_MODULES):
+    if kind in _KEEPS_WINDOW:
         return w
-    if isinstance(m, (nn.Flatten, nn.Unflatten)):
+    if kind == fxops.RESHAPE:
         return _reshaped(w, in_shape, out_shape)
-    if isinstance(m, nn.Linear):
+    if kind == fxops.LINEAR:
         _not_spatial_dim(w, -1, len(in_shape), "Linear")
         return w
     raise _Unsupported(type(m).__name__)
@@ -533,7 +525,7 @@ def _node_state(node: fx.Node, states: Dict[fx.Node, State], shapes: Dict[fx.Nod
         return NONSPATIAL if any(s is NONSPATIAL for s in inputs) else None
     if node.op == "call_module":
         return _module_node(node, modules[node.target], states, shapes)
-    return _call_node(node, states, shapes)
+    return _call_node(node, fxops.node_kind(node, modules), states, shapes)
 
 
 def _module_node(node: fx.Node, m: nn.Module, states, shapes) -> State:
@@ -544,41 +536,6 @@ def _module_node(node: fx.Node, m: nn.Module, states, shapes) -> State:
         raise _Unsupported(f"{type(m).__name__} fed through an argument other than its first")
     return _module_rule(m, w, shapes[src], shapes[node])
 
-
-def _optional_funcs() -> set:
-    """torchvision's fx-wrapped per-sample ops (identity in eval, never spatial)."""
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return set()
-    return {stochastic_depth}
-
-
-# call_function targets and call_method names, grouped by their geometry
-_POINTWISE_FUNCS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,
-    operator.pos, operator.abs, operator.pow, operator.iadd, operator.isub, operator.imul,
-    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.abs,
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.exp, torch.sqrt,
-    torch.rsqrt, torch.maximum, torch.minimum, torch.where, torch.batch_norm,
-    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.prelu, F.threshold,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-    F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm, F.local_response_norm,
-} | _optional_funcs()
-_POINTWISE_METHODS = {
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "abs", "pow", "exp",
-    "sqrt", "rsqrt", "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_",
-    "clamp_min", "clamp_min_", "clamp_max", "masked_fill", "masked_fill_", "contiguous", "clone",
-    "detach", "float", "double", "half", "to", "type", "type_as", "requires_grad_",
-}
-_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
-                    "view_as", "reshape_as", "expand_as"}
-_SOFTMAX_FUNCS = {F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax}
-_SOFTMAX_METHODS = {"softmax", "log_softmax"}
-_MAX_POOLS = {F.max_pool2d, torch.max_pool2d, getattr(F, "max_pool2d_with_indices", None)}
-_ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
 
 _SIGNATURES = {  # positional parameter names of the functional forms we read arguments from
     "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
@@ -605,8 +562,8 @@ def _arg(args: Dict[str, Any], name: str) -> Any:
     return args.get(name, _DEFAULTS.get(name))
 
 
-def _call_node(node: fx.Node, states, shapes) -> State:
-    """Functions and tensor methods: dispatch on what the op does to H and W."""
+def _call_node(node: fx.Node, kind: str, states, shapes) -> State:
+    """Functions and tensor methods: dispatch on what the op (of ``kind``) does to H and W."""
     target, is_method = node.target, node.op == "call_method"
     out_shape = shapes[node]
     src = node.args[0] if node.args else None
@@ -618,11 +575,11 @@ def _call_node(node: fx.Node, states, shapes) -> State:
                 if isinstance(n, fx.Node) and isinstance(shapes.get(n), tuple)
                 and states.get(n) is not None]
 
-    if (target in _POINTWISE_METHODS) if is_method else (target in _POINTWISE_FUNCS):
+    if kind in _KEEPS_WINDOW or kind == fxops.ARITH:
         return _union(tensor_operands(node.all_input_nodes), out_shape, broadcast=True)
-    if target in (torch.cat, torch.concat, torch.stack):
+    if kind == fxops.CONCAT:
         return _concat(node, states, shapes, stack=target is torch.stack)
-    if target == operator.getitem:
+    if kind == fxops.GETITEM:
         if isinstance(in_shape, list):  # an element of a tuple/list result keeps its window
             return w
         if not isinstance(w, Window):
@@ -630,27 +587,27 @@ def _call_node(node: fx.Node, states, shapes) -> State:
         return _indexed(w, node.args[1], in_shape)
     if not isinstance(w, Window):
         raise _Unsupported("an op whose first argument is not the image-dependent map")
-    if (target in _RESHAPE_METHODS) if is_method else (target in _RESHAPE_FUNCS):
+    if kind == fxops.RESHAPE:
         return _reshaped(w, in_shape, out_shape) if isinstance(out_shape, tuple) else NONSPATIAL
-    if target in ("permute", torch.permute):
+    if kind == fxops.PERMUTE and target in ("permute", torch.permute):
         dims = node.args[1:] if is_method else _bind(node, "permute")["dims"]
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
         return _permuted(w, dims, len(in_shape))
-    if target in ("transpose", torch.transpose):
+    if kind == fxops.PERMUTE:   # transpose
         a = _bind(node, "transpose")
         dims = list(range(len(in_shape)))
         d0, d1 = _norm_dim(a["dim0"], len(dims)), _norm_dim(a["dim1"], len(dims))
         dims[d0], dims[d1] = dims[d1], dims[d0]
         return _permuted(w, dims, len(dims))
-    if (target in _SOFTMAX_METHODS) if is_method else (target in _SOFTMAX_FUNCS):
+    if kind == fxops.SOFTMAX:
         _not_spatial_dim(w, _bind(node, "softmax").get("dim", -3), len(in_shape), "softmax")
         return w
-    if target in ("chunk", "split", torch.chunk, torch.split):
+    if kind == fxops.SPLIT:
         _not_spatial_dim(w, _arg(_bind(node, "split"), "dim"), len(in_shape), "chunk/split")
         return w
     if is_method:
         raise _Unsupported(f"tensor method {target!r}")
-    return _functional_geometry(node, w, in_shape, out_shape, shapes)
+    return _functional_geometry(node, kind, w, in_shape, out_shape, shapes)
 
 
 def _concat(node: fx.Node, states, shapes, stack: bool) -> State:
@@ -670,24 +627,25 @@ def _concat(node: fx.Node, states, shapes, stack: bool) -> State:
     return _union(operands, out_shape, broadcast=False)
 
 
-def _functional_geometry(node: fx.Node, w: Window, in_shape: Shape, out_shape: Any, shapes) -> State:
+def _functional_geometry(node: fx.Node, kind: str, w: Window, in_shape: Shape, out_shape: Any,
+                         shapes) -> State:
     """F.conv2d / F.max_pool2d / F.avg_pool2d / F.adaptive_*_pool2d / F.pad."""
     target = node.target
-    if target is F.conv2d or target is torch.conv2d:
+    if kind == fxops.CONV:
         a = _bind(node, "conv2d")
         kernel = tuple(shapes[a["weight"]][-2:])
         return _conv(w, in_shape, kernel, _arg(a, "stride") or 1, _arg(a, "padding"), _arg(a, "dilation"))
-    if target in _MAX_POOLS:
+    if kind == fxops.POOL and target is not F.avg_pool2d:
         a = _bind(node, "max_pool2d")
         return _pool(w, in_shape, a["kernel_size"], _arg(a, "stride"), _arg(a, "padding"),
                      _arg(a, "dilation"))
-    if target is F.avg_pool2d:
+    if kind == fxops.POOL:
         a = _bind(node, "avg_pool2d")
         return _pool(w, in_shape, a["kernel_size"], _arg(a, "stride"), _arg(a, "padding"))
-    if target in _ADAPTIVE:
+    if kind == fxops.ADAPTIVE_POOL:
         first_out = out_shape[0] if isinstance(out_shape, list) else out_shape
         return _adaptive(w, in_shape, first_out)
-    if target is F.pad:
+    if kind == fxops.PAD:
         return _pad(w, in_shape, _bind(node, "pad")["pad"])
     raise _Unsupported(f"function {getattr(target, '__name__', target)!r}")
 
@@ -702,6 +660,7 @@ def _chain_window(model: nn.Module, layer: str, example: torch.Tensor, trace_err
     window is marked lost rather than guessed.
     """
     target = get_layer(model, layer)
+    calls = _run_or_explain(lambda x: record_calls(model, x, keep_tensors=True).calls, example)
     known: Dict[int, Tuple[torch.Tensor, Any]] = {id(example): (example, _image_window(example.shape))}
     found: Dict[str, Any] = {}
 
@@ -709,32 +668,20 @@ def _chain_window(model: nn.Module, layer: str, example: torch.Tensor, trace_err
         hit = known.get(id(t)) if torch.is_tensor(t) else None
         return hit[1] if hit is not None and hit[0] is t else None
 
-    def on_leaf(name: str) -> Callable:
-        def fn(m, inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not (inputs and torch.is_tensor(out)):
-                return
-            state = state_of(inputs[0])
+    for call in calls:   # in the order they finished, as the hooks saw them
+        out = call.output[0] if isinstance(call.output, (tuple, list)) else call.output
+        if call.name and call.leaf and call.inputs and torch.is_tensor(out):
+            state = state_of(call.inputs[0])
             if state is None:
-                state = f"the input of module {name!r}, which no earlier module returned"
+                state = f"the input of module {call.name!r}, which no earlier module returned"
             elif isinstance(state, Window):
                 try:
-                    state = _module_rule(m, state, tuple(inputs[0].shape), tuple(out.shape))
+                    state = _module_rule(call.module, state, tuple(call.inputs[0].shape), tuple(out.shape))
                 except _Unsupported as err:
-                    state = f"module {name!r} ({err})"
+                    state = f"module {call.name!r} ({err})"
             known[id(out)] = (out, state)
-        return fn
-
-    def on_target(_m, _inputs, output):
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        found["state"], found["shape"] = state_of(out), tuple(getattr(out, "shape", ()))
-
-    with torch.no_grad(), hooks() as hs:
-        for name, m in model.named_modules():
-            if name and next(m.children(), None) is None:
-                hs.append(m.register_forward_hook(on_leaf(name)))
-        hs.append(target.register_forward_hook(on_target))
-        _run_or_explain(model, example)
+        if call.module is target:
+            found["state"], found["shape"] = state_of(out), tuple(getattr(out, "shape", ()))
     state = found.get("state")
     if isinstance(state, Window) or state is NONSPATIAL:
         return _final(state, found.get("shape"), layer)

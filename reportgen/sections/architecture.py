@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from reportgen.analyses.architecture import ArchGraph, trace_graph
-from reportgen.render.architecture_svg import render_architecture
+from reportgen.render.architecture import render_architecture
 from reportgen.models import require_hooks
 from reportgen.options import Choice
 from reportgen.sections.base import BuildContext, Section, register_section

@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses.occlusion import make_baseline, occlusion, occlusion_details, window_starts
@@ -260,6 +261,39 @@ def test_incremental_exact_resnet18_small():
     inc = occlusion_details(model, x, window=32, stride=16, incremental=True)
     assert inc.notes["incremental_cost"] < 1
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
+    np.testing.assert_allclose(inc.prob_map, full.prob_map, atol=ATOL_INCREMENTAL)
+
+
+class PerPixelZoo(nn.Module):
+    """Per-pixel ops of every form fxops names: functions, methods, modules, scalar arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.lrn = nn.LocalResponseNorm(2)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.lrn(F.selu(self.c1(x)) / 2)
+        z = torch.maximum(self.c2(y).clamp_max(3.0), y).exp()
+        return self.fc((1 - z).mean(dim=(2, 3)))
+
+
+def test_incremental_covers_every_per_pixel_kind():
+    from reportgen.analyses.incremental import IncrementalEngine, trace
+
+    torch.manual_seed(0)
+    model = PerPixelZoo().eval()
+    x = torch.randn(2, 3, 12, 12)
+    engine = IncrementalEngine(trace(model))
+    engine.clean_pass(x[:1])
+    engine.build_plan((4, 4), np.array([[0, 0], [8, 8]]))
+    kinds = {n.name: engine.plan[n].kind for n in engine.nodes}
+    assert kinds["selu"] == kinds["lrn"] == kinds["clamp_max"] == kinds["exp"] == "point"
+    assert kinds["truediv"] == kinds["maximum"] == kinds["sub"] == "binary"      # sub: 1 - z
+    full = occlusion_details(model, x, window=4, stride=4)
+    inc = occlusion_details(model, x, window=4, stride=4, incremental=True)
     np.testing.assert_allclose(inc.prob_map, full.prob_map, atol=ATOL_INCREMENTAL)
 
 

@@ -13,8 +13,7 @@ import torchvision
 from torch import nn
 
 from reportgen.analyses.architecture import trace_graph
-from reportgen.render import architecture_svg
-from reportgen.render.architecture_svg import render_architecture
+from reportgen.render.architecture import layout, render_architecture
 
 SVG_NS = "http://www.w3.org/2000/svg"
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -135,13 +134,13 @@ def test_partial_renders_all_views(resnet18_view):
 
 
 def test_engine_choice(monkeypatch):
-    assert architecture_svg.pick_engine("grandalf") == "grandalf"
-    monkeypatch.setattr(architecture_svg.shutil, "which", lambda name: None)
-    assert architecture_svg.pick_engine("auto") == "grandalf"
+    assert layout.pick_engine("grandalf") == "grandalf"
+    monkeypatch.setattr(layout.shutil, "which", lambda name: None)
+    assert layout.pick_engine("auto") == "grandalf"
     with pytest.raises(ValueError, match="dot"):
-        architecture_svg.pick_engine("dot")
+        layout.pick_engine("dot")
     with pytest.raises(ValueError, match="grandalf"):
-        architecture_svg.pick_engine("neato")
+        layout.pick_engine("neato")
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")

@@ -1,0 +1,28 @@
+"""Looking a module up by its dotted name, with the close matches when there is none.
+
+The bottom of the model-touching helpers: ``reportgen.hooks`` (recorders) and
+``reportgen.layers`` (automatic picks) both import it, and it imports neither.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import List
+
+from torch import nn
+
+
+def layer_names(model: nn.Module) -> List[str]:
+    """Dotted names of every sub-module (the root, named "", excluded)."""
+    return [n for n, _ in model.named_modules() if n]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module called ``name``; ValueError listing close matches otherwise."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    names = layer_names(model)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+    raise ValueError(f"unknown layer {name!r}.{hint} Valid layers: {shown}")

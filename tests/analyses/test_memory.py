@@ -1,0 +1,30 @@
+"""Peak-memory estimate of one forward pass, checked by hand on a two-layer chain."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reportgen.analyses.memory import nbytes, peak_estimate, probe
+from reportgen.hooks import count_hooks
+
+
+def test_nbytes_counts_tensors_in_sequences_only():
+    assert nbytes(torch.zeros(2, 3)) == 24
+    assert nbytes((torch.zeros(4, dtype=torch.float64), [torch.zeros(1, dtype=torch.uint8)], "x")) == 33
+    assert nbytes({"a": torch.zeros(3)}) == 0
+
+
+def test_peak_estimate_by_hand():
+    assert peak_estimate([], 10) == 20
+    # max(in + out) = 30 + 50, max(out) = 50, plus the input
+    assert peak_estimate([(10, 30), (30, 50), (50, 5)], 10) == 80 + 50 + 10
+
+
+def test_probe_sums_leaf_inputs_and_outputs():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).eval()
+    x = torch.zeros(1, 1, 4, 4)                      # 64 bytes
+    with torch.no_grad():
+        peak, out = probe(model, x)
+    # leaves: conv (64 -> 128), relu (128 -> 128), flatten (128 -> 128), linear (128 -> 12)
+    assert peak == (128 + 128) + 128 + 64
+    assert torch.equal(out, model(x)) and count_hooks(model) == 0
