@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -46,6 +46,23 @@ def hooks(handles: Iterable[torch.utils.hooks.RemovableHandle] = ()) -> Iterator
         collected.clear()
 
 
+def hook_layers(stack: contextlib.ExitStack, model: nn.Module, names: Sequence[str],
+                make_hook: Callable[[str], Callable]) -> None:
+    """Forward hooks ``make_hook(name)`` on the named layers, removed when ``stack`` closes.
+
+    For context managers that hook in ``__enter__``: an unknown name after a
+    known one raises before any ``with`` block exists, so no ``__exit__`` would
+    run; the stack is closed here instead and no hook stays behind.
+    """
+    try:
+        handles = stack.enter_context(hooks())
+        for name in names:
+            handles.append(get_layer(model, name).register_forward_hook(make_hook(name)))
+    except BaseException:
+        stack.close()
+        raise
+
+
 class ActivationRecorder:
     """Record the outputs of named modules during forward passes.
 
@@ -67,14 +84,7 @@ class ActivationRecorder:
         return fn
 
     def __enter__(self) -> "ActivationRecorder":
-        handles = self._stack.enter_context(hooks())
-        try:
-            for name in self.names:
-                handles.append(get_layer(self.model, name).register_forward_hook(self._hook(name)))
-        except BaseException:
-            # an unknown layer after a known one: no with block, so no __exit__ either
-            self._stack.close()
-            raise
+        hook_layers(self._stack, self.model, self.names, self._hook)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -40,8 +40,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reportgen.hooks import ActivationRecorder, eval_mode, hooks
-from reportgen.layers import get_layer
+from reportgen.hooks import ActivationRecorder, eval_mode, hook_layers
 
 CHANNEL_RULE = "largest mean top-k activation (ties: lower channel index)"
 MAX_PATCH = 128          # stored patch side cap: deeper RFs (hundreds of px) are downscaled
@@ -188,14 +187,8 @@ class TopKTracker:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "TopKTracker":
-        try:
-            self._stack.enter_context(eval_mode(self.model))
-            hs = self._stack.enter_context(hooks())
-            for name in self.layers:  # an unknown name must not leave earlier hooks behind
-                hs.append(get_layer(self.model, name).register_forward_hook(self._reducer(name)))
-        except BaseException:
-            self._stack.close()
-            raise
+        self._stack.enter_context(eval_mode(self.model))
+        hook_layers(self._stack, self.model, self.layers, self._reducer)
         return self
 
     def __exit__(self, *exc) -> None:

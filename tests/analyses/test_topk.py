@@ -286,7 +286,7 @@ def test_section_without_dataset_shows_a_note(tmp_path):
     spec = make_project(tmp_path)
     report = reportgen.build(spec, out_dir=tmp_path / "site", only=["topk"], use_cache=False)
     assert report.data["sections"]["topk"] == {"skipped": "no dataset in the spec"}
-    assert "add a <code>dataset:</code>" in report.path.read_text()
+    assert "Not shown: no dataset in the spec. Add a dataset: with root:" in report.path.read_text()
 
 
 def test_section_with_dataset_renders_a_grid_and_summary(tmp_path):
