@@ -134,7 +134,7 @@ def render_embeddings(result: EmbeddingResult, classes: Sequence[str]) -> Dict[s
                "count": int((result.labels == c).sum()), "predicted_only": int((unknown & (colour_idx == c)).sum()),
                "errors": int((result.misclassified & (result.labels == c)).sum())} for c in present]
     view: Dict[str, Any] = {
-        "empty": False, "unknown": int(unknown.sum()),
+        "unknown": int(unknown.sum()),
         "svg": scatter_svg(result.coords, colours, result.misclassified, titles, label, unknown),
         "label": label, "legend": legend, "n": n, "method": result.method, "backend": result.backend,
         "layer": result.layer, "layer_input": result.layer_input, "feature_dim": result.feature_dim,
