@@ -124,6 +124,8 @@ class Call:
 
 @dataclass
 class Recording:
+    """What :func:`record_calls` saw."""
+
     calls: List[Call]          # in the order the calls finished (forward hooks fire child-first)
     output: Any                # the model's output
 
@@ -159,11 +161,11 @@ def record_calls(model: nn.Module, *inputs: Any, keep_tensors: bool = False) -> 
 
 def _meta_twins(v: Any) -> Any:
     """``v`` with each tensor (in tuples, lists and dict values) replaced by a meta tensor
-    of its shape and dtype; one that has no meta form (quantized) is kept as it is."""
+    of its shape and dtype; one without a plain shape (a ragged nested tensor) is kept as it is."""
     if torch.is_tensor(v):
         try:
             return torch.empty(v.shape, dtype=v.dtype, device="meta")
-        except (RuntimeError, NotImplementedError):
+        except RuntimeError:
             return v
     if isinstance(v, (tuple, list)):
         twins = [_meta_twins(x) for x in v]

@@ -83,3 +83,13 @@ def test_model_is_left_as_it_was_even_when_the_pass_fails():
     assert model.training and model[0].training and not model[2].training
     record_calls(model, torch.zeros(1, 1, 4, 4))
     assert count_hooks(model) == 0 and model.training
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_a_ragged_nested_tensor_is_kept_as_it_is():
+    class Ragged(nn.Module):
+        def forward(self, x):
+            return torch.nested.nested_tensor([x[0, :2], x[0]])
+
+    calls = record_calls(Ragged(), torch.zeros(1, 3, 2)).calls
+    assert calls[0].output.is_nested and calls[0].tensor is calls[0].output
