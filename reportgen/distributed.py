@@ -77,6 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result is not None:
             np.savez_compressed(args.out, **result_arrays(result))
             print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
+        # the other ranks wait for rank 0's second step: tearing gloo down while a peer
+        # still holds the group aborts the process ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
