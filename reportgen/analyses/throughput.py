@@ -1,0 +1,98 @@
+"""How fast this machine runs this model: seconds per image, forward and forward + backward.
+
+Measured once at the start of a build on the real input size (the first probe,
+repeated), so the budget planner (``reportgen.analyses.budget``) can price
+every setting in seconds. Cheap by construction: one warm-up pass of one
+image, then one forward and one forward + backward pass of a small batch
+whose size is picked from the warm-up so the whole measurement stays near
+``MEASURE_FRACTION`` of the budget. The backward pass goes to the input only
+(``torch.autograd.grad``): no parameter gradient is stored, the model is left
+as it was (eval mode restored, no hook).
+
+Timings are noisy; :func:`stored` / :func:`store` keep one measurement per
+model, input size, device and thread count in the cache folder, and
+``budget.stable`` keeps it while new measurements stay close, so rebuilding
+on the same machine plans the same settings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from reportgen.analyses.budget import Throughput
+from reportgen.hooks import eval_mode
+from reportgen.outputs import OutputKey, select_output
+
+MEASURE_FRACTION = 0.02     # of the budget, for the timed batch passes (the warm-up comes on top)
+MAX_BATCH = 8
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def measure(model: nn.Module, example: torch.Tensor, budget_s: float, output_key: OutputKey = None) -> Throughput:
+    """Seconds per image of ``model`` on inputs like ``example`` (1, C, H, W), on its device."""
+    device = example.device
+    x1 = example[:1].detach()
+
+    def forward(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            select_output(model(x), output_key)
+
+    def forward_backward(x: torch.Tensor) -> None:
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            scores = select_output(model(x), output_key)
+            torch.autograd.grad(scores.max(dim=1).values.sum(), x)
+
+    with eval_mode(model):
+        warm = _timed(lambda: forward(x1), device)
+        # forward + forward/backward of b images cost about 4 b warm-ups
+        b = int(max(1, min(MAX_BATCH, (MEASURE_FRACTION * budget_s) // max(4 * warm, 1e-9))))
+        xb = x1.expand(b, *x1.shape[1:]).contiguous()
+        fwd = _timed(lambda: forward(xb), device) / b
+        bwd = _timed(lambda: forward_backward(xb), device) / b
+    return Throughput(forward_s=fwd, backward_s=max(bwd, fwd), batch=b, device=device.type, source="measured")
+
+
+def _path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "throughput" / f"{key}.json"
+
+
+def stored(cache_dir: Path, key: str) -> Optional[Throughput]:
+    """The measurement kept under ``key``, or None."""
+    try:
+        d = json.loads(_path(cache_dir, key).read_text())
+        return Throughput(float(d["forward_s"]), float(d["backward_s"]), int(d["batch"]), str(d["device"]),
+                          "stored")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(cache_dir: Path, key: str, t: Throughput) -> None:
+    """Keep ``t`` under ``key``; a read-only cache folder is no error."""
+    path = _path(cache_dir, key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"forward_s": t.forward_s, "backward_s": t.backward_s, "batch": t.batch,
+                                   "device": t.device}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
