@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress on stderr")
     b.add_argument("--fail-on", choices=["warning", "error"],
                    help="exit 3 when a finding of this severity or worse exists (the report is written)")
+    b.add_argument("--budget", type=_budget, metavar="SECONDS",
+                   help="seconds the whole build should take, or auto (overrides the spec's budget:; "
+                        "auto: 90 on CPU, 60 on CUDA)")
 
     v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
                        description="Parse SPEC and check every path, the model, layers and checkpoints. "
@@ -53,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _budget(text: str):
+    from reportgen.planning import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0) or auto, got {text!r}") from None
+
+
 def _fail_on_tripped(findings, level: Optional[str]) -> bool:
     if not level:
         return False
@@ -64,7 +76,7 @@ def cmd_build(args) -> int:
     from reportgen.pipeline import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
-                   use_cache=not args.no_cache, quiet=args.quiet)
+                   use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget)
     print(report.path)
     if _fail_on_tripped(report.findings, args.fail_on):
         worst = report.worst_severity()

@@ -21,7 +21,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Unio
 import numpy as np
 import torch
 
-from reportgen import __version__
+from reportgen import __version__, planning
+from reportgen.analyses import budget as bud
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.sections.base import BuildContext, Finding
@@ -155,12 +156,26 @@ def _plugin_code(cls: type) -> Optional[str]:
     return file_digest(Path(path)) if path and os.path.isfile(path) else None
 
 
+def _budget_key(name: str, ctx: BuildContext) -> Optional[Dict[str, Any]]:
+    """What the build plan decided for a section (its choices, its page share): part of its cache key."""
+    sp = ctx.plan.sections.get(name) if ctx.plan is not None else None
+    choices = sp.choices if sp is not None else {}
+    share = ctx.page_share(name)
+    if not choices and share is None:
+        return None
+    return {"choices": choices, "page_share": share}
+
+
 def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: SectionCache,
                  base_key: str, progress: Progress) -> Dict[str, Any]:
     cls = registry()[name]
     section = cls(options)
     options = section.options
-    key = digest_of({"base": base_key, "section": name, "options": options, "code": _plugin_code(cls)})
+    parts = {"base": base_key, "section": name, "options": options, "code": _plugin_code(cls)}
+    planned = _budget_key(name, ctx)
+    if planned is not None:
+        parts["budget"] = planned
+    key = digest_of(parts)
     started = time.perf_counter()
     hit = cache.get(key)
     if hit is not None:
@@ -203,14 +218,16 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
 
 def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,
           only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
-          quiet: bool = True, cache_dir: Optional[Path] = None) -> Report:
+          quiet: bool = True, cache_dir: Optional[Path] = None,
+          budget: Union[None, float, str] = None) -> Report:
     """Build the report for ``spec``; raises SpecError/InputError on bad input.
 
-    Seeds torch for reproducible results, inside a forked random state: the
-    caller's random streams (a notebook's) continue as if no build had run.
+    ``budget``: seconds for the whole build (or "auto"), overriding the spec's
+    ``budget:``. Seeds torch for reproducible results, inside a forked random
+    state: the caller's random streams (a notebook's) continue as if no build had run.
     """
     with _own_random_state():
-        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir)
+        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, budget)
 
 
 @contextlib.contextmanager
@@ -226,7 +243,8 @@ def _own_random_state() -> Iterator[None]:
 
 def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]],
            only: Optional[Sequence[str]], device: Optional[str], use_cache: bool, quiet: bool,
-           cache_dir: Optional[Path]) -> Report:
+           cache_dir: Optional[Path], budget: Union[None, float, str] = None) -> Report:
+    started = time.perf_counter()
     progress = Progress(quiet)
     spec = load_spec(spec)
     progress.log(f"reportgen: checking {spec.file}")
@@ -237,6 +255,7 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     ctx.progress = progress
     cache = SectionCache(cache_dir, enabled=use_cache)
     base_key = inputs_digest(res)
+    planned = _plan(ctx, spec, names, budget, cache, progress)
     outcomes: Dict[str, Dict[str, Any]] = {}
     for name in progress(names, desc="sections"):
         options = spec["sections"].get(name) or {}
@@ -250,13 +269,41 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     sections = registry()
     for name, outcome in outcomes.items():
         cls = sections[name]
-        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
+        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir,
+                       budget_note=planning.note(name, ctx.plan) if outcome["view"] is not None else None,
+                       budget=planning.section_entry(name, ctx.plan, outcome["seconds"], outcome["cached"],
+                                                     ctx.page_share(name)))
     page = render_page(res, outcomes, findings)
-    data = report_json(res, outcomes, findings)
+    size = len(page.encode("utf-8"))
+    warning = planning.page_warning(page, size)
+    if warning:
+        planning.warn(warning)
+    data = report_json(res, outcomes, findings, budget=planning.build_entry(
+        ctx.plan, planned["source"], planned["measure_s"], time.perf_counter() - started, size,
+        planned["page_bytes"], ctx.page_shares))
     index, json_path = write_atomically(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o["results"] for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings)
+
+
+def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[None, float, str],
+          cache: SectionCache, progress: Progress) -> Dict[str, Any]:
+    """Measure the model, plan every setting left on auto and the page shares; fills ``ctx``."""
+    seconds, source = planning.budget_seconds(spec, budget, ctx.device)
+    sections = {name: registry()[name](spec["sections"].get(name) or {}) for name in names}
+    needs = planning.section_needs(sections, ctx)
+    store = cache.root if cache.enabled else None
+    rate, measure_s = planning.throughput(ctx, seconds, store)
+    ctx.plan = bud.plan(needs, rate, seconds)
+    page_bytes = int(spec["output"]["page_budget"] * 1e6)
+    ctx.page_shares = planning.page_shares(sections, ctx, page_bytes)
+    for line in ctx.plan.long:
+        planning.warn(line)
+    progress.log(f"reportgen: budget {bud.duration(seconds)} ({source}); measured {rate.forward_s:.3g} s "
+                 f"forward, {rate.backward_s:.3g} s forward+backward per image ({rate.source}); "
+                 f"planned {bud.duration(ctx.plan.planned_s)} of section work")
+    return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes}
 
 
 def _atomic_write(path: Path, text: str) -> None:

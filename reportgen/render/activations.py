@@ -7,7 +7,7 @@ import numpy as np
 
 from reportgen.analyses.activations import ActivationsResult
 from reportgen.render.colormap import apply_cmap
-from reportgen.render.images import pack_grid, png_uri, webp_uri
+from reportgen.render.images import pack_grid, png_uri, thumbnail_uri, webp_uri
 
 
 def _grid(maps: np.ndarray) -> np.ndarray:
@@ -26,15 +26,28 @@ def _scale(h: int) -> int:
     return max(1, 32 // max(h, 1))
 
 
-def render_activations(result: ActivationsResult, probes) -> Dict:
+def _uri(grid: np.ndarray, map_side: int) -> str:
+    # large maps are photo-like: lossy WebP is a fraction of PNG; tiny ones stay exact
+    return webp_uri(grid, quality=80) if map_side >= 16 else png_uri(grid)
+
+
+def grid_uri(maps: np.ndarray) -> str:
+    """One probe's (K, h, w) maps as the data URI the page holds."""
+    return _uri(_grid(maps), maps.shape[-1])
+
+
+THUMB = 64          # probe thumbnails are shown at this side
+
+
+def render_activations(result: ActivationsResult, probes, thumb_side: int = 0) -> Dict:
+    """``thumb_side``: store the probe thumbnails at most this large (0: as they are, lossless)."""
     layers: List[Dict] = []
     for la in result.layers:
         per_probe = []
         scale = _scale(la.maps.shape[2])
         for i, probe in enumerate(probes):
             grid = _grid(la.maps[i])
-            # large maps are photo-like: lossy WebP is a fraction of PNG; tiny ones stay exact
-            uri = webp_uri(grid, quality=80) if la.maps.shape[2] >= 16 else png_uri(grid)
+            uri = _uri(grid, la.maps.shape[2])
             per_probe.append({"probe": probe.name, "image": uri,
                               "width": grid.shape[1] * scale, "height": grid.shape[0] * scale,
                               "channels": [int(c) for c in la.channels[i]]})
@@ -43,4 +56,4 @@ def render_activations(result: ActivationsResult, probes) -> Dict:
                        "channels_total": la.shape[0],
                        "shown": int(la.maps.shape[1]), "probes": per_probe})
     return {"layers": layers, "auto": result.auto, "n_probes": result.n_probes,
-            "thumbs": [{"name": p.name, "image": png_uri(p.display)} for p in probes]}
+            "thumbs": [{"name": p.name, "image": thumbnail_uri(p.display, thumb_side)} for p in probes]}

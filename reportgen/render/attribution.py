@@ -13,9 +13,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
 import numpy as np
+from PIL import Image
 
 from reportgen.render.heatmap import DEFAULT_CMAP, colorbar, overlay
-from reportgen.render.images import encode_png, encode_webp, data_uri, pack_grid, upscale_nearest
+from reportgen.render.images import downscale, encode_png, encode_webp, data_uri, pack_grid, upscale_nearest
 
 METHOD_LABELS = {
     "cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "scorecam": "Score-CAM",
@@ -56,15 +57,22 @@ def _display(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def strip(image: np.ndarray, maps: Sequence[np.ndarray], vmin: float, vmax: float,
-          cmap: str = DEFAULT_CMAP, extra: Sequence[np.ndarray] = ()) -> Dict[str, object]:
+          cmap: str = DEFAULT_CMAP, extra: Sequence[np.ndarray] = (), max_side: int = 0) -> Dict[str, object]:
     """The original then one overlay per map, packed in a row, all on [vmin, vmax].
 
     ``extra`` tiles (already RGB, the image's size) are appended after the
-    overlays (the occlusion class map). Returns ``image`` (data URI),
-    ``width``, ``height``, ``tiles`` and ``format`` for the template.
+    overlays (the occlusion class map). ``max_side`` > 0 shrinks tiles larger
+    than that (the image area-averaged, the maps resized by ``overlay``, class
+    maps by nearest neighbour), for a page that must stay small. Returns ``image`` (data URI), ``width``, ``height``,
+    ``tiles`` and ``format`` for the template.
     """
     h, w = image.shape[:2]
     factor = tile_factor(h, w)
+    if max_side and max(h, w) * factor > max_side and factor == 1:
+        image = downscale(np.asarray(image, dtype=np.uint8), max_side)
+        shape = image.shape[:2]
+        extra = [np.asarray(Image.fromarray(np.asarray(t, dtype=np.uint8)).resize(shape[::-1], Image.NEAREST))
+                 for t in extra]
     base = _display(image, factor)
     tiles = [base] + [overlay(base, m, ALPHA, cmap, vmin, vmax) for m in maps]
     tiles += [upscale_nearest(np.asarray(t, dtype=np.uint8), factor) for t in extra]

@@ -49,6 +49,24 @@ def webp_uri(arr: np.ndarray, quality: int = 85) -> str:
     return data_uri(encode_webp(arr, quality), "image/webp")
 
 
+def downscale(arr: np.ndarray, side: int) -> np.ndarray:
+    """A uint8 image whose longer side is at most ``side`` (area-averaged, aspect kept); else as is."""
+    h, w = arr.shape[:2]
+    if max(h, w) <= side:
+        return arr
+    scale = side / float(max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(to_uint8(arr)).resize(size, Image.BOX))
+
+
+def thumbnail_uri(arr: np.ndarray, side: int = 0) -> str:
+    """A probe thumbnail: lossless as it is (``side`` 0), or for a page short of room,
+    WebP at most ``side`` pixels a side."""
+    if not side:
+        return png_uri(arr)
+    return webp_uri(downscale(arr, side), quality=85)
+
+
 def upscale_nearest(arr: np.ndarray, factor: int) -> np.ndarray:
     """Blow small maps (3x3 kernels, 7x7 feature maps) up so pixels stay crisp."""
     if factor <= 1:

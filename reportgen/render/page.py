@@ -62,7 +62,8 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
     spec = res.spec
     env = environment(list(dict.fromkeys(o.get("template_dir") for o in outcomes.values())))
     entries = [{"name": name, "title": o["title"], "partial": o["partial"], "view": o["view"],
-                "error": o["error"], "skipped": o.get("skipped"), "hint": o.get("hint")}
+                "error": o["error"], "skipped": o.get("skipped"), "hint": o.get("hint"),
+                "budget_note": o.get("budget_note")}
                for name, o in outcomes.items()]
     audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
     build_time = None
@@ -101,7 +102,8 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> Dict[str, Any]:
+def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+                budget: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from reportgen.models import parameter_count
 
     spec = res.spec
@@ -122,9 +124,12 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
             "checkpoints": [{"label": c.label, "path": str(c.path), "metrics": c.metrics}
                             for c in res.checkpoints],
         },
-        "sections": {name: o["summary"] for name, o in outcomes.items()},
+        "sections": {name: dict(o["summary"], budget=o["budget"]) if o.get("budget") else o["summary"]
+                     for name, o in outcomes.items()},
         "findings": findings,
         "timings": {name: round(o["seconds"], 4) for name, o in outcomes.items()},
         "cached": sorted(name for name, o in outcomes.items() if o["cached"]),
     }
+    if budget is not None:
+        data["budget"] = budget
     return _finite(data)

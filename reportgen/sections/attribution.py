@@ -15,6 +15,7 @@ methods still render. Pictures come from ``reportgen.render.attribution``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from reportgen.analyses import attribution_eval as ae
+from reportgen.analyses import budget as bud
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
@@ -29,7 +31,7 @@ from reportgen.errors import NotApplicable
 from reportgen.layers import last_spatial_layer
 from reportgen.render import attribution as ra
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
-from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, int_or_pair, layer)
+from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer)
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
@@ -43,7 +45,8 @@ def _shared_options(sanity: bool) -> Dict[str, Option]:
                            doc="maps for the top-k classes too (shown on demand, collapsed)"),
         "faithfulness_steps": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
                                     expected="'auto' or a number of deletion/insertion steps",
-                                    doc="deletion/insertion steps (auto: from the model's cost, 8 to 32)"),
+                                    doc="deletion/insertion steps (auto: up to 32, fewer when the build's time "
+                                        "budget needs it)"),
     }
     if sanity:
         out["sanity_threshold"] = OneOf(
@@ -76,8 +79,47 @@ class AttributionSection(Section):
         """(maps (N, H, W) to draw and score, raw attributions or None, extras)."""
         raise NotImplementedError
 
+    def method_cost(self, name: str, ctx: BuildContext, options: Dict[str, Any]) -> bud.Cost:
+        """Image passes of one method over the probes, for a method without a knob."""
+        return bud.Cost(backward=len(ctx.probes))
+
+    def knobs(self, ctx: BuildContext, options: Dict[str, Any], runs: int) -> List[bud.Knob]:
+        """The methods' settings left on auto (or written), each method run ``runs`` times."""
+        return []
+
+    def knobbed(self, options: Dict[str, Any]) -> Tuple[str, ...]:
+        """Methods whose cost ``knobs`` prices (the rest are priced by ``method_cost``)."""
+        return ()
+
+    # ----------------------------------------------------------- budget
+    def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
+        """Each method once (plus once per extra class and once for the sanity check), and scoring."""
+        methods = self.method_names(options)
+        k = int(options["top_classes"])
+        runs = 1 + (k if k > 1 else 0) + (1 if self.run_sanity else 0)
+        fixed = bud.Cost(forward=len(ctx.probes))          # the clean probabilities
+        for name in methods:
+            if name not in self.knobbed(options):
+                fixed = fixed + self.method_cost(name, ctx, options) * runs
+        n, maps = len(ctx.probes), len(methods) + 1          # + the random-order reference
+        steps = bud.knob("faithfulness_steps", "faithfulness_steps", options["faithfulness_steps"],
+                         bud.FAITHFULNESS_STEPS, lambda v: bud.faithfulness_cost(n, maps, int(v)),
+                         label=f"{self.name} deletion/insertion")
+        return bud.Needs(fixed=fixed, knobs=tuple(self.knobs(ctx, options, runs)) + (steps,))
+
+    def best(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        """What each setting left on auto takes without a build plan (the pre-budget defaults)."""
+        return {"faithfulness_steps": AUTO}    # the analysis's own rule, from the model's MACs
+
+    def settings(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+        """``options`` with every setting left on auto replaced by the build's choice."""
+        best = self.best(ctx, options)
+        return dict(options, **{k: ctx.planned(self.name, k, options[k], v) for k, v in best.items()})
+
     # ----------------------------------------------------------- analysis
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> AttributionResult:
+        steps_auto = options["faithfulness_steps"] == AUTO
+        options = self.settings(ctx, options)
         try:
             plan, refused = self.plan(ctx, options), None
         except NotApplicable as e:    # e.g. no hookable layer: every method says why
@@ -87,13 +129,14 @@ class AttributionSection(Section):
         if self.run_sanity:  # the section's own value wins over findings:
             own = options["sanity_threshold"]
             threshold = float(own) if own is not None else ctx.threshold("sanity_spearman")
-        return ae.evaluate(
+        result = ae.evaluate(
             ctx.model, ctx.probe_batch(), methods, targets=[p.target for p in ctx.probes],
             steps=options["faithfulness_steps"], border_frac=ctx.threshold("border_band"),
             top_classes=options["top_classes"], sanity_threshold=threshold, seed=ctx.seed,
             output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
             layer=plan.get("layer"), layer_auto=bool(plan.get("layer_auto", False)),
             extras={k: v for k, v in plan.items() if k not in ("layer", "layer_auto")})
+        return replace(result, steps_auto=steps_auto)    # a planned number is still an automatic choice
 
     def _method(self, name: str, ctx: BuildContext, options: Dict[str, Any], plan: Dict[str, Any],
                 refused: Optional[NotApplicable]) -> ae.Method:
@@ -181,9 +224,39 @@ class AttributionSection(Section):
         return out
 
     # ----------------------------------------------------------- view
+    def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
+        """Every probe's strip (and one per extra class) at full size, WebP."""
+        _, h, w = ctx.input_size
+        side = max(h, w) * ra.tile_factor(h, w)
+        tiles = 1 + len(self.method_names(options)) + self.extra_tile_count
+        return len(ctx.probes) * int(options["top_classes"]) * tiles * side * side * bud.WEBP_BYTES_PER_PIXEL
+
+    extra_tile_count = 0     # tiles a strip shows besides the image and one map per method
+
+    def _tile_side(self, result: AttributionResult, ok: List[MethodResult], ctx: BuildContext,
+                   scale: Dict[str, Any]) -> int:
+        """0 while the strips fit the section's share of the page, else the tile side that does.
+
+        Measured on the first probe's strip; every strip has the same size.
+        """
+        share = ctx.page_share(self.name)
+        if share is None or not ok or not ctx.probes:
+            return 0
+        probe = ctx.probes[0]
+        first = ra.strip(probe.display, [self.display_map(m, 0, scale) for m in ok], scale["vmin"],
+                         scale["vmax"], scale["cmap"], extra=self.extra_tiles(result, 0, probe.display, ctx))
+        rows = 1 + (0 if result.topk_classes is None else int(result.topk_classes.shape[1]))
+        total = len(ctx.probes) * rows * len(first["image"])
+        h, w = probe.display.shape[:2]
+        if total <= share or ra.tile_factor(h, w) > 1:
+            return 0
+        side = int(max(h, w) * (share / total) ** 0.5) // 8 * 8
+        return max(ra.MIN_TILE, side)
+
     def view(self, result: AttributionResult, ctx: BuildContext) -> Dict[str, Any]:
         ok = [m for m in result.methods.values() if m.ok]
         scale = self.display_scale(result, ok)
+        side = self._tile_side(result, ok, ctx, scale)
         probes = []
         for i, probe in enumerate(ctx.probes):
             t = int(result.targets[i])
@@ -193,10 +266,10 @@ class AttributionSection(Section):
                      "labels": ["image"] + [ra.label(m.name) for m in ok] + self.extra_labels(result, i),
                      "strip": ra.strip(probe.display, [self.display_map(m, i, scale) for m in ok],
                                        scale["vmin"], scale["vmax"], scale["cmap"],
-                                       extra=self.extra_tiles(result, i, probe.display, ctx)),
+                                       extra=self.extra_tiles(result, i, probe.display, ctx), max_side=side),
                      "legend": self.legend(result, i, ctx), "topk": []}
             if result.topk_classes is not None:
-                entry["topk"] = self._topk_view(result, ok, i, probe, ctx, scale)
+                entry["topk"] = self._topk_view(result, ok, i, probe, ctx, scale, side)
             probes.append(entry)
         view = {"section": self.name, "probes": probes,
                 "errors": [{"label": ra.label(m.name), "name": m.name, "error": m.error, "bug": m.bug}
@@ -209,7 +282,10 @@ class AttributionSection(Section):
                 "border": [{"label": ra.label(m.name), "share": float(np.mean(m.border_share))} for m in ok],
                 "border_frac": result.border_frac, "border_area_share": result.border_area_share,
                 "top_classes": 0 if result.topk_classes is None else int(result.topk_classes.shape[1]),
-                "n_methods": len(ok)}
+                "n_methods": len(ok),
+                "page_note": (f"Pictures are stored at most {side} px a side so the page stays under its "
+                              f"{ctx.spec['output']['page_budget']:g} MB budget (output.page_budget).")
+                if side else ""}
         view.update(self.extra_view(result, ctx))
         return view
 
@@ -233,7 +309,7 @@ class AttributionSection(Section):
         return {}
 
     def _topk_view(self, result: AttributionResult, ok: List[MethodResult], i: int, probe,
-                   ctx: BuildContext, scale: Dict[str, Any]) -> List[Dict[str, Any]]:
+                   ctx: BuildContext, scale: Dict[str, Any], side: int = 0) -> List[Dict[str, Any]]:
         shown = [m for m in ok if m.topk is not None]
         if not shown:
             return []
@@ -242,7 +318,7 @@ class AttributionSection(Section):
             rows.append({"rank": r + 1, "cls": ctx.classes[int(c)], "p": float(result.probs[i, int(c)]),
                          "labels": ["image"] + [ra.label(m.name) for m in shown],
                          "strip": ra.strip(probe.display, [self.display_map(m, i, scale, r) for m in shown],
-                                           scale["vmin"], scale["vmax"], scale["cmap"])})
+                                           scale["vmin"], scale["vmax"], scale["cmap"], max_side=side)})
         return rows
 
     def _faithfulness_view(self, result: AttributionResult, ok: List[MethodResult]) -> Dict[str, Any]:
@@ -336,14 +412,34 @@ class GradientsSection(AttributionSection):
         "methods": ListOf(Choice(GRADIENT_METHODS), min_len=1, coerce=True,
                           default=["saliency", "guided_backprop", "integrated_gradients"],
                           doc="gradient methods, each drawn over every probe"),
-        "steps": Int(min=2, default=32, doc="integrated-gradients path steps"),
-        "samples": Int(min=1, default=16, doc="SmoothGrad noisy copies"),
+        "steps": auto_or(Int(min=2), expected="'auto' or a number of steps >= 2",
+                         doc=f"integrated-gradients path steps (auto: {bud.IG_STEPS[0]}, fewer when the build's "
+                             "time budget needs it)"),
+        "samples": auto_or(Int(min=1), expected="'auto' or a number of samples >= 1",
+                           doc=f"SmoothGrad noisy copies (auto: {bud.SMOOTHGRAD_SAMPLES[0]}, fewer when the "
+                               "build's time budget needs it)"),
         "noise": Float(min=0, default=0.15, doc="SmoothGrad noise level, a share of the input's range"),
         **_shared_options(sanity=True),
     }
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return list(options["methods"])
+
+    def best(self, ctx, options):
+        return dict(super().best(ctx, options), steps=bud.IG_STEPS[0], samples=bud.SMOOTHGRAD_SAMPLES[0])
+
+    def knobbed(self, options):
+        return ("integrated_gradients", "smoothgrad")
+
+    def knobs(self, ctx, options, runs):
+        n, methods, out = len(ctx.probes), options["methods"], []
+        if "integrated_gradients" in methods:
+            out.append(bud.knob("steps", "steps", options["steps"], bud.IG_STEPS,
+                                lambda v: bud.Cost(backward=n * int(v) * runs), label="integrated gradients"))
+        if "smoothgrad" in methods:
+            out.append(bud.knob("samples", "samples", options["samples"], bud.SMOOTHGRAD_SAMPLES,
+                                lambda v: bud.Cost(backward=n * int(v) * runs), label="SmoothGrad"))
+        return out
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         params = _gradient_params(name, options, ctx.seed)
@@ -418,10 +514,13 @@ class OcclusionSection(AttributionSection):
     title = "Occlusion sensitivity"
     partial = "sections/occlusion.html.j2"
     order = 60
+    extra_tile_count = 1      # the most likely class per position
     options = {
-        "window": int_or_pair(default=16, doc="occluder side in input pixels (a default larger than a small "
-                                              "input shrinks to fit; a written one is checked)"),
-        "stride": int_or_pair(default=8, doc="occluder step in input pixels"),
+        "window": auto_or(int_or_pair(), expected="'auto', an integer >= 1 or a list [h, w]",
+                          doc="occluder side in input pixels (auto: 16, shrunk to a small input, larger when the "
+                              "build's time budget needs it; a written one is checked against the input)"),
+        "stride": auto_or(int_or_pair(), expected="'auto', an integer >= 1 or a list [h, w]",
+                          doc="occluder step in input pixels (auto: 8, or half an automatic window)"),
         "baseline": OneOf(Choice(["mean", "zero", "grey", "gray", "blur"]), Float(), default="mean",
                           expected="mean, zero, grey, blur or a number",
                           doc="what fills the occluder: the image's mean colour, zeros in input space, "
@@ -435,6 +534,23 @@ class OcclusionSection(AttributionSection):
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return ["occlusion"]
+
+    def best(self, ctx, options):
+        _, h, w = ctx.input_size
+        return dict(super().best(ctx, options), **bud.occlusion_ladder(h, w, options["window"], options["stride"])[0])
+
+    def knobbed(self, options):
+        return ("occlusion",)
+
+    def knobs(self, ctx, options, runs):
+        _, h, w = ctx.input_size
+        n = len(ctx.probes)
+        values = bud.occlusion_ladder(h, w, options["window"], options["stride"])
+        costs = [bud.occlusion_cost(h, w, bud.pair(v["window"]), bud.pair(v["stride"]), n, options["incremental"])
+                 * runs for v in values]
+        auto = tuple(k for k in ("window", "stride") if options[k] == AUTO)
+        return [bud.Knob("window/stride", tuple(values), tuple(costs), auto=auto, label="occlusion",
+                         scope=f"on {n} probes")]
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         from reportgen.analyses.occlusion import occlusion_details

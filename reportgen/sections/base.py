@@ -10,6 +10,11 @@ A section class declares, once:
   "checkpoint_series"); the pipeline says why in place of the section.
 * ``analyze(ctx, options)``: calls ``reportgen.analyses`` and returns a typed,
   frozen result (numpy arrays + metadata, never HTML).
+* ``budget(ctx, options)`` (optional): what the section costs in image passes
+  and which of its expensive settings are left on ``auto`` (knobs, see
+  ``reportgen.analyses.budget``); ``analyze`` reads the build's choice with
+  :meth:`BuildContext.planned`, and an image-heavy section its share of the
+  page with :meth:`BuildContext.page_share`.
 * ``view(result, ctx)``, ``summary(result)``, ``findings(result, ctx)``: pure
   functions of that result. ``view`` feeds the Jinja2 partial (``partial``),
   ``summary`` is the section's entry in report.json, ``findings`` the audit
@@ -30,9 +35,10 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
+from reportgen.analyses import budget as bud
 from reportgen.analyses import faithfulness as fa
 from reportgen.errors import NotApplicable
-from reportgen.options import Float, Mapping, Option
+from reportgen.options import AUTO, Float, Mapping, Option
 
 
 @dataclass
@@ -88,6 +94,21 @@ class BuildContext:
     metrics_path: Optional[Path] = None   # the spec's metrics: file or folder, resolved
     # progress(iterable, desc, total=None): wraps long loops with a stderr progress bar
     progress: Callable[..., Any] = field(default=lambda iterable, desc="", total=None: iterable)
+    plan: Optional[bud.Plan] = None   # the build's choices for settings left on auto (None: best values)
+    page_shares: Dict[str, int] = field(default_factory=dict)   # section -> bytes of page it may fill
+
+    def planned(self, section: str, option: str, value: Any, best: Any) -> Any:
+        """A setting as written in the spec; left on auto, the plan's choice (no plan: ``best``)."""
+        if value != AUTO:
+            return value
+        found = self.plan.sections.get(section) if self.plan is not None else None
+        if found is not None and option in found.choices:
+            return found.choices[option]
+        return best
+
+    def page_share(self, section: str) -> Optional[int]:
+        """Bytes of the page ``section`` may fill, or None when the whole page fits its budget."""
+        return self.page_shares.get(section)
 
     def threshold(self, key: str) -> float:
         """A findings threshold: the spec's ``findings.<key>``, else its declared default."""
@@ -163,6 +184,14 @@ class Section:
             if not present:
                 reason, hint = REQUIREMENTS[need]
                 raise NotApplicable(reason.format(n=len(ctx.checkpoints)), hint=hint)
+
+    def budget(self, ctx: "BuildContext", options: Dict[str, Any]) -> Optional[bud.Needs]:
+        """Image passes this section will make and its knobs (settings on auto); None: not estimated."""
+        return None
+
+    def page_bytes(self, ctx: "BuildContext", options: Dict[str, Any]) -> Optional[float]:
+        """Estimated bytes of its pictures at full settings when it can shrink them; None: it cannot."""
+        return None
 
     def analyze(self, ctx: "BuildContext", options: Dict[str, Any]) -> Any:
         raise NotImplementedError

@@ -7,11 +7,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from reportgen.analyses import budget as bud
 from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
 from reportgen.render.featureviz import render_featureviz
 from reportgen.models import require_hooks
-from reportgen.options import Bool, Choice, Float, Int, ListOf, OneOf, Str, layers
+from reportgen.options import AUTO, Bool, Choice, Float, Int, ListOf, OneOf, Str, auto_or, layers
 from reportgen.sections.base import BuildContext, Section, register_section
 # Default compute budget in GMACs of forward-pass work (backward counted as 2 more):
 # about a minute on two CPU cores, a few seconds on a GPU.
@@ -69,8 +70,17 @@ def choose_classes(ctx: BuildContext, spec_classes: Any, limit: int) -> List[int
     return list(dict.fromkeys(picked))[:limit]
 
 
+def _gmacs(ctx: BuildContext, opts: Dict[str, Any]) -> float:
+    budget = opts["budget"]
+    return BUDGET_GMACS.get(ctx.device.type, BUDGET_GMACS["cuda"]) if budget == "auto" else float(budget)
+
+
 def plan(ctx: BuildContext, opts: Dict[str, Any], n: int) -> Dict[str, Any]:
-    """Synthesis size and steps that fit the compute budget (see fv.plan_budget)."""
+    """Synthesis size and steps that fit the compute budget (see fv.plan_budget).
+
+    Steps left on auto are the build plan's choice (at most 128), and may shrink
+    further to the GMACs budget; written steps are kept, only the size shrinks.
+    """
     c, h, w = ctx.input_size
     size = min(int(opts["size"]), h, w)
     cache: Dict[int, Optional[int]] = {}
@@ -82,13 +92,13 @@ def plan(ctx: BuildContext, opts: Dict[str, Any], n: int) -> Dict[str, Any]:
 
     if macs_at(size) is None:         # a fixed-size model: only its own input size works
         size = h
-    budget = opts["budget"]
-    gmacs = BUDGET_GMACS.get(ctx.device.type, BUDGET_GMACS["cuda"]) if budget == "auto" else float(budget)
-    new_size, steps = fv.plan_budget(macs_at, size, int(opts["steps"]), n, gmacs * 1e9,
-                                     min_size=min(64, size))
+    gmacs = _gmacs(ctx, opts)
+    wanted = int(ctx.planned("featureviz", "steps", opts["steps"], bud.FEATUREVIZ_STEPS[0]))
+    new_size, steps = fv.plan_budget(macs_at, size, wanted, n, gmacs * 1e9, min_size=min(64, size),
+                                     min_steps=min(32, wanted) if opts["steps"] == AUTO else wanted)
     step_macs = (macs_at(new_size) or 0) * n
-    return {"size": new_size, "steps": steps, "requested_size": size, "requested_steps": int(opts["steps"]),
-            "scaled": (new_size, steps) != (size, int(opts["steps"])), "budget_gmacs": gmacs,
+    return {"size": new_size, "steps": steps, "requested_size": size, "requested_steps": wanted,
+            "scaled": (new_size, steps) != (size, wanted), "budget_gmacs": gmacs,
             "threads": 1 if ctx.device.type == "cpu" and step_macs < fv.SMALL_WORK_MACS else None}
 
 
@@ -125,7 +135,9 @@ class FeatureVizSection(Section):
                          default="predicted", expected="'predicted', 'none' or a list of classes",
                          doc="class logits to maximize: the probes' classes, none, or a list"),
         "max_classes": Int(min=0, max=32, default=4, doc="at most this many classes"),
-        "steps": Int(min=1, max=4096, default=128, doc="optimization steps (scaled down to the budget)"),
+        "steps": auto_or(Int(min=1, max=4096), expected="'auto' or a number of steps (1 to 4096)",
+                         doc=f"optimization steps (auto: {bud.FEATUREVIZ_STEPS[0]}, fewer when the build's time "
+                             "budget needs it, then scaled down to the GMACs budget; written: kept)"),
         "size": Int(min=8, max=512, default=128, doc="synthesized side, capped at the model input size"),
         "lr": Float(min=0, default=0.05, doc="Adam learning rate"),
         "tv": Float(min=0, default=0.0, doc="total-variation penalty"),
@@ -138,6 +150,29 @@ class FeatureVizSection(Section):
         "reference_images": Int(min=0, default=64,
                                 doc="dataset images whose activations the synthesized ones are compared to"),
     }
+
+    def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
+        """Objectives x steps forward/backward passes at the synthesis size, bounded by the GMACs budget."""
+        c, h, w = ctx.input_size
+        layers = options["layers"]
+        n_layers = 2 if layers == AUTO else len(layers) if isinstance(layers, list) else 1
+        channels = options["channels"]
+        n_channels = len(channels) if isinstance(channels, list) else int(channels)
+        classes = options["classes"]
+        n_classes = (0 if classes == "none" else len(classes) if isinstance(classes, list)
+                     else min(int(options["max_classes"]), len(ctx.probes)))
+        n = n_layers * n_channels + n_classes
+        size = min(int(options["size"]), h, w)
+        macs = fv.forward_macs(ctx.model, c, size, ctx.output_key)
+        area = size * size / float(h * w) if macs is not None else 1.0
+        cap = _gmacs(ctx, options) * 1e9 / (3.0 * macs) if macs and options["steps"] == AUTO else float("inf")
+
+        def cost(steps: Any) -> bud.Cost:
+            return bud.Cost(backward=min(n * int(steps), cap) * area)
+
+        refs = len(ctx.probes) + (min(int(options["reference_images"]), len(ctx.dataset)) if ctx.dataset else 0)
+        steps = bud.knob("steps", "steps", options["steps"], bud.FEATUREVIZ_STEPS, cost, label="feature visualization")
+        return bud.Needs(fixed=bud.Cost(forward=refs), knobs=(steps,))
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> FeatureVizSectionResult:
         require_hooks(ctx.model, "Feature visualization")

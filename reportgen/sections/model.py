@@ -1,20 +1,21 @@
 """Sections about the model itself: summary, first-layer filters, activations."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from reportgen.analyses import activations as act
+from reportgen.analyses import budget as bud
 from reportgen.analyses import filters as flt
 from reportgen.analyses import summary as summ
 from reportgen.layers import first_conv
 from reportgen.models import require_hooks
-from reportgen.render.activations import render_activations
+from reportgen.render.activations import THUMB, grid_uri, render_activations
 from reportgen.render.filters import render_filters
-from reportgen.render.images import png_uri
-from reportgen.options import Choice, Float, Int, layer, layers
+from reportgen.render.images import thumbnail_uri
+from reportgen.options import AUTO, Choice, Float, Int, auto_or, layer, layers
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 
@@ -38,6 +39,12 @@ class SummarySection(Section):
     order = 10
     options = {"top_k": Int(min=1, max=20, default=5, doc="predictions shown per probe")}
 
+    THUMB = 96   # probe images are shown at this side
+
+    def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
+        _, h, w = ctx.input_size
+        return len(ctx.probes) * h * w * bud.PNG_BYTES_PER_PIXEL
+
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> SummaryResult:
         summary = summ.summarize(ctx.model, ctx.example(), ctx.output_key)
         preds = (summ.top_predictions(ctx.model, ctx.probe_batch(), options["top_k"], ctx.output_key)
@@ -51,11 +58,12 @@ class SummarySection(Section):
                 for r in s.rows]
         probes = []
         preds = result.predictions
+        side = bud.thumbnail_side(self.THUMB, ctx.page_share(self.name))
         for i, probe in enumerate(ctx.probes):
             top = [{"cls": ctx.classes[int(c)], "index": int(c), "p": float(p)}
                    for c, p in zip(preds.indices[i], preds.probs[i])]
             target = ctx.classes[probe.target] if probe.target is not None else None
-            probes.append({"name": probe.name, "image": png_uri(probe.display), "top": top,
+            probes.append({"name": probe.name, "image": thumbnail_uri(probe.display, side), "top": top,
                            "target": target})
         return {"rows": rows, "total_params": s.total_params, "trainable": s.trainable_params,
                 "total_macs": s.total_macs, "probes": probes, "n_layers": len(rows)}
@@ -144,24 +152,59 @@ class ActivationsSection(Section):
     options = {
         "layers": layers(spatial=True, doc="layers whose feature maps are shown (auto: the last layer of "
                                            "each resolution stage)"),
-        "max_channels": Int(min=1, max=1024, default=32, doc="channels shown per layer, most active first"),
+        "max_channels": auto_or(Int(min=1, max=1024), expected="'auto' or a number of channels (1 to 1024)",
+                                doc=f"channels shown per layer, most active first (auto: "
+                                    f"{bud.ACTIVATION_CHANNELS[0]}, fewer on layers with large maps when the "
+                                    "page would exceed output.page_budget)"),
     }
+
+    def _layers(self, ctx: BuildContext, options: Dict[str, Any]) -> List[str]:
+        auto = options["layers"] == "auto"
+        return act.stage_layers(ctx.model, ctx.example()) if auto else list(options["layers"])
+
+    def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
+        """The grids at full channels (WebP, noise-like maps: the worst case) and the thumbnails."""
+        from reportgen.layers import output_shapes
+
+        shapes = output_shapes(ctx.model, ctx.example())
+        k = bud.ACTIVATION_CHANNELS[0] if options["max_channels"] == AUTO else int(options["max_channels"])
+        pixels = sum(min(k, s[1]) * s[2] * s[3] for s in (shapes[name] for name in self._layers(ctx, options))
+                     if len(s) == 4)
+        _, h, w = ctx.input_size
+        n = len(ctx.probes)
+        return n * (pixels * bud.WEBP_BYTES_PER_PIXEL + h * w * bud.PNG_BYTES_PER_PIXEL)
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> act.ActivationsResult:
         require_hooks(ctx.model, "The activations section")
-        auto = options["layers"] == "auto"
-        layers = act.stage_layers(ctx.model, ctx.example()) if auto else list(options["layers"])
-        return act.activations(ctx.model, ctx.probe_batch(), layers, options["max_channels"],
-                               ctx.output_key, auto=auto)
+        written = options["max_channels"] != AUTO
+        best = int(options["max_channels"]) if written else bud.ACTIVATION_CHANNELS[0]
+        result = act.activations(ctx.model, ctx.probe_batch(), self._layers(ctx, options), best,
+                                 ctx.output_key, auto=options["layers"] == "auto")
+        share = ctx.page_share(self.name)
+        if share is None or written or not result.layers:
+            return result
+        # the page would not fit: fewer channels where the maps are large, measured on the first probe
+        n = result.n_probes
+        thumbs = n * len(thumbnail_uri(ctx.probes[0].display, bud.thumbnail_side(THUMB, share)))
+        full = {la.layer: n * len(grid_uri(la.maps[0])) for la in result.layers}
+        shown = bud.channels_per_layer(full, best, share - thumbs)
+        return replace(result, layers=[replace(la, channels=la.channels[:, :shown[la.layer]],
+                                               maps=la.maps[:, :shown[la.layer]]) for la in result.layers])
 
     def view(self, result: act.ActivationsResult, ctx: BuildContext) -> Dict[str, Any]:
-        return render_activations(result, ctx.probes)
+        share = ctx.page_share(self.name)
+        view = render_activations(result, ctx.probes, thumb_side=bud.thumbnail_side(THUMB, share))
+        fewer = [la for la in result.layers if la.maps.shape[1] < min(bud.ACTIVATION_CHANNELS[0], la.shape[0])]
+        view["page_note"] = (f"Layers with large maps show fewer channels so the page stays under its "
+                             f"{ctx.spec['output']['page_budget']:g} MB budget (output.page_budget)."
+                             if fewer and self.options["max_channels"] == AUTO else "")
+        return view
 
     def summary(self, result: act.ActivationsResult) -> Dict[str, Any]:
         return {"layers": [la.layer for la in result.layers], "layers_auto": result.auto,
                 "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.never_fire.sum()),
-                                         "certain_dead": int(la.dead.sum()),
-                                         "channels": la.shape[0]} for la in result.layers}}
+                                         "certain_dead": int(la.dead.sum()), "channels": la.shape[0],
+                                         "channels_shown": int(la.maps.shape[1])} for la in result.layers}}
 
     def findings(self, result: act.ActivationsResult, ctx: BuildContext) -> List[Finding]:
         limit = ctx.threshold("dead_channel_fraction")

@@ -110,6 +110,8 @@ OUTPUT = Mapping({
     "dir": Str(default=None, nullable=True),
     "theme": Str(default="light", doc="light, dark, or a path to a CSS file"),
     "timestamp": Bool(default=False, doc="(extension) print the build time in the report footer"),
+    "page_budget": Float(min=0.1, default=5.0, doc="(extension) MB the page should stay under: image-heavy "
+                         "sections show fewer or smaller pictures when it would not"),
 })
 
 SPEC = Mapping({
@@ -128,5 +130,8 @@ SPEC = Mapping({
     "output": OUTPUT,
     "findings": Findings(default={}),
     "device": Choice(["auto", "cpu", "cuda"], default="auto"),
+    "budget": OneOf(Choice(["auto"]), Float(min=1), default="auto",
+                    expected="'auto' or seconds (at least 1)",
+                    doc="(extension) seconds the whole build should take; auto: 90 on CPU, 60 on CUDA"),
     "seed": Int(min=0, default=0),
 })

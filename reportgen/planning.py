@@ -1,0 +1,185 @@
+"""The build's budget plan: measure the machine, price every section, choose, and account.
+
+``reportgen.analyses.budget`` holds the pure part (costs and choices); this
+module does what touches the build: it times the model
+(``reportgen.analyses.throughput``), keeps that measurement stable across
+rebuilds (the cache folder holds the last one), asks each section what it will
+cost (``Section.budget``) and how heavy its pictures are (``Section.page_bytes``),
+and writes the caption sentence and the report.json entries that say what
+was chosen and why.
+"""
+from __future__ import annotations
+
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from reportgen.analyses import budget as bud
+from reportgen.analyses import throughput as tp
+from reportgen.cache import digest_of
+from reportgen.errors import NotApplicable, SpecError
+
+# How the caption names an option (section-specific names first).
+OPTION_WORDS = {("gradients", "steps"): "integrated-gradients steps", ("gradients", "samples"): "SmoothGrad samples",
+                ("featureviz", "steps"): "optimization steps", "faithfulness_steps": "deletion/insertion steps",
+                "window": "window", "stride": "stride"}
+
+
+def budget_seconds(spec: Any, override: Union[None, float, str], device: torch.device) -> Tuple[float, str]:
+    """The time budget (seconds) and where it came from: --budget, the spec, or the device's default."""
+    if override is not None and override != "auto":
+        return float(override), "--budget"
+    value = spec.get("budget", "auto") if override is None else "auto"
+    if value != "auto":
+        return float(value), "spec"
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    return bud.DEFAULT_BUDGET_S[kind], f"default for {kind}"
+
+
+def parse_budget(text: str) -> Union[float, str]:
+    """``--budget``: seconds (> 0) or auto; ValueError otherwise (argparse shows it)."""
+    if text == "auto":
+        return text
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def _store_key(ctx: Any) -> str:
+    """One stored measurement per model source, input size, device, thread count and machine."""
+    spec = ctx.spec
+    return digest_of({"model": spec["model"] if hasattr(spec, "get") else None,
+                      "input": list(ctx.input_size), "device": str(ctx.device), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "node": platform.node()})
+
+
+def throughput(ctx: Any, budget_s: float, store: Optional[Path]) -> Tuple[bud.Throughput, float]:
+    """The model's throughput (stable across rebuilds when ``store`` is a folder) and the seconds it took."""
+    import time
+
+    started = time.perf_counter()
+    new = tp.measure(ctx.model, ctx.example(), budget_s, ctx.output_key)
+    spent = time.perf_counter() - started
+    if store is None:
+        return new, spent
+    key = _store_key(ctx)
+    kept = bud.stable(new, tp.stored(store, key))
+    if kept.source == "measured":
+        tp.store(store, key, new)
+    return kept, spent
+
+
+def section_needs(sections: Dict[str, Any], ctx: Any) -> Dict[str, bud.Needs]:
+    """Each applicable section's cost; one that does not say is priced as one pass over the probes."""
+    needs: Dict[str, bud.Needs] = {}
+    for name, section in sections.items():
+        try:
+            section.check_applicable(ctx)
+        except NotApplicable:
+            continue
+        try:
+            found = section.budget(ctx, section.options)
+        except SpecError:
+            raise
+        except Exception:  # noqa: BLE001 - the section itself will say what is wrong when it runs
+            found = None
+        needs[name] = found if found is not None else bud.Needs(fixed=bud.Cost(forward=len(ctx.probes)))
+    return needs
+
+
+def page_shares(sections: Dict[str, Any], ctx: Any, page_bytes: int) -> Dict[str, int]:
+    """Shares of the page for the sections that can shrink their pictures, when the page would not fit."""
+    weights: Dict[str, float] = {}
+    for name, section in sections.items():
+        try:
+            section.check_applicable(ctx)
+            found = section.page_bytes(ctx, section.options)
+        except NotApplicable:
+            continue
+        except Exception:  # noqa: BLE001 - as in section_needs
+            found = None
+        if found:
+            weights[name] = float(found)
+    room = page_bytes * (1 - bud.PAGE_RESERVE_FRACTION)
+    if sum(weights.values()) <= room:
+        return {}
+    return bud.page_shares(weights, room)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "×".join(str(x) for x in v)
+    return str(v)
+
+
+def _words(section: str, option: str) -> str:
+    return OPTION_WORDS.get((section, option)) or OPTION_WORDS.get(option) or option.replace("_", " ")
+
+
+def note(section: str, plan: bud.Plan) -> Optional[str]:
+    """One sentence for the section's caption: what was chosen automatically, and why."""
+    sp = plan.sections.get(section)
+    if sp is None or not sp.auto:
+        return None
+    chosen = ", ".join(f"{_words(section, o)} {_value(sp.choices[o])}" for o in sp.auto)
+    budget = bud.duration(plan.budget_s)
+    if not sp.scaled:
+        return f"Automatic settings: {chosen}, the full settings, which fit the build's {budget} time budget."
+    best = ", ".join(f"{_words(section, o)} {_value(sp.best[o])}" for o in sp.scaled)
+    why = (f"as far as they go: the build still needs about {bud.duration(plan.planned_s + plan.reserve_s)}"
+           if plan.over else f"so the build fits its {budget} time budget")
+    return (f"Automatic settings: {chosen}, scaled down from {best} {why} (this section about "
+            f"{bud.duration(sp.estimated_s)}; at the full settings about {bud.duration(sp.full_s)}).")
+
+
+def section_entry(section: str, plan: Optional[bud.Plan], seconds: float, cached: bool,
+                  share: Optional[int]) -> Optional[Dict[str, Any]]:
+    """``sections.<name>.budget`` in report.json, or None for a section with nothing planned."""
+    sp = plan.sections.get(section) if plan is not None else None
+    if (sp is None or not sp.choices) and share is None:
+        return None
+    out: Dict[str, Any] = sp.to_json() if sp is not None and sp.choices else {}
+    out["actual_s"] = round(seconds, 2)
+    if cached:
+        out["cached"] = True
+    if share is not None:
+        out["page_share_bytes"] = share
+    return out
+
+
+def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, page_size: int,
+                page_budget: int, shares: Dict[str, int]) -> Dict[str, Any]:
+    """The top-level ``budget`` of report.json."""
+    return {"seconds": plan.budget_s, "source": source, "throughput": plan.throughput.to_json(),
+            "measure_s": round(measure_s, 3), "reserve_s": round(plan.reserve_s, 2),
+            "planned_s": round(plan.planned_s, 2), "actual_s": round(actual_s, 2), "over": plan.over,
+            "page": {"bytes": page_size, "budget_bytes": page_budget, "shares": dict(shares)}}
+
+
+def section_bytes(page: str) -> List[Tuple[str, int]]:
+    """(section, bytes) of each ``<section id=...>`` of the page, heaviest first."""
+    out = []
+    for m in re.finditer(r'<section id="([^"]+)" class="section[^"]*">', page):
+        end = page.find("</section>", m.end())
+        out.append((m.group(1), len(page[m.start():end].encode("utf-8"))))
+    return sorted(out, key=lambda nb: (-nb[1], nb[0]))
+
+
+def page_warning(page: str, size: int) -> Optional[str]:
+    """The build-time warning for a page over WARN_PAGE_BYTES, naming its heaviest sections."""
+    if size <= bud.WARN_PAGE_BYTES:
+        return None
+    heavy = ", ".join(f"{name} {b / 1e6:.1f} MB" for name, b in section_bytes(page)[:3])
+    return (f"reportgen: warning: the report is {size / 1e6:.1f} MB (over {bud.WARN_PAGE_BYTES / 1e6:.0f} MB); "
+            f"heaviest sections: {heavy}. Lower output.page_budget, or show less (fewer probes, "
+            "sections.activations.max_channels)")
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, shown under --quiet too (it is no progress line)."""
+    print(message, file=sys.stderr)
