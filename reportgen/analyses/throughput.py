@@ -5,7 +5,8 @@ repeated), so the budget planner (``reportgen.analyses.budget``) can price
 every setting in seconds. Cheap by construction: one warm-up pass of one
 image, then one forward and one forward + backward pass of a small batch
 whose size is picked from the warm-up so the whole measurement stays near
-``MEASURE_FRACTION`` of the budget. The backward pass goes to the input only
+``MEASURE_FRACTION`` of the budget (when the warm-up alone takes that long,
+it is the measurement). The backward pass goes to the input only
 (``torch.autograd.grad``): no parameter gradient is stored, the model is left
 as it was (eval mode restored, no hook).
 
@@ -31,6 +32,7 @@ from reportgen.outputs import OutputKey, select_output
 
 MEASURE_FRACTION = 0.02     # of the budget, for the timed batch passes (the warm-up comes on top)
 MAX_BATCH = 8
+BACKWARD_RATIO = 3.0        # forward + backward over forward, when the backward is not timed
 
 
 def _sync(device: torch.device) -> None:
@@ -63,6 +65,11 @@ def measure(model: nn.Module, example: torch.Tensor, budget_s: float, output_key
 
     with eval_mode(model):
         warm = _timed(lambda: forward(x1), device)
+        if warm > MEASURE_FRACTION * budget_s:
+            # one pass already took the measurement's share: take it (first-call costs and all, so
+            # pessimistic) and the usual backward/forward ratio rather than spend more time
+            return Throughput(forward_s=warm, backward_s=BACKWARD_RATIO * warm, batch=1, device=device.type,
+                              source="measured")
         # forward + forward/backward of b images cost about 4 b warm-ups
         b = int(max(1, min(MAX_BATCH, (MEASURE_FRACTION * budget_s) // max(4 * warm, 1e-9))))
         xb = x1.expand(b, *x1.shape[1:]).contiguous()

@@ -1,0 +1,239 @@
+"""Builds that fit a budget, end to end on tiny models: choices, estimates, captions, --budget, page size.
+
+The machine's speed is injected (``throughput.measure`` is replaced), so every
+assertion is about the plan, never about how long anything took.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import reportgen
+from reportgen import planning
+from reportgen.analyses import budget as bud
+from reportgen.analyses import throughput as tp
+from reportgen.cli import main
+from tests.project import GOOD, make_project
+
+FAST = bud.Throughput(0.001, 0.003, 4, "cpu", "measured")
+SLOW = bud.Throughput(2.0, 6.0, 1, "cpu", "measured")
+ATTRIBUTION = ["cam", "gradients", "occlusion"]
+
+
+@pytest.fixture
+def speed(monkeypatch):
+    """Set the measured throughput: ``speed(SLOW)``; FAST until then."""
+    state = {"t": FAST}
+    monkeypatch.setattr(tp, "measure", lambda *a, **k: state["t"])
+
+    def set_speed(t: bud.Throughput) -> None:
+        state["t"] = t
+    return set_speed
+
+
+def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.pipeline.Report":
+    kw.setdefault("cache_dir", tmp_path / "cache")
+    return reportgen.build(spec, **kw)
+
+
+def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
+    spec = make_project(tmp_path, GOOD + "sections:\n  gradients: {methods: [saliency, integrated_gradients, "
+                                         "smoothgrad]}\n")
+    data = build(spec, tmp_path, only=ATTRIBUTION + ["featureviz"]).data
+    b = data["budget"]
+    assert b["seconds"] == 90 and b["source"] == "default for cpu" and not b["over"]
+    assert b["throughput"]["forward_s_per_image"] == FAST.forward_s
+    assert {"planned_s", "actual_s", "reserve_s", "measure_s", "page"} <= set(b)
+    grads = data["sections"]["gradients"]["budget"]
+    assert grads["choices"] == {"steps": 32, "samples": 16, "faithfulness_steps": 32}
+    assert grads["scaled"] == [] and grads["estimated_s"] == grads["full_s"]
+    assert grads["actual_s"] >= 0
+    occ = data["sections"]["occlusion"]["budget"]
+    assert occ["choices"] == {"window": 16, "stride": 8, "faithfulness_steps": 32}   # 16 px input: fits
+    assert data["sections"]["occlusion"]["methods"]["occlusion"]["settings"]["window"] == [16, 16]
+    assert data["sections"]["cam"]["faithfulness"]["steps"] == 32
+    assert data["sections"]["cam"]["faithfulness"]["steps_auto"] is True
+    assert data["sections"]["featureviz"]["budget"]["choices"] == {"steps": 128}
+    assert data["sections"]["featureviz"]["steps"] == 128
+    page = Path(data and build(spec, tmp_path, only=["gradients"]).path).read_text()
+    assert "Automatic settings: integrated-gradients steps 32, SmoothGrad samples 16, deletion/insertion " \
+           "steps 32, the full settings, which fit the build&#39;s 90 s time budget." in page
+
+
+def test_demo_sized_model_plans_the_old_defaults(tmp_path):
+    """ShapesNet at 64 px with six probes, on a machine slower than any we run on: nothing moves."""
+    from PIL import Image
+
+    import numpy as np
+    from reportgen.pipeline import _selected, make_context
+    from reportgen.sections.registry import registry
+    from reportgen.spec import load_spec
+    from reportgen.spec.resolve import resolve
+
+    (tmp_path / "probes").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "probes" / f"{i}.png")
+    (tmp_path / "spec.yaml").write_text("title: demo-like\nmodel:\n  factory: reportgen.demo.net:ShapesNet\n"
+                                        "  input_size: [3, 64, 64]\nprobes: {images: [probes/*.png]}\n"
+                                        "sections:\n  occlusion: {window: 8, stride: 4}\n")
+    spec = load_spec(tmp_path / "spec.yaml")
+    ctx = make_context(resolve(spec, "cpu"))
+    sections = {n: registry()[n](spec["sections"].get(n) or {}) for n in _selected(spec, None)}
+    plan = bud.plan(planning.section_needs(sections, ctx), bud.Throughput(0.004, 0.012), 90)
+    assert not plan.long and not plan.over
+    for name in ("cam", "gradients", "occlusion", "featureviz"):
+        sp = plan.sections[name]
+        assert sp.scaled == () and sp.choices == {**sp.best}, name
+    assert plan.sections["occlusion"].choices == {"window": 8, "stride": 4, "faithfulness_steps": 32}
+    assert plan.sections["gradients"].choices == {"steps": 32, "faithfulness_steps": 32}
+    assert planning.page_shares(sections, ctx, 5_000_000) == {}
+
+
+def test_a_slow_machine_scales_auto_settings_down_and_says_why(tmp_path, speed):
+    spec = make_project(tmp_path)
+    speed(SLOW)
+    report = build(spec, tmp_path, only=["gradients"], budget=60)
+    grads = report.data["sections"]["gradients"]["budget"]
+    assert grads["choices"]["steps"] < 32 and grads["choices"]["faithfulness_steps"] < 32
+    assert set(grads["scaled"]) == {"steps", "faithfulness_steps"}
+    assert grads["estimated_s"] < grads["full_s"]
+    assert report.data["sections"]["gradients"]["faithfulness"]["steps"] == grads["choices"]["faithfulness_steps"]
+    assert report.data["budget"]["seconds"] == 60 and report.data["budget"]["source"] == "--budget"
+    page = report.path.read_text()
+    assert "scaled down from integrated-gradients steps 32, deletion/insertion steps 32" in page
+
+
+def test_a_written_setting_is_honoured_with_an_estimate_when_long(tmp_path, speed, capsys):
+    spec = make_project(tmp_path, GOOD + "sections:\n  occlusion: {window: 4, stride: 2}\n")
+    speed(SLOW)
+    report = build(spec, tmp_path, only=["occlusion"])
+    err = capsys.readouterr().err
+    # 2 probes x (1 + 7 x 7 positions) forward passes at 2 s
+    assert "reportgen: occlusion with window 4, stride 2 on 2 probes: about 3 min at the measured 2 s/pass" in err
+    occ = report.data["sections"]["occlusion"]
+    assert occ["budget"]["choices"]["window"] == 4 and occ["budget"]["choices"]["stride"] == 2
+    assert occ["methods"]["occlusion"]["settings"]["window"] == [4, 4]
+    assert "window" not in occ["budget"]["auto"]
+    speed(FAST)
+    build(spec, tmp_path, only=["occlusion"], use_cache=False)
+    assert "occlusion with" not in capsys.readouterr().err
+
+
+def test_budget_option_parses_and_overrides_the_spec(tmp_path, speed, capsys):
+    spec = make_project(tmp_path, GOOD + "budget: 30\n")
+    out = tmp_path / "out"
+    assert main(["build", str(spec), "--quiet", "--only", "filters", "-o", str(out)]) == 0
+    b = json.loads((out / "report.json").read_text())["budget"]
+    assert (b["seconds"], b["source"]) == (30, "spec")
+    assert main(["build", str(spec), "--quiet", "--only", "filters", "-o", str(out), "--budget", "12.5"]) == 0
+    b = json.loads((out / "report.json").read_text())["budget"]
+    assert (b["seconds"], b["source"]) == (12.5, "--budget")
+    assert main(["build", str(spec), "--quiet", "--only", "filters", "-o", str(out), "--budget", "auto"]) == 0
+    assert json.loads((out / "report.json").read_text())["budget"]["source"] == "default for cpu"
+    for bad in ("0", "-3", "soon", "nan"):
+        with pytest.raises(SystemExit) as e:
+            main(["build", str(spec), "--budget", bad])
+        assert e.value.code == 2
+    assert "expected seconds" in capsys.readouterr().err
+
+
+def test_a_bad_budget_in_the_spec_names_the_key(tmp_path):
+    spec = make_project(tmp_path, GOOD + "budget: fast\n")
+    assert main(["validate", str(spec)]) == 2
+
+
+def test_choices_are_part_of_the_cache_key(tmp_path, speed):
+    spec = make_project(tmp_path)
+    first = build(spec, tmp_path, only=["gradients"])
+    again = build(spec, tmp_path, only=["gradients"])
+    assert again.data["cached"] == ["gradients"] and again.path.read_bytes() == first.path.read_bytes()
+    speed(SLOW)
+    slow = build(spec, tmp_path, only=["gradients"], budget=60)
+    assert slow.data["cached"] == []          # other choices: computed again, not the fast plan's maps
+    assert slow.data["sections"]["gradients"]["budget"]["choices"]["steps"] < 32
+
+
+def test_a_close_measurement_keeps_the_stored_one(tmp_path, monkeypatch):
+    """Hysteresis: rebuilds on the same machine plan with the same numbers."""
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(spec={"model": {"factory": "x:y"}}, input_size=(3, 8, 8), device=torch.device("cpu"),
+                          model=None, output_key=None, example=lambda: None)
+    seen = iter([bud.Throughput(0.10, 0.30, 1, "cpu", "measured"), bud.Throughput(0.12, 0.27, 1, "cpu", "measured"),
+                 bud.Throughput(0.50, 0.90, 1, "cpu", "measured")])
+    monkeypatch.setattr(tp, "measure", lambda *a, **k: next(seen))
+    first, _ = planning.throughput(ctx, 90, tmp_path)
+    second, _ = planning.throughput(ctx, 90, tmp_path)
+    third, _ = planning.throughput(ctx, 90, tmp_path)
+    assert (first.forward_s, first.source) == (0.10, "measured")
+    assert (second.forward_s, second.source) == (0.10, "stored")
+    assert (third.forward_s, third.source) == (0.50, "measured")
+
+
+def test_measure_leaves_the_model_as_it_was(make_cnn, make_images):
+    model = make_cnn().train()
+    t = tp.measure(model, make_images(1, h=16, w=16), budget_s=1.0)
+    assert t.forward_s > 0 and t.backward_s >= t.forward_s and t.batch >= 1 and t.source == "measured"
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_measure_stops_at_the_warm_up_when_that_took_its_share(make_cnn, make_images):
+    t = tp.measure(make_cnn(), make_images(1, h=16, w=16), budget_s=1e-9)
+    assert t.batch == 1 and t.backward_s == pytest.approx(tp.BACKWARD_RATIO * t.forward_s)
+
+
+WIDE = '''
+import torch
+from torch import nn
+
+class Wide(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 48, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(48, 48, 3, stride=4, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+'''
+
+
+def test_the_page_budget_shrinks_activation_grids(tmp_path, speed):
+    text = GOOD.replace("tinynet:TinyNet", "wide:Wide").replace("[3, 16, 16]", "[3, 64, 64]")
+    spec = make_project(tmp_path, text.replace("checkpoints:\n  - ckpt/*.pt\n", ""))
+    (tmp_path / "wide.py").write_text(WIDE)
+    roomy = build(spec, tmp_path, only=["activations"], out_dir=tmp_path / "roomy")
+    full = roomy.data["sections"]["activations"]["per_layer"]
+    assert {la["channels_shown"] for la in full.values()} == {32}
+    assert "page_share_bytes" not in roomy.data["sections"]["activations"].get("budget", {})
+    spec.write_text(spec.read_text() + "output: {page_budget: 0.1}\n")
+    tight = build(spec, tmp_path, only=["activations"], out_dir=tmp_path / "tight")
+    act = tight.data["sections"]["activations"]
+    shown = {name: la["channels_shown"] for name, la in act["per_layer"].items()}
+    assert min(shown.values()) < 32, shown           # the 64 x 64 maps gave way
+    assert max(shown.values()) == 32, shown           # the 16 x 16 ones kept every channel
+    assert act["budget"]["page_share_bytes"] > 0
+    assert tight.path.stat().st_size < roomy.path.stat().st_size
+    assert "so the page stays under its 0.1 MB budget" in tight.path.read_text()
+    # written channel counts are honoured whatever the page
+    spec.write_text(spec.read_text().replace("output:", "sections: {activations: {max_channels: 24}}\noutput:"))
+    honoured = build(spec, tmp_path, only=["activations"], out_dir=tmp_path / "honoured")
+    assert {la["channels_shown"] for la in honoured.data["sections"]["activations"]["per_layer"].values()} == {24}
+
+
+def test_a_heavy_page_warns_naming_its_heaviest_sections():
+    page = ('<section id="activations" class="section">' + "x" * 7_000_000 + "</section>"
+            '<section id="cam" class="section">' + "y" * 4_000_000 + "</section>")
+    warning = planning.page_warning(page, len(page))
+    assert warning.startswith("reportgen: warning: the report is 11.0 MB")
+    assert "activations 7.0 MB, cam 4.0 MB" in warning
+    assert planning.page_warning("small", 5) is None
