@@ -74,7 +74,10 @@ def measure(model: nn.Module, example: torch.Tensor, budget_s: float, output_key
         b = int(max(1, min(MAX_BATCH, (MEASURE_FRACTION * budget_s) // max(4 * warm, 1e-9))))
         xb = x1.expand(b, *x1.shape[1:]).contiguous()
         fwd = _timed(lambda: forward(xb), device) / b
-        bwd = _timed(lambda: forward_backward(xb), device) / b
+        try:
+            bwd = _timed(lambda: forward_backward(xb), device) / b
+        except RuntimeError:   # no gradient reaches the input (a frozen or integer model): the usual ratio
+            bwd = BACKWARD_RATIO * fwd
     return Throughput(forward_s=fwd, backward_s=max(bwd, fwd), batch=b, device=device.type, source="measured")
 
 

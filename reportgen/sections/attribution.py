@@ -65,6 +65,7 @@ class AttributionSection(Section):
 
     requires = ("probes",)
     run_sanity = False
+    extra_tile_count = 0     # tiles a strip shows besides the image and one map per method
 
     # ----------------------------------------------------------- subclass API
     def method_names(self, options: Dict[str, Any]) -> List[str]:
@@ -229,9 +230,9 @@ class AttributionSection(Section):
         _, h, w = ctx.input_size
         side = max(h, w) * ra.tile_factor(h, w)
         tiles = 1 + len(self.method_names(options)) + self.extra_tile_count
-        return len(ctx.probes) * int(options["top_classes"]) * tiles * side * side * bud.WEBP_BYTES_PER_PIXEL
-
-    extra_tile_count = 0     # tiles a strip shows besides the image and one map per method
+        k = int(options["top_classes"])
+        strips = len(ctx.probes) * (1 + k if k > 1 else 1)
+        return strips * tiles * side * side * bud.WEBP_BYTES_PER_PIXEL
 
     def _tile_side(self, result: AttributionResult, ok: List[MethodResult], ctx: BuildContext,
                    scale: Dict[str, Any]) -> int:
@@ -383,6 +384,16 @@ class CamSection(AttributionSection):
         from reportgen.attribution import explain
         maps = explain(model, images, name, target=list(targets), layer=plan["layer"], output=ctx.output_key)
         return maps, None, {}
+
+    def method_cost(self, name, ctx, options):
+        if name == "eigencam":
+            return bud.Cost(forward=len(ctx.probes))
+        if name != "scorecam":
+            return super().method_cost(name, ctx, options)
+        from reportgen.layers import output_shapes
+        # one forward pass per channel of the layer, per probe
+        shape = output_shapes(ctx.model, ctx.example()).get(self.plan(ctx, options)["layer"], (1, 1))
+        return bud.Cost(forward=len(ctx.probes) * (1 + int(shape[1])))
 
     def display_scale(self, result, ok):
         return {"vmin": 0.0, "vmax": 1.0, "cmap": DEFAULT_CMAP, "low": "0 (image's minimum)",
