@@ -58,11 +58,28 @@ def _store_key(ctx: Any) -> str:
                       "threads": torch.get_num_threads(), "node": platform.node()})
 
 
+def forward_macs(ctx: Any) -> Optional[int]:
+    """MACs of one forward pass of one probe, or None when the summary cannot count them."""
+    from reportgen.analyses.summary import summarize
+
+    try:
+        return int(summarize(ctx.model, ctx.example(), ctx.output_key).total_macs) or None
+    except Exception:  # noqa: BLE001 - a model the summary cannot hook (TorchScript): time it
+        return None
+
+
 def throughput(ctx: Any, budget_s: float, store: Optional[Path]) -> Tuple[bud.Throughput, float]:
-    """The model's throughput (stable across rebuilds when ``store`` is a folder) and the seconds it took."""
+    """The model's throughput and the seconds finding it took.
+
+    A small model's comes from its MACs (``budget.reference``); a larger one's
+    is measured, and kept stable across rebuilds when ``store`` is a folder.
+    """
     import time
 
     started = time.perf_counter()
+    macs = forward_macs(ctx)
+    if macs is not None and macs <= bud.SMALL_MODEL_MACS:
+        return bud.reference(macs, ctx.device.type), time.perf_counter() - started
     new = tp.measure(ctx.model, ctx.example(), budget_s, ctx.output_key)
     spent = time.perf_counter() - started
     if store is None:

@@ -25,9 +25,10 @@ ATTRIBUTION = ["cam", "gradients", "occlusion"]
 
 @pytest.fixture
 def speed(monkeypatch):
-    """Set the measured throughput: ``speed(SLOW)``; FAST until then."""
+    """Set the measured throughput: ``speed(SLOW)``; FAST until then. Tiny models are timed too."""
     state = {"t": FAST}
     monkeypatch.setattr(tp, "measure", lambda *a, **k: state["t"])
+    monkeypatch.setattr(bud, "SMALL_MODEL_MACS", 0)
 
     def set_speed(t: bud.Throughput) -> None:
         state["t"] = t
@@ -63,8 +64,8 @@ def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
            "steps 32, the full settings, which fit the build&#39;s 90 s time budget." in page
 
 
-def test_demo_sized_model_plans_the_old_defaults(tmp_path):
-    """ShapesNet at 64 px with six probes, on a machine slower than any we run on: nothing moves."""
+def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeypatch):
+    """ShapesNet at 64 px with six probes is never timed: its plan is the same on any machine."""
     from PIL import Image
 
     import numpy as np
@@ -83,7 +84,10 @@ def test_demo_sized_model_plans_the_old_defaults(tmp_path):
     spec = load_spec(tmp_path / "spec.yaml")
     ctx = make_context(resolve(spec, "cpu"))
     sections = {n: registry()[n](spec["sections"].get(n) or {}) for n in _selected(spec, None)}
-    plan = bud.plan(planning.section_needs(sections, ctx), bud.Throughput(0.004, 0.012), 90)
+    monkeypatch.setattr(tp, "measure", lambda *a, **k: pytest.fail("a small model must not be timed"))
+    rate, _ = planning.throughput(ctx, 90, tmp_path / "store")
+    assert rate.source == "reference" and rate == bud.reference(planning.forward_macs(ctx))
+    plan = bud.plan(planning.section_needs(sections, ctx), rate, 90)
     assert not plan.long and not plan.over
     for name in ("cam", "gradients", "occlusion", "featureviz"):
         sp = plan.sections[name]
@@ -161,6 +165,7 @@ def test_a_close_measurement_keeps_the_stored_one(tmp_path, monkeypatch):
     """Hysteresis: rebuilds on the same machine plan with the same numbers."""
     from types import SimpleNamespace
 
+    monkeypatch.setattr(planning, "forward_macs", lambda ctx: None)
     ctx = SimpleNamespace(spec={"model": {"factory": "x:y"}}, input_size=(3, 8, 8), device=torch.device("cpu"),
                           model=None, output_key=None, example=lambda: None)
     seen = iter([bud.Throughput(0.10, 0.30, 1, "cpu", "measured"), bud.Throughput(0.12, 0.27, 1, "cpu", "measured"),

@@ -16,12 +16,14 @@ input size by ``reportgen.analyses.throughput``) and the budget into choices:
    section, then the earlier knob), until the estimate fits or every knob is on
    its last rung (then the plan says it is ``over``).
 
-So a model whose best settings fit gets exactly those (the demo keeps every
-number), the costliest setting gives way first, and the plan is a pure
-function of the throughput numbers: inject them and it is deterministic.
-Timings are noisy, so :func:`stable` keeps an earlier measurement while a new
-one stays within a factor of it (hysteresis): rebuilding on the same machine
-keeps the same choices, and the section cache (keyed on them) hits.
+So a model whose best settings fit gets exactly those, the costliest setting
+gives way first, and the plan is a pure function of the throughput numbers:
+inject them and it is deterministic. Timings are noisy, so :func:`stable`
+keeps an earlier measurement while a new one stays within a factor of it
+(hysteresis): rebuilding on the same machine keeps the same choices, and the
+section cache (keyed on them) hits. A small model (up to SMALL_MODEL_MACS per
+image, the demo's) is not timed at all: :func:`reference` prices it from its
+MACs, so its settings never depend on how busy the machine is.
 
 The page budget works the same way on bytes: :func:`page_shares` gives each
 image-heavy section a share of the page, and a section draws fewer or smaller
@@ -44,6 +46,14 @@ DEFAULT_BUDGET_S = {"cpu": 90.0, "cuda": 60.0}
 RESERVE_FRACTION = 0.2
 # A new measurement within this factor of the stored one keeps the stored one.
 HYSTERESIS = 1.5
+# Models up to this many multiply-accumulates per image (CIFAR-scale nets, the demo's) are
+# planned from their MACs at a fixed reference speed, never from a timing: their best
+# settings fit any budget worth having, and a timing on a busy machine must not move them.
+SMALL_MODEL_MACS = 1e8
+# The reference speed: MACs per second of a forward pass, and seconds of overhead per image
+# (a small model's pass is mostly overhead). CPU: two cores of a CI runner, a little busy.
+REFERENCE_SPEED = {"cpu": (5e9, 1e-3), "cuda": (1e12, 1e-4)}
+BACKWARD_RATIO = 3.0        # a forward + backward pass over a forward pass, when not timed
 # A setting written in the spec is honoured; it is announced on stderr when its estimate
 # exceeds this share of the budget (and LONG_MIN_S).
 LONG_FRACTION = 0.25
@@ -91,7 +101,7 @@ class Throughput:
     backward_s: float
     batch: int = 1                  # images per timed pass
     device: str = "cpu"
-    source: str = "given"           # measured | stored (an earlier, close measurement) | given
+    source: str = "given"           # measured | stored (an earlier, close measurement) | reference | given
 
     def seconds(self, cost: Cost) -> float:
         return cost.forward * self.forward_s + cost.backward * self.backward_s
@@ -99,6 +109,13 @@ class Throughput:
     def to_json(self) -> Dict[str, Any]:
         return {"forward_s_per_image": round(self.forward_s, 6), "backward_s_per_image": round(self.backward_s, 6),
                 "batch": self.batch, "device": self.device, "source": self.source}
+
+
+def reference(macs: float, device: str = "cpu") -> Throughput:
+    """The throughput a small model is planned with: from its MACs, not from a clock."""
+    rate, overhead = REFERENCE_SPEED.get(device, REFERENCE_SPEED["cuda"])
+    forward = overhead + macs / rate
+    return Throughput(forward, BACKWARD_RATIO * forward, 1, device, "reference")
 
 
 def stable(new: Throughput, stored: Optional[Throughput], factor: float = HYSTERESIS) -> Throughput:

@@ -26,13 +26,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from reportgen.analyses.budget import Throughput
+from reportgen.analyses.budget import BACKWARD_RATIO, Throughput
 from reportgen.hooks import eval_mode
 from reportgen.outputs import OutputKey, select_output
 
 MEASURE_FRACTION = 0.02     # of the budget, for the timed batch passes (the warm-up comes on top)
 MAX_BATCH = 8
-BACKWARD_RATIO = 3.0        # forward + backward over forward, when the backward is not timed
 
 
 def _sync(device: torch.device) -> None:

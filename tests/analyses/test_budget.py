@@ -141,3 +141,11 @@ def test_duration_words():
     assert bud.duration(45) == "45 s"
     assert bud.duration(14 * 60) == "14 min"
     assert bud.duration(2 * 3600) == "2.0 h"
+
+
+def test_reference_prices_a_small_model_from_its_macs():
+    t = bud.reference(2e7, "cpu")
+    rate, overhead = bud.REFERENCE_SPEED["cpu"]
+    assert t.forward_s == pytest.approx(overhead + 2e7 / rate)
+    assert t.backward_s == pytest.approx(bud.BACKWARD_RATIO * t.forward_s)
+    assert t.source == "reference" and bud.reference(2e7, "cpu") == t
