@@ -300,9 +300,11 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     ctx.page_shares = planning.page_shares(sections, ctx, page_bytes)
     for line in ctx.plan.long:
         planning.warn(line)
-    progress.log(f"reportgen: budget {bud.duration(seconds)} ({source}); measured {rate.forward_s:.3g} s "
-                 f"forward, {rate.backward_s:.3g} s forward+backward per image ({rate.source}); "
-                 f"planned {bud.duration(ctx.plan.planned_s)} of section work")
+    how = {"reference": "priced from its MACs (a small model)", "stored": "as measured before"}.get(
+        rate.source, "measured")
+    progress.log(f"reportgen: budget {bud.duration(seconds)} ({source}); {rate.forward_s:.3g} s forward, "
+                 f"{rate.backward_s:.3g} s forward+backward per image, {how}; planned "
+                 f"{bud.duration(ctx.plan.planned_s)} of section work")
     return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes}
 
 

@@ -242,3 +242,20 @@ def test_a_heavy_page_warns_naming_its_heaviest_sections():
     assert warning.startswith("reportgen: warning: the report is 11.0 MB")
     assert "activations 7.0 MB, cam 4.0 MB" in warning
     assert planning.page_warning("small", 5) is None
+
+
+def test_gradient_batches_shrink_to_the_memory_budget(make_cnn, monkeypatch):
+    """Big inputs (512 px on ResNet-50): a backward pass keeps every layer's output, per image."""
+    from types import SimpleNamespace
+
+    from reportgen.analyses import occlusion
+    from reportgen.sections import attribution
+
+    ctx = SimpleNamespace(model=make_cnn(), device=torch.device("cpu"),
+                          example=lambda: torch.zeros(1, 3, 32, 32))
+    assert attribution.gradient_batch(ctx) == attribution.GRADIENT_BATCH
+    # TinyCNN keeps about 6*32*32*3 + 5*16*16*2 floats per image: ~100 kB
+    monkeypatch.setattr(occlusion, "default_memory_budget", lambda device: 350_000)
+    assert 1 <= attribution.gradient_batch(ctx) < 8
+    monkeypatch.setattr(occlusion, "default_memory_budget", lambda device: 1)
+    assert attribution.gradient_batch(ctx) == 1

@@ -404,13 +404,27 @@ class CamSection(AttributionSection):
 
 # --------------------------------------------------------------------------- gradient methods
 
-def _gradient_params(name: str, options: Dict[str, Any], seed: int) -> Dict[str, Any]:
+def _gradient_params(name: str, options: Dict[str, Any], seed: int, batch: int = GRADIENT_BATCH) -> Dict[str, Any]:
     if name == "integrated_gradients":
-        return {"steps": int(options["steps"]), "batch_size": GRADIENT_BATCH}
+        return {"steps": int(options["steps"]), "batch_size": batch}
     if name == "smoothgrad":
         return {"samples": int(options["samples"]), "noise_level": float(options["noise"]),
-                "seed": int(seed), "batch_size": GRADIENT_BATCH}
+                "seed": int(seed), "batch_size": batch}
     return {}
+
+
+def gradient_batch(ctx: BuildContext) -> int:
+    """Images per forward+backward pass: GRADIENT_BATCH, fewer when the activations a backward
+    pass keeps (about every layer's output) would not fit the memory budget, as at 512 px."""
+    from reportgen.analyses.memory import nbytes
+    from reportgen.analyses.occlusion import default_memory_budget
+    from reportgen.hooks import record_calls
+
+    try:
+        per_image = sum(nbytes(c.output) for c in record_calls(ctx.model, ctx.example()).calls if c.leaf)
+    except Exception:  # noqa: BLE001 - no hooks (TorchScript): the fixed batch
+        return GRADIENT_BATCH
+    return int(max(1, min(GRADIENT_BATCH, default_memory_budget(ctx.device) // max(per_image, 1))))
 
 
 @register_section("gradients")
@@ -436,6 +450,11 @@ class GradientsSection(AttributionSection):
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return list(options["methods"])
 
+    def plan(self, ctx, options):
+        if not {"integrated_gradients", "smoothgrad"} & set(options["methods"]):
+            return {}
+        return {"batch_size": gradient_batch(ctx)}
+
     def best(self, ctx, options):
         return dict(super().best(ctx, options), steps=bud.IG_STEPS[0], samples=bud.SMOOTHGRAD_SAMPLES[0])
 
@@ -453,7 +472,7 @@ class GradientsSection(AttributionSection):
         return out
 
     def compute(self, name, model, images, targets, ctx, options, plan):
-        params = _gradient_params(name, options, ctx.seed)
+        params = _gradient_params(name, options, ctx.seed, plan.get("batch_size", GRADIENT_BATCH))
         extras: Dict[str, Any] = {}
         if name == "integrated_gradients":
             # called directly (not via explain) for the completeness delta
