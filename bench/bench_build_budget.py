@@ -7,7 +7,8 @@ seed (256x256, resized to the input; ``--size 512`` feeds 512x512 probes to a
 temporary folder and built there with a fresh cache, in this process, through
 ``reportgen.build`` (the CLI's path), so what is timed is what a user waits for.
 
-Printed: the wall time of the whole build (spec to written page), each
+Printed: the wall time of the whole build (spec to written page) and the
+process's CPU time (steadier on a shared machine), each
 section's time and its share of the page (the bytes between its
 ``<section id=...>`` tags), the page size, and -- where the build plans a
 budget -- the throughput it measured and every choice it made. ``--rebuild``
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import shutil
@@ -64,10 +66,9 @@ def section_bytes(page: str) -> Dict[str, int]:
 def build_once(spec: Path, out: Path, cache: Path) -> Dict[str, Any]:
     import reportgen
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = reportgen.build(spec, out_dir=out, cache_dir=cache, quiet=False)
-    wall = time.perf_counter() - started
-    return {"wall": wall, "report": report}
+    return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu, "report": report}
 
 
 def main() -> int:
@@ -107,8 +108,9 @@ def main() -> int:
             skipped = " (skipped)" if isinstance(sec, dict) and "skipped" in sec else ""
             print(f"| {name}{skipped} | {seconds:.1f} | {sizes.get(name, 0) / 1024:.0f} | {est} | {choices} |")
         size = report.path.stat().st_size
-        print(f"\nwall {first['wall']:.1f} s; page {size / 1e6:.2f} MB ({size:,} bytes); "
-              f"peak RSS {peak_rss:.0f} MiB")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\nwall {first['wall']:.1f} s (process CPU {first['cpu']:.1f} s, load average {load:.1f} on "
+              f"{os.cpu_count()} cores); page {size / 1e6:.2f} MB ({size:,} bytes); peak RSS {peak_rss:.0f} MiB")
         if args.rebuild:
             again = build_once(spec, root / "site2", root / "cache")
             same = again["report"].path.read_bytes() == report.path.read_bytes()
