@@ -63,7 +63,7 @@ BAD_SPECS = [
     ("bad-cam-method", GOOD + "sections:\n  cam:\n    methods: [gradcam, gradcamm]\n",
      "sections.cam.methods[1]", 13, ["did you mean 'gradcam'"]),
     ("bad-type", GOOD + "sections:\n  activations: {max_channels: many}\n",
-     "sections.activations.max_channels", 12, ["expected an integer"]),
+     "sections.activations.max_channels", 12, ["expected 'auto' or a number of channels", "got 'many'"]),
     ("two-sources", GOOD.replace("  factory: tinynet:TinyNet\n",
                                  "  factory: tinynet:TinyNet\n  torchvision: resnet18\n"),
      "model.factory", 3, ["exactly one"]),
