@@ -293,15 +293,17 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     seconds, source = planning.budget_seconds(spec, budget, ctx.device)
     sections = {name: registry()[name](spec["sections"].get(name) or {}) for name in names}
     needs = planning.section_needs(sections, ctx)
-    store = cache.root if cache.enabled else None
-    rate, measure_s = planning.throughput(ctx, seconds, store)
+    if any(n.knobs for n in needs.values()):
+        rate, measure_s = planning.throughput(ctx, seconds, cache.root if cache.enabled else None)
+    else:   # nothing to choose (e.g. --only summary): no pass is spent on timing
+        rate, measure_s = bud.Throughput(0.0, 0.0, 0, ctx.device.type, "not measured"), 0.0
     ctx.plan = bud.plan(needs, rate, seconds)
     page_bytes = int(spec["output"]["page_budget"] * 1e6)
     ctx.page_shares = planning.page_shares(sections, ctx, page_bytes)
     for line in ctx.plan.long:
         planning.warn(line)
-    how = {"reference": "priced from its MACs (a small model)", "stored": "as measured before"}.get(
-        rate.source, "measured")
+    how = {"reference": "priced from its MACs (a small model)", "stored": "as measured before",
+           "not measured": "not measured (no setting to plan)"}.get(rate.source, "measured")
     progress.log(f"reportgen: budget {bud.duration(seconds)} ({source}); {rate.forward_s:.3g} s forward, "
                  f"{rate.backward_s:.3g} s forward+backward per image, {how}; planned "
                  f"{bud.duration(ctx.plan.planned_s)} of section work")

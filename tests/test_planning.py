@@ -259,3 +259,12 @@ def test_gradient_batches_shrink_to_the_memory_budget(make_cnn, monkeypatch):
     assert 1 <= attribution.gradient_batch(ctx) < 8
     monkeypatch.setattr(occlusion, "default_memory_budget", lambda device: 1)
     assert attribution.gradient_batch(ctx) == 1
+
+
+def test_nothing_to_plan_spends_no_pass_on_timing(tmp_path, monkeypatch):
+    spec = make_project(tmp_path)
+    monkeypatch.setattr(tp, "measure", lambda *a, **k: pytest.fail("nothing to plan: no timing"))
+    monkeypatch.setattr(planning, "forward_macs", lambda ctx: pytest.fail("nothing to plan: no MAC count"))
+    data = build(spec, tmp_path, only=["summary", "filters"]).data
+    assert data["budget"]["throughput"]["source"] == "not measured"
+    assert "budget" not in data["sections"]["summary"]

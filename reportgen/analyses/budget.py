@@ -101,7 +101,8 @@ class Throughput:
     backward_s: float
     batch: int = 1                  # images per timed pass
     device: str = "cpu"
-    source: str = "given"           # measured | stored (an earlier, close measurement) | reference | given
+    source: str = "given"           # measured | stored (an earlier, close measurement) | reference |
+                                    # not measured (nothing to plan) | given
 
     def seconds(self, cost: Cost) -> float:
         return cost.forward * self.forward_s + cost.backward * self.backward_s
