@@ -269,10 +269,8 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     sections = registry()
     for name, outcome in outcomes.items():
         cls = sections[name]
-        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir,
-                       budget_note=planning.note(name, ctx.plan) if outcome["view"] is not None else None,
-                       budget=planning.section_entry(name, ctx.plan, outcome["seconds"], outcome["cached"],
-                                                     ctx.page_share(name)))
+        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
+    planning.annotate(outcomes, ctx)
     page = render_page(res, outcomes, findings)
     size = len(page.encode("utf-8"))
     warning = planning.page_warning(page, size)

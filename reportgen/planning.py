@@ -169,6 +169,14 @@ def section_entry(section: str, plan: Optional[bud.Plan], seconds: float, cached
     return out
 
 
+def annotate(outcomes: Dict[str, Dict[str, Any]], ctx: Any) -> None:
+    """Each outcome's caption sentence (``budget_note``) and report.json entry (``budget``)."""
+    for name, outcome in outcomes.items():
+        outcome["budget_note"] = note(name, ctx.plan) if outcome["view"] is not None and ctx.plan else None
+        outcome["budget"] = section_entry(name, ctx.plan, outcome["seconds"], outcome["cached"],
+                                          ctx.page_share(name))
+
+
 def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, page_size: int,
                 page_budget: int, shares: Dict[str, int]) -> Dict[str, Any]:
     """The top-level ``budget`` of report.json."""
