@@ -139,7 +139,12 @@ def _words(section: str, option: str) -> str:
 
 
 def note(section: str, plan: bud.Plan) -> Optional[str]:
-    """One sentence for the section's caption: what was chosen automatically, and why."""
+    """One sentence for the section's caption: what was chosen automatically, and why.
+
+    A function of the choices and the budget only (the estimates behind them are in
+    report.json): the choices key the section cache, so a rebuild that hits it is
+    byte-identical.
+    """
     sp = plan.sections.get(section)
     if sp is None or not sp.auto:
         return None
@@ -148,10 +153,10 @@ def note(section: str, plan: bud.Plan) -> Optional[str]:
     if not sp.scaled:
         return f"Automatic settings: {chosen}, the full settings, which fit the build's {budget} time budget."
     best = ", ".join(f"{_words(section, o)} {_value(sp.best[o])}" for o in sp.scaled)
-    why = (f"as far as they go: the build still needs about {bud.duration(plan.planned_s + plan.reserve_s)}"
-           if plan.over else f"so the build fits its {budget} time budget")
-    return (f"Automatic settings: {chosen}, scaled down from {best} {why} (this section about "
-            f"{bud.duration(sp.estimated_s)}; at the full settings about {bud.duration(sp.full_s)}).")
+    why = (f"as far as automatic settings go, to come as close as this machine allows to the build's {budget} "
+           "time budget (report.json has the estimates)" if sp.lowest
+           else f"so the build fits its {budget} time budget")
+    return f"Automatic settings: {chosen}, scaled down from {best}, {why}."
 
 
 def section_entry(section: str, plan: Optional[bud.Plan], seconds: float, cached: bool,

@@ -159,6 +159,13 @@ def test_choices_are_part_of_the_cache_key(tmp_path, speed):
     slow = build(spec, tmp_path, only=["gradients"], budget=60)
     assert slow.data["cached"] == []          # other choices: computed again, not the fast plan's maps
     assert slow.data["sections"]["gradients"]["budget"]["choices"]["steps"] < 32
+    assert slow.data["sections"]["gradients"]["budget"]["lowest"]
+    # ten times slower still: the same (lowest) choices, so the cache hits and the page is the same
+    speed(bud.Throughput(20.0, 60.0, 1, "cpu", "measured"))
+    slower = build(spec, tmp_path, only=["gradients"], budget=60)
+    assert slower.data["cached"] == ["gradients"]
+    assert slower.data["budget"]["planned_s"] > slow.data["budget"]["planned_s"]
+    assert slower.path.read_bytes() == slow.path.read_bytes()
 
 
 def test_a_close_measurement_keeps_the_stored_one(tmp_path, monkeypatch):

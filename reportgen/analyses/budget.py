@@ -172,10 +172,11 @@ class SectionPlan:
     best: Dict[str, Any]             # option -> the best value (what auto would take with time to spare)
     estimated_s: float
     full_s: float                    # the estimate at the best values
+    lowest: bool = False             # every setting chosen automatically is on its last rung
 
     def to_json(self) -> Dict[str, Any]:
         return {"choices": dict(self.choices), "auto": list(self.auto), "scaled": list(self.scaled),
-                "estimated_s": round(self.estimated_s, 2), "full_s": round(self.full_s, 2)}
+                "lowest": self.lowest, "estimated_s": round(self.estimated_s, 2), "full_s": round(self.full_s, 2)}
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,8 @@ def plan(needs: Mapping[str, Needs], throughput: Throughput, budget_s: float,
                 scaled.extend(o for o in k.auto if k.values[rung[i]][o] != k.values[0][o])
         full = fixed[name] + sum(throughput.seconds(knobs[i][1].costs[0]) for i in ids)
         est = fixed[name] + sum(knob_s(i) for i in ids)
-        sections[name] = SectionPlan(choices, tuple(auto), tuple(scaled), best, est, full)
+        lowest = all(rung[i] + 1 == len(knobs[i][1].values) for i in ids if knobs[i][1].auto)
+        sections[name] = SectionPlan(choices, tuple(auto), tuple(scaled), best, est, full, lowest)
     long = [long_line(name, k, throughput, budget_s) for name, k in knobs if k.given]
     return Plan(budget_s=budget_s, reserve_s=reserve, throughput=throughput, sections=sections,
                 planned_s=total, over=total > available, long=[line for line in long if line])
