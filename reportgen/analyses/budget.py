@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 DEFAULT_BUDGET_S = {"cpu": 90.0, "cuda": 60.0}
 # Share of the budget kept for what is not estimated in passes: loading the model and the
 # probes, tracing the architecture, encoding pictures, writing the page.
-RESERVE_FRACTION = 0.2
+RESERVE_FRACTION = 0.25
 # A new measurement within this factor of the stored one keeps the stored one.
 HYSTERESIS = 1.5
 # Models up to this many multiply-accumulates per image (CIFAR-scale nets, the demo's) are
