@@ -18,10 +18,6 @@ from reportgen.sections.base import BuildContext, Section, register_section
 # about a minute on two CPU cores, a few seconds on a GPU.
 BUDGET_GMACS = {"cpu": 300.0, "cuda": 20000.0}
 CHANNEL_RULE = "highest mean activation over the probe images (ties: lower channel index)"
-# An optimization step costs more than its forward + backward pass: the spectrum's inverse FFT,
-# the random jitter/scale/rotation and the redirected ReLUs, on small images. Measured on
-# ResNet-50, 2 CPU cores: 13 s for what its MACs price at 3.4 s.
-STEP_OVERHEAD = 4.0
 
 
 def choose_layers(ctx: BuildContext, layers: Any) -> List[str]:
@@ -172,7 +168,7 @@ class FeatureVizSection(Section):
         cap = _gmacs(ctx, options) * 1e9 / (3.0 * macs) if macs and options["steps"] == AUTO else float("inf")
 
         def cost(steps: Any) -> bud.Cost:
-            return bud.Cost(backward=min(n * int(steps), cap) * area * STEP_OVERHEAD)
+            return bud.Cost(backward=min(n * int(steps), cap) * area)
 
         refs = len(ctx.probes) + (min(int(options["reference_images"]), len(ctx.dataset)) if ctx.dataset else 0)
         steps = bud.knob("steps", "steps", options["steps"], bud.FEATUREVIZ_STEPS, cost, label="feature visualization")
