@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from reportgen import __version__
+from reportgen.baseline import SEVERITIES, gate_tripped
 from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
 
-SEVERITIES = ("info", "warning", "error")
+
+FAIL_ON = ["warning", "error", "new-warning", "new-error"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the spec's device")
     b.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
     b.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    b.add_argument("--fail-on", choices=["warning", "error"],
-                   help="exit 3 when a finding of this severity or worse exists (the report is written)")
+    b.add_argument("--fail-on", choices=FAIL_ON,
+                   help="exit 3 when a finding of this severity or worse exists; new-warning/new-error: "
+                        "only findings new since --baseline (the report is written)")
+    b.add_argument("--baseline", metavar="PREVIOUS",
+                   help="a previous report.json (or its folder): every finding gets a state "
+                        "(new, updated, unchanged) and gone ones are listed as resolved")
 
     v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
                        description="Parse SPEC and check every path, the model, layers and checkpoints. "
@@ -53,25 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail_on_tripped(findings, level: Optional[str]) -> bool:
-    if not level:
-        return False
-    threshold = SEVERITIES.index(level)
-    return any(SEVERITIES.index(f["severity"]) >= threshold for f in findings)
-
-
 def cmd_build(args) -> int:
     from reportgen.pipeline import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
-                   use_cache=not args.no_cache, quiet=args.quiet)
+                   use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline)
     print(report.path)
-    if _fail_on_tripped(report.findings, args.fail_on):
-        worst = report.worst_severity()
-        print(f"reportgen: --fail-on {args.fail_on}: {len(report.findings)} finding(s), worst {worst}",
-              file=sys.stderr)
-        return EXIT_FAIL_ON
-    return EXIT_OK
+    return _gate(report.findings, args.fail_on)
+
+
+def _gate(findings, level: Optional[str]) -> int:
+    """Exit 3 when ``--fail-on`` trips, naming what tripped it on stderr."""
+    tripped = gate_tripped(findings, level)
+    if not tripped:
+        return EXIT_OK
+    worst = max(tripped, key=lambda f: SEVERITIES.index(f["severity"]))
+    print(f"reportgen: --fail-on {level}: {len(tripped)} finding(s), worst {worst['severity']}: "
+          f"{worst['title']}", file=sys.stderr)
+    return EXIT_FAIL_ON
 
 
 def cmd_validate(args) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from reportgen import __version__
+from reportgen.baseline import diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.sections.base import BuildContext, Finding
@@ -40,7 +41,8 @@ class Report:
     json_path: Path
     results: Dict[str, Any]
     data: Dict[str, Any]
-    findings: List[Dict[str, Any]] = field(default_factory=list)
+    findings: List[Dict[str, Any]] = field(default_factory=list)   # each with its "state"
+    resolved: List[Dict[str, Any]] = field(default_factory=list)   # baseline findings now gone
 
     def _repr_html_(self) -> str:
         doc = self.path.read_text(encoding="utf-8")
@@ -203,14 +205,17 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
 
 def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,
           only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
-          quiet: bool = True, cache_dir: Optional[Path] = None) -> Report:
+          quiet: bool = True, cache_dir: Optional[Path] = None,
+          baseline: Optional[Union[str, Path]] = None) -> Report:
     """Build the report for ``spec``; raises SpecError/InputError on bad input.
 
     Seeds torch for reproducible results, inside a forked random state: the
     caller's random streams (a notebook's) continue as if no build had run.
+    ``baseline``: a previous report.json (or its folder); every finding then
+    gets a state (new, updated, unchanged) and gone ones are listed as resolved.
     """
     with _own_random_state():
-        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir)
+        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline)
 
 
 @contextlib.contextmanager
@@ -226,9 +231,10 @@ def _own_random_state() -> Iterator[None]:
 
 def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]],
            only: Optional[Sequence[str]], device: Optional[str], use_cache: bool, quiet: bool,
-           cache_dir: Optional[Path]) -> Report:
+           cache_dir: Optional[Path], baseline: Optional[Union[str, Path]] = None) -> Report:
     progress = Progress(quiet)
     spec = load_spec(spec)
+    previous = load_baseline(baseline) if baseline is not None else None   # bad input fails first
     progress.log(f"reportgen: checking {spec.file}")
     res = resolve(spec, device)
     target_dir = _out_dir(spec, out_dir)
@@ -245,18 +251,19 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
                      + (" (cached)" if outcomes[name]["cached"] else ""))
     from reportgen.render.page import render_page, report_json
 
-    findings = sorted((f for o in outcomes.values() for f in o["findings"]),
-                      key=lambda f: (-SEVERITY_RANK[f["severity"]], f["section"], f["id"]))
+    findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
+                                       previous["findings"] if previous else None)
     sections = registry()
     for name, outcome in outcomes.items():
         cls = sections[name]
         outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
-    page = render_page(res, outcomes, findings)
-    data = report_json(res, outcomes, findings)
+    page = render_page(res, outcomes, findings, resolved, previous)
+    data = report_json(res, outcomes, findings, resolved, previous)
     index, json_path = write_atomically(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o["results"] for n, o in outcomes.items()}
-    return Report(path=index, json_path=json_path, results=results, data=data, findings=findings)
+    return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
+                  resolved=resolved)
 
 
 def _atomic_write(path: Path, text: str) -> None:

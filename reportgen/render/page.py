@@ -57,7 +57,8 @@ def model_source(spec) -> str:
     return "?"
 
 
-def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> str:
+def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+                resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None) -> str:
     """``outcomes``: per section its view and title, partial and template_dir (from the registry)."""
     spec = res.spec
     env = environment(list(dict.fromkeys(o.get("template_dir") for o in outcomes.values())))
@@ -83,6 +84,8 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
         "notes": res.notes,
         "sections": entries,
         "findings": findings,
+        "resolved": list(resolved),
+        "baseline": baseline_summary(baseline),
         "build_time": build_time,
     }
     return env.get_template("report.html.j2").render(**context)
@@ -101,13 +104,24 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> Dict[str, Any]:
+def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """What a report says of the report it was compared with (no paths: reports get published)."""
+    if baseline is None:
+        return None
+    return {"title": baseline.get("title"), "spec_digest": baseline.get("spec_digest"),
+            "reportgen": baseline.get("reportgen"), "findings": len(baseline["findings"])}
+
+
+def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+                resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, Any]:
     from reportgen.models import parameter_count
 
     spec = res.spec
     audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
     data = {
         "reportgen": __version__,
+        "kind": "build",
         "spec_digest": spec.digest,
         "title": spec["title"],
         "model": {
@@ -124,6 +138,8 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
         },
         "sections": {name: o["summary"] for name, o in outcomes.items()},
         "findings": findings,
+        "resolved": list(resolved),
+        "baseline": baseline_summary(baseline),
         "timings": {name: round(o["seconds"], 4) for name, o in outcomes.items()},
         "cached": sorted(name for name, o in outcomes.items() if o["cached"]),
     }
