@@ -104,6 +104,18 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def public_path(path: Path, base_dir: Path) -> str:
+    """A path as a published report may show it: relative to the spec's folder, else the file name.
+
+    Reports go public (GitHub Pages, review attachments); the absolute paths of
+    the machine that built them (user names, folder layout) stay out.
+    """
+    try:
+        return Path(path).resolve().relative_to(Path(base_dir).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """What a report says of the report it was compared with (no paths: reports get published)."""
     if baseline is None:
@@ -133,8 +145,8 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
             "output": res.output_key if res.output_key is not None else "auto",
             "device": res.device.type,
             "audit_checkpoint": audit.label if audit else None,
-            "checkpoints": [{"label": c.label, "path": str(c.path), "metrics": c.metrics}
-                            for c in res.checkpoints],
+            "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir),
+                             "metrics": c.metrics} for c in res.checkpoints],
         },
         "sections": {name: o["summary"] for name, o in outcomes.items()},
         "findings": findings,
