@@ -238,25 +238,11 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     progress.log(f"reportgen: checking {spec.file}")
     res = resolve(spec, device)
     target_dir = _out_dir(spec, out_dir)
-    names = _selected(spec, only)
-    ctx = make_context(res)
-    ctx.progress = progress
-    cache = SectionCache(cache_dir, enabled=use_cache)
-    base_key = inputs_digest(res)
-    outcomes: Dict[str, Dict[str, Any]] = {}
-    for name in progress(names, desc="sections"):
-        options = spec["sections"].get(name) or {}
-        outcomes[name] = _run_section(name, ctx, options, cache, base_key, progress)
-        progress.log(f"reportgen: {name} done in {outcomes[name]['seconds']:.1f}s"
-                     + (" (cached)" if outcomes[name]["cached"] else ""))
+    outcomes = compute_sections(res, _selected(spec, only), use_cache, cache_dir, progress)
     from reportgen.render.page import render_page, report_json
 
     findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
                                        previous["findings"] if previous else None)
-    sections = registry()
-    for name, outcome in outcomes.items():
-        cls = sections[name]
-        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
     page = render_page(res, outcomes, findings, resolved, previous)
     data = report_json(res, outcomes, findings, resolved, previous)
     index, json_path = write_atomically(target_dir, page, data)
@@ -264,6 +250,30 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     results = {n: o["results"] for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
                   resolved=resolved)
+
+
+def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache_dir: Optional[Path],
+                     progress: Progress) -> Dict[str, Dict[str, Any]]:
+    """Every named section's outcome (computed or from the cache), with what the page needs of it.
+
+    Shared by ``build`` and ``compare``: a compare after both builds finds
+    each model's sections in the cache.
+    """
+    ctx = make_context(res)
+    ctx.progress = progress
+    cache = SectionCache(cache_dir, enabled=use_cache)
+    base_key = inputs_digest(res)
+    sections = registry()
+    outcomes: Dict[str, Dict[str, Any]] = {}
+    for name in progress(names, desc="sections"):
+        options = res.spec["sections"].get(name) or {}
+        outcome = _run_section(name, ctx, options, cache, base_key, progress)
+        progress.log(f"reportgen: {name} done in {outcome['seconds']:.1f}s"
+                     + (" (cached)" if outcome["cached"] else ""))
+        cls = sections[name]
+        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
+        outcomes[name] = outcome
+    return outcomes
 
 
 def _atomic_write(path: Path, text: str) -> None:
