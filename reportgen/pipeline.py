@@ -98,10 +98,15 @@ def inputs_digest(res: Resolved) -> str:
         from reportgen.models import user_module_digests
 
         model_src["factory_modules"] = user_module_digests(module, spec.base_dir)
+    if model_src.get("timm"):
+        import timm
+
+        model_src["timm_version"] = timm.__version__
     parts = {
         "version": __version__, "torch": torch.__version__, "device": res.device.type,
         "model": model_src, "seed": spec["seed"], "preprocess": spec["preprocess"],
         "checkpoints": [(c.label, file_digest(c.path)) for c in res.checkpoints],
+        "checkpoint_weights": spec["checkpoint_weights"],
         "audit": res.audit_index,
         "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
         "classes": res.classes,

@@ -63,8 +63,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[Item], input_size: Sequence[int],
                  resize: Optional[int] = None, center_crop=None,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 interpolation: str = "bilinear"):
         self.items = [(Path(p), c) for p, c in items]
+        self.interpolation = interpolation
         self.input_size = tuple(int(v) for v in input_size)
         self.resize, self.center_crop = resize, center_crop
         self.mean = None if mean is None else tuple(float(m) for m in mean)
@@ -78,7 +80,8 @@ class ImageDataset(torch.utils.data.Dataset):
         from reportgen.images import load_image, preprocess
 
         img = load_image(self.items[index][0])
-        return preprocess(img, self.input_size, self.resize, self.center_crop, self.mean, self.std)
+        return preprocess(img, self.input_size, self.resize, self.center_crop, self.mean, self.std,
+                          self.interpolation)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         return self.load(index)[0], index

@@ -51,7 +51,7 @@ def si_number(value: Any) -> str:
 
 def model_source(spec) -> str:
     m = spec["model"]
-    for key in ("torchvision", "factory", "torchscript"):
+    for key in ("torchvision", "factory", "torchscript", "timm"):
         if m.get(key):
             return f"{key}: {m[key]}"
     return "?"
@@ -145,9 +145,14 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
             "output": res.output_key if res.output_key is not None else "auto",
             "device": res.device.type,
             "audit_checkpoint": audit.label if audit else None,
-            "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir),
-                             "metrics": c.metrics} for c in res.checkpoints],
+            "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir), "metrics": c.metrics,
+                             "weights": c.weights, "other_weights": list(c.other_weights)}
+                            for c in res.checkpoints],
+            "checkpoint_weights": spec["checkpoint_weights"],
+            "preprocess": {key: spec["preprocess"][key] for key in sorted(spec["preprocess"])},
+            "preprocess_source": res.preprocess_source,
         },
+        "notes": res.notes,
         "sections": {name: o["summary"] for name, o in outcomes.items()},
         "findings": findings,
         "resolved": list(resolved),

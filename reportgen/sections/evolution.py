@@ -80,7 +80,7 @@ class EvolutionSection(Section):
             filter_layer, probe=probe.tensor if probe else None, probe_name=probe.name if probe else None,
             fmap_layer=fmap_layer, channels=int(options["channels"]), max_filters=int(options["max_filters"]),
             max_hist_layers=int(options["histogram_layers"]), bins=int(options["bins"]),
-            output_key=ctx.output_key, progress=ctx.progress)
+            output_key=ctx.output_key, loader=ctx.read_checkpoint, progress=ctx.progress)
         return EvolutionSectionResult(res, choice == "auto", fmap_choice == "auto",
                                       ctx.threshold("frozen_change"))
 

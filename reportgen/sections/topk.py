@@ -23,7 +23,7 @@ def dataset_for(ctx: BuildContext) -> tk.ImageDataset:
     """The spec's dataset, preprocessed exactly like the probes."""
     pre = ctx.spec["preprocess"]
     return tk.ImageDataset(ctx.dataset, ctx.input_size, pre["resize"], pre["center_crop"],
-                           pre["mean"], pre["std"])
+                           pre["mean"], pre["std"], pre["interpolation"])
 
 
 @dataclass(frozen=True)
