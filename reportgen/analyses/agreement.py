@@ -62,7 +62,8 @@ def folder_labels(folders: Sequence[Optional[str]], classes: Sequence[str]) -> F
         unmatched = [f for f in present if f not in index]
         note = "class folders matched to the model's class names by name"
         if unmatched:
-            note += f"; {len(unmatched)} folder(s) name no class and are unlabelled: {', '.join(unmatched[:5])}"
+            note += (f"; {len(unmatched)} folder(s) name no class and are unlabelled: "
+                     f"{', '.join(unmatched[:5])}")
         return FolderLabels(labels, tuple(classes), "name", note)
     if len(present) == len(classes):
         index = {name: i for i, name in enumerate(present)}
@@ -244,7 +245,8 @@ class AgreementCounter:
         c = self.counts.cpu().numpy().astype(np.int64)
         k, h = self.k, self.HEAD
         flips = {kind: Flips(*(np.ascontiguousarray(r) for r in rows)) for kind, rows in self.flips().items()}
-        return AgreementResult(n=int(c[0]), agree=int(c[1]), n_labelled=int(c[2]), class_names=self.class_names,
+        return AgreementResult(n=int(c[0]), agree=int(c[1]), n_labelled=int(c[2]),
+                               class_names=self.class_names,
                                class_count=c[h:h + k], base_correct=c[h + k:h + 2 * k],
                                new_correct=c[h + 2 * k:h + 3 * k], **flips)
 

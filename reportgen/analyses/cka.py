@@ -50,7 +50,9 @@ bottom-right) and a channel permutation is still a permutation of features.
 The grid shrinks for wide layers so p <= ``max_features`` (default 2x2, at most
 4096 features: ResNet-50's stages give 1024, 2048, 4096 and 2048); never
 beyond the map's own size. ``grid="full"`` flattens the map unpooled (small
-maps only). (N, D) outputs (linear layers) are used as they are. A module
+maps only). (N, D) outputs (linear layers) are used as they are. Pooling is
+linear, so this is the CKA of a coarser view of the map: differences finer
+than the grid (where inside a cell a feature fires) are not seen. A module
 called several times contributes its last call, as ``ActivationRecorder``.
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -351,7 +353,8 @@ class CKAMatrixAccumulator:
         yb = [self._rows(f) for f in y_feats]
         sizes = {int(t.shape[0]) for t in xb + yb}
         if len(sizes) != 1:
-            raise ValueError(f"every feature set of a batch needs the same number of rows, got {sorted(sizes)}")
+            raise ValueError("every feature set of a batch needs the same number of rows, "
+                             f"got {sorted(sizes)}")
         got = ([int(t.shape[1]) for t in xb], [int(t.shape[1]) for t in yb])
         if not self.allocated:
             self.allocate(*got)
@@ -375,7 +378,8 @@ class CKAMatrixAccumulator:
                 self.allocate(*other.widths())
             self.rebase([s.shift for s in other.xs], [s.shift for s in other.ys])
         if self.widths() != other.widths():
-            raise ValueError(f"cannot merge CKA states of feature widths {self.widths()} and {other.widths()}")
+            raise ValueError(f"cannot merge CKA states of feature widths {self.widths()} "
+                             f"and {other.widths()}")
         self._add(other.rebased([s.shift for s in self.xs], [s.shift for s in self.ys]))
 
     def rebased(self, x_shifts: Sequence[torch.Tensor],

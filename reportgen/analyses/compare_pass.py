@@ -59,7 +59,7 @@ def compare_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Data
                  new_layers: Optional[Sequence[str]] = None, mode: str = "pairs",
                  labels: Optional[Sequence[int]] = None,
                  output_keys: Tuple[OutputKey, OutputKey] = (None, None),
-                 estimator: str = "debiased", **options) -> ComparePassResult:
+                 estimator: str = "debiased", distributed: bool = False, **options) -> ComparePassResult:
     """CKA and prediction comparison of ``base`` and ``new`` over ``dataset`` in one pass.
 
     ``dataset`` yields (tensor, global index) (``topk.ImageDataset``, probes
@@ -69,9 +69,20 @@ def compare_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Data
     ``new_layers[i]`` (default: the same names), "matrix" every pair.
     ``options``: grid, max_features, batch_size, workers, device,
     max_state_bytes, progress (as ``cka.stream_cka``).
+
+    ``distributed``: this process streams its shard of the initialised
+    process group and every rank returns the merged result (progress on
+    rank 0 only); ``labels`` and indices stay global.
     """
+    if distributed:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        dataset = shard(dataset, rank, world)
+        options = options if rank == 0 else dict(options, progress=None)
     run, counter = _local_pass(base, new, dataset, base_layers, new_layers, mode, class_names, labels,
                                output_keys, options)
+    if distributed:
+        all_reduce_cka(run)
+        all_reduce_agreement(counter)
     return ComparePassResult(run.result(estimator), counter.result())
 
 
@@ -105,24 +116,6 @@ def all_reduce_agreement(counter: AgreementCounter) -> None:
     flips: List[Optional[Dict[str, np.ndarray]]] = [None] * dist.get_world_size()
     dist.all_gather_object(flips, counter.flips())
     counter.replace_flips([f for f in flips if f is not None])
-
-
-def distributed_compare_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Dataset,
-                             base_layers: Sequence[str], class_names: Sequence[str],
-                             new_layers: Optional[Sequence[str]] = None, mode: str = "pairs",
-                             labels: Optional[Sequence[int]] = None,
-                             output_keys: Tuple[OutputKey, OutputKey] = (None, None),
-                             estimator: str = "debiased", **options) -> ComparePassResult:
-    """``compare_pass`` over this process group: each rank streams its shard; every rank
-    returns the merged result. ``labels`` and indices are global (the whole dataset's)."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if rank != 0:
-        options = dict(options, progress=None)
-    run, counter = _local_pass(base, new, shard(dataset, rank, world), base_layers, new_layers, mode,
-                               class_names, labels, output_keys, options)
-    all_reduce_cka(run)
-    all_reduce_agreement(counter)
-    return ComparePassResult(run.result(estimator), counter.result())
 
 
 # --------------------------------------------------------------------------- report.json

@@ -14,7 +14,7 @@ from reportgen.hooks import count_hooks
 RTOL = 1e-9
 
 
-# --------------------------------------------------------------------------- references (numpy, full matrices)
+# --------------------------------------------------------------------------- references: numpy, full matrices
 
 def ref_biased(x: np.ndarray, y: np.ndarray) -> float:
     """Kornblith et al. 2019: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""

@@ -24,21 +24,11 @@ from reportgen.analyses import agreement as ag
 from reportgen.analyses import cka as ck
 from reportgen.analyses import compare_pass as cp
 from reportgen.analyses import weight_diff as wd
+from tests.analyses.test_cka import Indexed
 
 LAYERS = ["relu1", "conv2", "fc"]
 CLASSES = ["a", "b", "c", "d"]
 BATCH = 1
-
-
-class Indexed(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], i
 
 
 def models():
@@ -130,9 +120,9 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         for n, mode in ((13, "pairs"), (9, "matrix"), (1, "pairs")):   # n=1: rank 1 sees no image
             base, new = models()
             new_layers = None if mode == "pairs" else ["relu2", "fc"]
-            out[(n, mode)] = cp.distributed_compare_pass(base, new, dataset(n), LAYERS, CLASSES,
-                                                         new_layers=new_layers, mode=mode,
-                                                         labels=labels(n), batch_size=BATCH)
+            out[(n, mode)] = cp.compare_pass(base, new, dataset(n), LAYERS, CLASSES, new_layers=new_layers,
+                                             mode=mode, labels=labels(n), batch_size=BATCH,
+                                             distributed=True)
         (Path(tmp) / f"rank{rank}.pkl").write_bytes(pickle.dumps(out))
     finally:
         dist.destroy_process_group()
