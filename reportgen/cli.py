@@ -42,6 +42,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="a previous report.json (or its folder): every finding gets a state "
                         "(new, updated, unchanged) and gone ones are listed as resolved")
 
+    c = sub.add_parser("compare", help="two models on the same inputs: what changed, and is anything worse",
+                       description="Run BASE and NEW on NEW's probes and dataset and write one report of "
+                       "what changed: verdict, predictions, representations (CKA), weights, explanations, "
+                       "findings. Writes OUT_DIR/index.html and OUT_DIR/report.json.")
+    c.add_argument("base", metavar="BASE.yaml")
+    c.add_argument("new", metavar="NEW.yaml")
+    c.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR",
+                   help="output folder (default: ./compare next to NEW.yaml)")
+    c.add_argument("--only", nargs="+", metavar="SECTION", help="compare only these sections")
+    c.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the specs' device")
+    c.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    c.add_argument("--fail-on", choices=FAIL_ON,
+                   help="exit 3 when NEW has a finding of this severity or worse; new-warning/new-error: "
+                        "only findings BASE did not have")
+
     v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
                        description="Parse SPEC and check every path, the model, layers and checkpoints. "
                        "Builds nothing. Exit 0 or 2.")
@@ -79,6 +95,15 @@ def _gate(findings, level: Optional[str]) -> int:
     return EXIT_FAIL_ON
 
 
+def cmd_compare(args) -> int:
+    from reportgen.comparison import compare
+
+    report = compare(args.base, args.new, out_dir=args.out_dir, only=args.only, device=args.device,
+                     use_cache=not args.no_cache, quiet=args.quiet)
+    print(report.path)
+    return _gate(report.findings, args.fail_on)
+
+
 def cmd_validate(args) -> int:
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
@@ -95,10 +120,16 @@ def cmd_demo(args) -> int:
     from reportgen.pipeline import build
     from reportgen.demo import prepare_demo
 
+    from reportgen.comparison import compare
+    from reportgen.demo import COMPARE_SECTIONS, mid_training_spec
+
     out = Path(args.out_dir)
     spec_path = prepare_demo(out, quiet=args.quiet)
     report = build(spec_path, out_dir=out / "site", use_cache=not args.no_cache, quiet=args.quiet)
     print(report.path)
+    review = compare(mid_training_spec(spec_path), spec_path, out_dir=out / "compare",
+                     only=list(COMPARE_SECTIONS), use_cache=not args.no_cache, quiet=args.quiet)
+    print(review.path)
     return EXIT_OK
 
 
@@ -108,7 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    handler = {"build": cmd_build, "validate": cmd_validate, "demo": cmd_demo}[args.command]
+    handler = {"build": cmd_build, "compare": cmd_compare, "validate": cmd_validate,
+               "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except ReportgenError as e:

@@ -135,7 +135,7 @@ def make_context(res: Resolved) -> BuildContext:
     return ctx
 
 
-def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
+def selected_sections(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
     sections = registry()
     if only:
         unknown = [n for n in only if n not in sections]
@@ -219,12 +219,12 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
     ``baseline``: a previous report.json (or its folder); every finding then
     gets a state (new, updated, unchanged) and gone ones are listed as resolved.
     """
-    with _own_random_state():
+    with own_random_state():
         return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline)
 
 
 @contextlib.contextmanager
-def _own_random_state() -> Iterator[None]:
+def own_random_state() -> Iterator[None]:
     numpy_state = np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
@@ -243,7 +243,7 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     progress.log(f"reportgen: checking {spec.file}")
     res = resolve(spec, device)
     target_dir = _out_dir(spec, out_dir)
-    outcomes = compute_sections(res, _selected(spec, only), use_cache, cache_dir, progress)
+    outcomes = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress)
     from reportgen.render.page import render_page, report_json
 
     findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
