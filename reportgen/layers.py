@@ -103,8 +103,8 @@ def _resolve(name: str, call: Call, detected: Optional[Layout], kind: str, model
         if detected is not None:
             return detected
         raise ValueError(f"layer {name!r} has output shape {list(shape) if shape else type(call.output).__name__}, "
-                         "not a feature map: neither (N, C, H, W), channels-last (N, H, W, C) nor tokens "
-                         "(N, L, C) on a grid; pick a convolutional or transformer-block layer, or state its "
+                         "not (N, C, H, W), channels-last (N, H, W, C) or tokens (N, L, C) on a grid: not "
+                         "a feature map; pick a convolutional or transformer-block layer, or state its "
                          "layout (layout: nchw | nhwc | tokens)")
     layout = infer(shape, kind, model, tuple(example.shape[-2:]), grids) if shape is not None else None
     if layout is None:

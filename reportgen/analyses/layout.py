@@ -120,6 +120,23 @@ def to_nchw(t: torch.Tensor, layout: Layout) -> torch.Tensor:
     raise ValueError(f"unknown layout {layout.kind!r}; valid: {', '.join(KINDS)}")
 
 
+def refit(layout: Layout, shape: Sequence[int]) -> Layout:
+    """``layout`` for an output of ``shape`` from another input size: same kind and prefix,
+    the grid read off the shape (a token grid keeps the old grid's aspect where it can)."""
+    shape = tuple(int(v) for v in shape)
+    if layout.kind == "nchw" and len(shape) == 4:
+        return Layout("nchw", (shape[2], shape[3]), shape[1], 0, layout.skip)
+    if layout.kind == "nhwc" and len(shape) == 4:
+        return Layout("nhwc", (shape[1], shape[2]), shape[3], 0, layout.skip)
+    if layout.kind == "tokens" and len(shape) == 3 and shape[1] > layout.prefix:
+        count = shape[1] - layout.prefix
+        gh, gw = layout.grid
+        h = max(1, round(math.sqrt(count * gh / gw)))
+        grid = (h, count // h) if count % h == 0 else (1, count)
+        return Layout("tokens", grid, shape[2], layout.prefix, layout.skip)
+    raise ValueError(f"an output of shape {list(shape)} does not fit the {layout.kind} layout of its layer")
+
+
 def _expect(t: torch.Tensor, ndim: int, layout: Layout) -> None:
     if t.ndim != ndim:
         raise ValueError(f"a {layout.kind} layout needs a {ndim}-D tensor, got shape {tuple(t.shape)}")
@@ -216,6 +233,18 @@ def infer(shape: Sequence[int], kind: str, model: Optional[nn.Module], input_hw:
         return tokens_layout(shape, model, input_hw, known)
     if kind not in KINDS:
         raise ValueError(f"unknown layout {kind!r}; valid: {AUTO}, {', '.join(KINDS)}")
+    return None
+
+
+def linear_input_layout(shape: Sequence[int], model: Optional[nn.Module],
+                        input_hw: Sequence[int]) -> Optional[Layout]:
+    """How the input of an ``nn.Linear`` holds a map: 4-D is channels-last (a Linear acts on
+    the last dim), 3-D is tokens when they lie on a grid; None for a plain (N, C) vector."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 4:
+        return infer(shape, "nhwc", model, input_hw)
+    if len(shape) == 3:
+        return tokens_layout(shape, model, input_hw)
     return None
 
 
