@@ -19,7 +19,7 @@ from reportgen.layer_lookup import get_layer, layer_names
 from reportgen.outputs import select_output
 
 __all__ = ["layer_names", "get_layer", "first_conv", "output_shapes", "call_layouts", "spatial_calls",
-           "layer_layouts", "last_spatial_layer"]
+           "layer_layouts", "last_spatial_layer", "last_spatial_call"]
 
 
 def first_conv(model: nn.Module) -> str:
@@ -118,24 +118,30 @@ def last_spatial_layer(model: nn.Module, example: torch.Tensor, output_key: Any 
 
     This is the usual CAM target: the deepest layer that still has a spatial map.
     Containers win over their last child when they produce the same tensor, so
-    'layer4' is chosen for a ResNet rather than 'layer4.1.relu'. Where some
-    maps are channels-last or tokens, only layers whose map the class score
-    depends on at the grid positions count (one backward pass): after a ViT's
-    last attention every patch token is read only by itself, and a head that
-    reads the class token gives them zero gradient, so the choice is the last
-    block's ``norm1``, where the patch tokens still feed the class token. A
-    model without a map, or a TorchScript model (no hooks), raises
+    'layer4' is chosen for a ResNet rather than 'layer4.1.relu'. Where maps
+    carry prefix tokens (a ViT's class token), only layers whose grid the class
+    score depends on count (one backward pass): after a ViT's last attention
+    every patch token is read only by itself, and a head that reads the class
+    token gives them zero gradient, so the choice is the last block's
+    ``norm1``, where the patch tokens still feed the class token. A model
+    without a map, or a TorchScript model (no hooks), raises
     ``MethodNotApplicable``.
     """
+    return last_spatial_call(model, example, output_key)[0]
+
+
+def last_spatial_call(model: nn.Module, example: torch.Tensor,
+                      output_key: Any = None) -> Tuple[str, Layout]:
+    """:func:`last_spatial_layer` and the Layout of its output, from one recorded pass."""
     if isinstance(model, torch.jit.ScriptModule):
         raise MethodNotApplicable("needs forward hooks on a layer, which a TorchScript model does not "
                                   "allow (its modules run outside Python)")
     found = [(c, lay) for c, lay in call_layouts(model, example, output_key) if _pickable(c, lay)]
     if not found:
         raise MethodNotApplicable("no layer of the model has a spatial (N, C, H, W) output")
+    layouts = {c.name: lay for c, lay in found}      # a module called twice: its last call
     spatial = [c.name for c, _ in found]
-    if any(lay.kind != "nchw" for _, lay in found):
-        layouts = {c.name: lay for c, lay in found}
+    if any(lay.prefix for lay in layouts.values()):
         depends = score_dependent(model, example, layouts, output_key)
         spatial = [n for n in spatial if n in depends] or spatial
     last = spatial[-1]
@@ -145,7 +151,7 @@ def last_spatial_layer(model: nn.Module, example: torch.Tensor, output_key: Any 
     for name in spatial[::-1]:
         if last.startswith(name + "."):
             best = name if len(name) < len(best) else best
-    return best
+    return best, layouts[best]
 
 
 def score_dependent(model: nn.Module, example: torch.Tensor, layouts: Mapping[str, Layout],

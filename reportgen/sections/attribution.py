@@ -26,7 +26,7 @@ from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.errors import NotApplicable
-from reportgen.layers import last_spatial_layer, layer_layouts
+from reportgen.layers import last_spatial_call, layer_layouts
 from reportgen.render import attribution as ra
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
 from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, int_or_pair, layer, layout)
@@ -302,16 +302,16 @@ class CamSection(AttributionSection):
 
     def plan(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
         """The layer and how its map is laid out, decided once for every method (and the sanity check)."""
-        auto = options["layer"] == AUTO
-        example = ctx.example()
-        name = last_spatial_layer(ctx.model, example, ctx.output_key) if auto else options["layer"]
-        plan = {"layer": name, "layer_auto": auto}
+        if options["layer"] == AUTO:
+            name, found = last_spatial_call(ctx.model, ctx.example(), ctx.output_key)
+            return {"layer": name, "layer_auto": True, "layout": found.kind}
+        name = options["layer"]
+        plan = {"layer": name, "layer_auto": False}
         if isinstance(ctx.model, torch.jit.ScriptModule):
             return plan      # no hooks to read it with: each method says so itself
-        stated = AUTO if auto else options["layout"]
-        found = layer_layouts(ctx.model, example, [name], stated, ctx.output_key, strict=False)
-        if name in found:
-            plan["layout"] = found[name].kind
+        read = layer_layouts(ctx.model, ctx.example(), [name], options["layout"], ctx.output_key, strict=False)
+        if name in read or options["layout"] != AUTO:   # a stated layout that does not fit fails in the method
+            plan["layout"] = read[name].kind if name in read else options["layout"]
         return plan
 
     def compute(self, name, model, images, targets, ctx, options, plan):
