@@ -28,6 +28,7 @@ from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.errors import NotApplicable
 from reportgen.layers import last_spatial_call, layer_layouts
 from reportgen.render import attribution as ra
+from reportgen.render.activations import LAYOUT_WORDS
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
 from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, int_or_pair, layer, layout)
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
@@ -206,6 +207,7 @@ class AttributionSection(Section):
                 "colorbar": ra.colorbar_view(scale["vmin"], scale["vmax"], scale["cmap"], scale["low"],
                                              scale["high"]),
                 "scale_note": scale["note"], "layer": result.layer, "layer_auto": result.layer_auto,
+                "layout": LAYOUT_WORDS.get(result.extras.get("layout")),
                 "faithfulness": self._faithfulness_view(result, ok),
                 "sanity": self._sanity_view(result, ok) if self.run_sanity else None,
                 "border": [{"label": ra.label(m.name), "share": float(np.mean(m.border_share))} for m in ok],
