@@ -442,8 +442,6 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
                 input_size: Sequence[int], projection: str = "none",
                 batch_size: int = 64) -> TopKResult:
     """Choose channels, then crop (and optionally project) the winners: the light second step."""
-    from reportgen.analyses.receptive_field import receptive_field
-
     if projection not in ("none", "guided", "deconv"):
         raise ValueError(f"unknown projection {projection!r}; valid: none, guided, deconv")
     k_eff = min(int(k), state.n_images)
@@ -452,7 +450,7 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
         if name not in state.layers:
             raise ValueError("the dataset is empty: no image reached the top-k pass")
         st = state.layers[name]
-        rf = receptive_field(model, name, input_size)
+        rf = unit_field(model, name, input_size, state.layouts.get(name), state.shapes[name])
         chosen, score = choose_channels(st["values"], st["images"], channels)
         w = state.shapes[name][2]
         sel = {f: st[f][chosen, :k_eff] for f in ("values", "images", "positions")}
@@ -469,6 +467,28 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
                              ys=ys, xs=xs, projections=proj, layout=lay.kind if lay else "nchw", **layer))
     return TopKResult(layers=out, n_images=state.n_images, k=k_eff, projection=projection,
                       channel_rule=CHANNEL_RULE)
+
+
+def unit_field(model: nn.Module, name: str, input_size: Sequence[int], layout: Optional[Layout],
+               shape: Sequence[int]) -> Dict[str, Tuple]:
+    """The input region behind one unit of ``name`` (``receptive_field``'s dict).
+
+    A channels-last or token layer whose field cannot be traced (attention,
+    which mixes every position, or padding on channels-last windows) is given
+    the whole input, centred on the unit's grid cell: an over-estimate, as
+    ``receptive_field`` gives for adaptive pools, so a patch shows the whole
+    image with the unit's cell in its middle. ``shape`` is the map's (C, h, w).
+    """
+    from reportgen.analyses.receptive_field import receptive_field
+
+    try:
+        return receptive_field(model, name, input_size)
+    except ValueError:
+        if layout is None or layout.kind == "nchw":
+            raise
+    big_h, big_w = (int(v) for v in input_size[-2:])
+    jump = (max(1, big_h // int(shape[1])), max(1, big_w // int(shape[2])))
+    return {"size": (big_h, big_w), "jump": jump, "start": ((jump[0] - 1) / 2, (jump[1] - 1) / 2)}
 
 
 def _by_image(images: np.ndarray) -> Dict[int, List[Tuple[int, int]]]:
