@@ -26,6 +26,11 @@ def _scale(h: int) -> int:
     return max(1, 32 // max(h, 1))
 
 
+# how a layer's output was read, said in the caption when it was not (N, C, H, W)
+LAYOUT_WORDS = {"nhwc": "read channels-last (N, H, W, C)",
+                "tokens": "read from tokens (N, L, C) on their grid, class/register tokens left out"}
+
+
 def render_activations(result: ActivationsResult, probes) -> Dict:
     layers: List[Dict] = []
     for la in result.layers:
@@ -40,7 +45,7 @@ def render_activations(result: ActivationsResult, probes) -> Dict:
                               "channels": [int(c) for c in la.channels[i]]})
         layers.append({"layer": la.layer, "shape": la.shape, "sparsity": la.sparsity,
                        "dead": int(la.never_fire.sum()), "certain_dead": int(la.dead.sum()),
-                       "channels_total": la.shape[0],
+                       "channels_total": la.shape[0], "layout": LAYOUT_WORDS.get(la.layout),
                        "shown": int(la.maps.shape[1]), "probes": per_probe})
     return {"layers": layers, "auto": result.auto, "n_probes": result.n_probes,
             "thumbs": [{"name": p.name, "image": png_uri(p.display)} for p in probes]}

@@ -14,7 +14,7 @@ from reportgen.models import require_hooks
 from reportgen.render.activations import render_activations
 from reportgen.render.filters import render_filters
 from reportgen.render.images import png_uri
-from reportgen.options import Choice, Float, Int, layer, layers
+from reportgen.options import AUTO, Choice, Float, Int, layer, layers, layout
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 
@@ -145,6 +145,7 @@ class ActivationsSection(Section):
         "layers": layers(spatial=True, doc="layers whose feature maps are shown (auto: the last layer of "
                                            "each resolution stage)"),
         "max_channels": Int(min=1, max=1024, default=32, doc="channels shown per layer, most active first"),
+        "layout": layout(),
     }
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> act.ActivationsResult:
@@ -152,13 +153,14 @@ class ActivationsSection(Section):
         auto = options["layers"] == "auto"
         layers = act.stage_layers(ctx.model, ctx.example()) if auto else list(options["layers"])
         return act.activations(ctx.model, ctx.probe_batch(), layers, options["max_channels"],
-                               ctx.output_key, auto=auto)
+                               ctx.output_key, auto=auto, layout=AUTO if auto else options["layout"])
 
     def view(self, result: act.ActivationsResult, ctx: BuildContext) -> Dict[str, Any]:
         return render_activations(result, ctx.probes)
 
     def summary(self, result: act.ActivationsResult) -> Dict[str, Any]:
         return {"layers": [la.layer for la in result.layers], "layers_auto": result.auto,
+                "layouts": {la.layer: la.layout for la in result.layers},
                 "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.never_fire.sum()),
                                          "certain_dead": int(la.dead.sum()),
                                          "channels": la.shape[0]} for la in result.layers}}

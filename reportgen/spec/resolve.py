@@ -314,11 +314,12 @@ def resolve_theme(spec: Spec) -> str:
         raise _as_spec_error(spec, "output.theme", e) from None
 
 
-def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
-    """(key path, layer name, declaration) for every layer a section's options name.
+def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName, str]]:
+    """(key path, layer name, declaration, stated layout) for every layer a section's options name.
 
     Read from the sections' own option declarations (``LayerName``), so a new
     option that names a layer, a plugin's included, is checked without a list here.
+    The stated layout is the section's ``layout`` option where it has one, else auto.
     """
     from reportgen.sections.registry import registry
 
@@ -326,6 +327,7 @@ def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
         options = spec["sections"].get(section)
         if not options:
             continue
+        stated = options.get("layout", AUTO) if "layout" in cls.options else AUTO
         for key, opt in cls.options.items():
             decl = layer_option(opt)
             value = options.get(key)
@@ -333,14 +335,15 @@ def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
                 continue
             names = value if isinstance(value, list) else [value]
             for i, name in enumerate(names):
-                yield f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else ""), name, decl
+                path = f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+                yield path, name, decl, stated
 
 
 def check_layers(spec: Spec, model: nn.Module) -> None:
     """Every layer named in a section exists (auto is resolved later, per section)."""
     from reportgen.layers import get_layer
 
-    for path, name, _ in _named_layers(spec):
+    for path, name, _, _ in _named_layers(spec):
         try:
             get_layer(model, name)
         except ValueError as e:
@@ -348,29 +351,47 @@ def check_layers(spec: Spec, model: nn.Module) -> None:
 
 
 def check_spatial_layers(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> None:
-    """A named layer declared spatial must give an (N, C, H, W) map larger than 1x1.
+    """A named layer declared spatial must give a feature map larger than 1x1.
 
-    A 1x1 map (after global pooling) has no "where": a CAM on it is one flat
-    colour, so it is refused here as the automatic choice already refuses it.
+    A feature map is (N, C, H, W), or channels-last (N, H, W, C) or tokens
+    (N, L, C) on a grid, as the section's ``layout`` states or as
+    ``reportgen.analyses.layout`` detects. A 1x1 map (after global pooling)
+    has no "where": a CAM on it is one flat colour, so it is refused here as
+    the automatic choice already refuses it.
     """
-    from reportgen.layers import output_shapes
+    from reportgen.layers import call_layouts
+    from reportgen.analyses.layout import infer, known_grids
 
-    named = [(path, name) for path, name, decl in _named_layers(spec) if decl.spatial]
+    named = [(path, name, stated) for path, name, decl, stated in _named_layers(spec) if decl.spatial]
     if not named:
         return
+    example = torch.zeros((1, *size))
     try:
-        shapes = output_shapes(model, torch.zeros((1, *size)))
+        found = call_layouts(model, example)
     except Exception:  # hooks unsupported (TorchScript): the sections say so themselves
         return
-    for path, name in named:
-        shape = shapes.get(name)
-        if shape is None:
+    last = {c.name: (c, lay) for c, lay in found if c.name}
+    grids = known_grids(model, [lay for _, lay in found])
+    for path, name, stated in named:
+        if name not in last:
             raise spec.error(path, f"layer {name!r} is not called in the model's forward pass")
-        if len(shape) != 4:
-            raise spec.error(path, f"layer {name!r} has output shape {list(shape)}, not a spatial "
-                                   "(N, C, H, W) map; pick a convolutional layer")
-        if shape[2] * shape[3] <= 1:
-            raise spec.error(path, f"layer {name!r} has a 1x1 output (shape {list(shape)}): a map with one "
+        call, detected = last[name]
+        tensor = call.tensor
+        shape = list(tensor.shape) if tensor is not None else None
+        if stated == AUTO:
+            lay = detected
+            if lay is None:
+                raise spec.error(path, f"layer {name!r} has output shape {shape}, not a spatial (N, C, H, W) "
+                                       "map, a channels-last (N, H, W, C) one or tokens (N, L, C) on a grid; "
+                                       "pick a convolutional or transformer-block layer, or state the layout "
+                                       f"with sections.{path.split('.')[1]}.layout")
+        else:
+            lay = infer(shape, stated, model, size[1:], grids) if shape is not None else None
+            if lay is None:
+                raise spec.error(path, f"layer {name!r} has output shape {shape}, which is not a {stated} "
+                                       f"map for a {size[1]}x{size[2]} input (layout: {stated})")
+        if lay.grid[0] * lay.grid[1] <= 1:
+            raise spec.error(path, f"layer {name!r} has a 1x1 output (shape {shape}): a map with one "
                                    "position cannot show where anything is; pick an earlier layer")
 
 
