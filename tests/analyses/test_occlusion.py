@@ -194,8 +194,8 @@ def test_output_key(make_cnn, make_images):
 @pytest.mark.parametrize("incremental", [False, True])
 def test_batch_size_does_not_change_results(make_cnn, make_images, incremental):
     model, x = make_cnn(), make_images(n=2, h=12, w=10)
-    runs = [occlusion_details(model, x, window=4, stride=3, memory_budget=b, incremental=incremental)
-            for b in (1, 50_000, 1 << 30)]                        # batch 1, a few, everything
+    runs = [occlusion_details(model, x, window=4, stride=3, memory_budget=b, incremental=incremental,
+                              batch_size="memory") for b in (1, 50_000, 1 << 30)]   # batch 1, a few, everything
     assert runs[0].batch_size == 1 and runs[2].batch_size > 2 * 12      # 12 positions per image
     assert runs[0].batches > runs[1].batches > runs[2].batches
     for r in runs[1:]:
@@ -233,7 +233,7 @@ class TinyResNet(nn.Module):
 @pytest.mark.parametrize("relu", ["module", "inplace", "functional", "tensor"])
 def test_incremental_exact_sequential(make_cnn, make_images, relu):
     model, x = make_cnn(relu=relu), make_images(n=2, h=16, w=12)
-    full = occlusion_details(model, x, window=(5, 4), stride=(3, 2))
+    full = occlusion_details(model, x, window=(5, 4), stride=(3, 2), incremental=False)
     inc = occlusion_details(model, x, window=(5, 4), stride=(3, 2), incremental=True)
     assert inc.incremental and not full.incremental
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
@@ -246,7 +246,7 @@ def test_incremental_exact_residual(window, stride):
     torch.manual_seed(0)
     model = TinyResNet().eval()
     x = torch.randn(2, 3, 20, 16)
-    full = occlusion_details(model, x, window=window, stride=stride, baseline="blur")
+    full = occlusion_details(model, x, window=window, stride=stride, baseline="blur", incremental=False)
     inc = occlusion_details(model, x, window=window, stride=stride, baseline="blur", incremental=True)
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
     np.testing.assert_array_equal(inc.top_class, full.top_class)
@@ -257,7 +257,7 @@ def test_incremental_exact_resnet18_small():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
-    full = occlusion_details(model, x, window=32, stride=16)      # 3 x 3 positions: quick
+    full = occlusion_details(model, x, window=32, stride=16, incremental=False)   # 3 x 3 positions: quick
     inc = occlusion_details(model, x, window=32, stride=16, incremental=True)
     assert inc.notes["incremental_cost"] < 1
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
@@ -292,7 +292,7 @@ def test_incremental_covers_every_per_pixel_kind():
     kinds = {n.name: engine.plan[n].kind for n in engine.nodes}
     assert kinds["selu"] == kinds["lrn"] == kinds["clamp_max"] == kinds["exp"] == "point"
     assert kinds["truediv"] == kinds["maximum"] == kinds["sub"] == "binary"      # sub: 1 - z
-    full = occlusion_details(model, x, window=4, stride=4)
+    full = occlusion_details(model, x, window=4, stride=4, incremental=False)
     inc = occlusion_details(model, x, window=4, stride=4, incremental=True)
     np.testing.assert_allclose(inc.prob_map, full.prob_map, atol=ATOL_INCREMENTAL)
 
