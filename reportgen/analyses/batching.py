@@ -5,9 +5,9 @@ dozen samples a ResNet's activations fall out of cache and the time per sample
 stops falling or grows (ResNet-18 at 224x224: batch 209 was slower than 32),
 while a GPU keeps getting faster until it is full. So :class:`ThroughputBatcher`
 hands out the real work in chunks whose sizes it probes: powers of two, from
-``start`` (or the memory cap, if smaller), one step up, then on up while the
-time per sample improves by more than ``MARGIN``, else one step down, and the
-rest of the work at the fastest size seen. Every probed chunk is real work, so
+``start`` (or the memory cap, if smaller): one step up, on up while the time
+per sample improves by more than ``MARGIN``, else down while it improves; the
+rest of the work runs at the fastest size seen. Every probed chunk is real work, so
 probing costs no extra pass, only a few chunks at a size that may be a little
 slower. No chunk is ever larger than the memory cap.
 
@@ -71,24 +71,17 @@ class ThroughputBatcher:
         self.start = _pow2_floor(min(max(1, int(start)), self.cap))
         self.clock = clock
         self.measured: Dict[int, float] = {}     # batch size -> seconds per sample
+        # the fastest size so far; a size takes its place only when faster by more than
+        # MARGIN, so on a flat curve the search stays put instead of drifting on noise
+        self.best: Optional[int] = None
         self.sizes: List[int] = []          # every chunk handed out, in order
 
     # ---- the search
-    def best(self) -> Optional[int]:
-        """The fastest size measured so far within the cap (a smaller one unless a bigger
-        one is faster by more than MARGIN), None before any measurement."""
-        best = None
-        for size in sorted(self.measured):
-            if best is None or self.measured[size] < (1 - MARGIN) * self.measured[best]:
-                best = size
-        return best
-
     def next_probe(self) -> Optional[int]:
         """The next size to time, None when the search is over (both neighbours of the best measured)."""
-        best = self.best()
-        if best is None:
+        if self.best is None:
             return self.start
-        for size in (2 * best, best // 2):
+        for size in (2 * self.best, self.best // 2):
             if 1 <= size <= self.cap and size not in self.measured:
                 return size
         return None
@@ -96,7 +89,7 @@ class ThroughputBatcher:
     @property
     def batch_size(self) -> int:
         """The size chosen (the best measured), or the largest chunk run when nothing was timed."""
-        return self.best() or max(self.sizes, default=self.start)
+        return self.best or max(self.sizes, default=self.start)
 
     # ---- the work
     def chunks(self, total: int) -> Iterator[Tuple[int, int]]:
@@ -115,11 +108,12 @@ class ThroughputBatcher:
         probe = self.next_probe()
         if probe is not None and probe <= remaining:
             return probe, True
-        best = self.best()
-        if best is None:          # too little work to time anything: all of it (it fits: start <= cap)
+        if self.best is None:     # too little work to time anything: all of it (it fits: start <= cap)
             return min(remaining, self.cap), False
         # the rest at the best size, in equal chunks (no tiny last batch)
-        return math.ceil(remaining / math.ceil(remaining / best)), False
+        return math.ceil(remaining / math.ceil(remaining / self.best)), False
 
     def _record(self, size: int, seconds: float) -> None:
         self.measured[size] = seconds / size
+        if self.best is None or self.measured[size] < (1 - MARGIN) * self.measured[self.best]:
+            self.best = size
