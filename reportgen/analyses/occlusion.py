@@ -399,17 +399,21 @@ def occlusion_details(model: nn.Module, images: torch.Tensor, target: Target = N
 
 
 def _probe(scores: nn.Module, x1: torch.Tensor) -> Tuple[int, torch.Tensor, Optional[torch.Tensor]]:
-    """Peak bytes per sample and the output's shape, from the meta device where it runs (no pass).
+    """Peak bytes per sample and the output's shape; the first image's scores too if a pass ran.
 
-    Otherwise (TorchScript, ops with no meta kernel) one real pass of the first image, whose
-    scores are returned a second time as already-known clean logits, so that pass is not wasted.
+    On a CPU from the meta device (no pass: a batch-1 pass costs several batched
+    samples' time there). On CUDA, and where the meta run fails (TorchScript, an op
+    without a meta kernel), one real pass of the first image (on CUDA the allocator's
+    peak is exact), whose scores are then known clean logits, so the pass is not wasted.
     """
-    try:
-        per_sample, out = probe_shapes(scores, x1)
-        return per_sample, out, None
-    except Exception:  # noqa: BLE001 - anything the meta device cannot run
-        per_sample, out = probe(scores, x1)
-        return per_sample, out, out
+    if not x1.is_cuda:
+        try:
+            per_sample, out = probe_shapes(scores, x1)
+            return per_sample, out, None
+        except Exception:  # noqa: BLE001 - anything the meta device cannot run
+            pass
+    per_sample, out = probe(scores, x1)
+    return per_sample, out, out
 
 
 def _prob_and_top(logits: torch.Tensor, t: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
