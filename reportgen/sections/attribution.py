@@ -453,9 +453,12 @@ class OcclusionSection(AttributionSection):
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         from reportgen.analyses.occlusion import occlusion_details
+        # batch_size "memory": one batch size from the model's shapes, never from timings,
+        # so a rebuild rounds the same way and the report stays byte-identical
         d = occlusion_details(model, images, target=list(targets), window=options["window"],
                               stride=options["stride"], baseline=_occlusion_baseline(ctx, options["baseline"]),
-                              output_key=ctx.output_key, incremental=options["incremental"])
+                              output_key=ctx.output_key, incremental=options["incremental"],
+                              batch_size="memory")
         meta = dict(d.meta(), baseline_option=options["baseline"])
         extras = {"prob_map": d.prob_map, "top_class": d.top_class, "positions": d.positions,
                   "window": list(d.window), "meta": meta}
