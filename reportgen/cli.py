@@ -19,6 +19,16 @@ from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, Re
 FAIL_ON = ["warning", "error", "new-warning", "new-error"]
 
 
+def _run_options(p: argparse.ArgumentParser, out: str, fail_on: str) -> None:
+    """The options build and compare share: output folder, sections, device, cache, progress, gate."""
+    p.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR", help=out)
+    p.add_argument("--only", nargs="+", metavar="SECTION", help="only these sections")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the spec's device")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--fail-on", choices=FAIL_ON, help=fail_on)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reportgen", description="Build one self-contained HTML report of "
                                 "what a trained CNN has learned.")
@@ -29,15 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Compute every section of SPEC and write OUT_DIR/index.html and "
                        "OUT_DIR/report.json atomically.")
     b.add_argument("spec", metavar="SPEC.yaml")
-    b.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR",
-                   help="output folder (default: output.dir from the spec, else ./site next to it)")
-    b.add_argument("--only", nargs="+", metavar="SECTION", help="build only these sections")
-    b.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the spec's device")
-    b.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
-    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    b.add_argument("--fail-on", choices=FAIL_ON,
-                   help="exit 3 when a finding of this severity or worse exists; new-warning/new-error: "
-                        "only findings new since --baseline (the report is written)")
+    _run_options(b, out="output folder (default: output.dir from the spec, else ./site next to it)",
+                 fail_on="exit 3 when a finding of this severity or worse exists; new-warning/new-error: "
+                         "only findings new since --baseline (the report is written)")
     b.add_argument("--baseline", metavar="PREVIOUS",
                    help="a previous report.json (or its folder): every finding gets a state "
                         "(new, updated, unchanged) and gone ones are listed as resolved")
@@ -48,15 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                        "findings. Writes OUT_DIR/index.html and OUT_DIR/report.json.")
     c.add_argument("base", metavar="BASE.yaml")
     c.add_argument("new", metavar="NEW.yaml")
-    c.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR",
-                   help="output folder (default: ./compare next to NEW.yaml)")
-    c.add_argument("--only", nargs="+", metavar="SECTION", help="compare only these sections")
-    c.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the specs' device")
-    c.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
-    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    c.add_argument("--fail-on", choices=FAIL_ON,
-                   help="exit 3 when NEW has a finding of this severity or worse; new-warning/new-error: "
-                        "only findings BASE did not have")
+    _run_options(c, out="output folder (default: ./compare next to NEW.yaml)",
+                 fail_on="exit 3 when NEW has a finding of this severity or worse; new-warning/new-error: "
+                         "only findings BASE did not have")
 
     v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
                        description="Parse SPEC and check every path, the model, layers and checkpoints. "
