@@ -15,7 +15,7 @@ round), and each keeps its fastest round, wall and process CPU time
 separately: on a shared machine that is the least noisy estimate.
 
     python bench/bench_occlusion.py [--device cpu|cuda] [--models resnet18,resnet50]
-                                    [--configs 32/16,16/8] [--quick] [--reps N]
+                                    [--configs 32/16,16/8] [--quick] [--reps N] [--threads N]
 """
 from __future__ import annotations
 
@@ -124,7 +124,11 @@ def main() -> None:
     ap.add_argument("--configs", default=None, help="window/stride list (default 32/16,16/8; quick 32/16)")
     ap.add_argument("--quick", action="store_true", help="resnet18, 32/16, one captum setting, 1 round")
     ap.add_argument("--reps", type=int, default=None, help="rounds per method (default 2, quick 1)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 is steadiest on a shared machine")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     reps = args.reps or (1 if args.quick else 2)
     models = (args.models or ("resnet18" if args.quick else "resnet18,resnet50")).split(",")
