@@ -276,28 +276,26 @@ def occlusion_cost(model: nn.Module, inputs: Union[torch.Tensor, Sequence[int]],
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         x1 = torch.zeros((1, c, h, w), dtype=dtype, device=model_device(model, torch.device("cpu")))
     with eval_mode(model), torch.no_grad():
-        fraction, reason = _incremental_fraction(model, x1, win, starts)
+        fraction, skip = _auto_plan(model, x1, win, starts)
     P = len(starts)
-    use = fraction is not None and fraction <= AUTO_MAX_COST
-    if fraction is not None and not use:
-        reason = f"planned work {fraction:.0%} of a full pass"
     return OcclusionCost(images=n, positions=P, plain=n * (1 + P),
                          incremental=None if fraction is None else n * (1 + P * fraction),
-                         incremental_fraction=fraction, auto="incremental" if use else "plain",
-                         reason="" if use else reason)
+                         incremental_fraction=fraction, auto="plain" if skip else "incremental", reason=skip)
 
 
-def _incremental_fraction(model: nn.Module, x1: torch.Tensor, win: Tuple[int, int],
-                          starts: np.ndarray) -> Tuple[Optional[float], str]:
-    """The incremental plan's share of a full pass's multiply-adds (None and why, if it cannot run).
+def _auto_plan(model: nn.Module, x1: torch.Tensor, win: Tuple[int, int],
+               starts: np.ndarray) -> Tuple[Optional[float], str]:
+    """The incremental plan's share of a full pass's multiply-adds (None if it cannot run)
+    and why incremental="auto" would not run it ("" when it would).
 
     Planned on the model as it is (no BatchNorm folding: folding removes per-pixel
     nodes only, so the convs, and the share, are the same) with shapes from the meta device.
     """
     try:
-        return _planned_engine(model, x1, win, starts, fuse_bn=False).cost_fraction(), ""
+        fraction = _planned_engine(model, x1, win, starts, fuse_bn=False).cost_fraction()
     except Exception as e:  # untraceable, or an op the interpreter trips on
         return None, f"{type(e).__name__}: {e}"
+    return fraction, f"planned work {fraction:.0%} of a full pass" if fraction > AUTO_MAX_COST else ""
 
 
 def _planned_engine(model: nn.Module, x1: torch.Tensor, win: Tuple[int, int], starts: np.ndarray,
@@ -481,13 +479,10 @@ def _pick_engine(model, x1, win, starts, incremental):
     if incremental is True:
         engine = _planned_engine(model, x1, win, starts, fuse_bn=True)   # untraceable: raises
         return engine, {"incremental_cost": round(engine.cost_fraction(), 4)}
-    cost, reason = _incremental_fraction(model, x1, win, starts)
-    if cost is None:
-        return None, {"incremental_skipped": reason}
-    notes = {"incremental_cost": round(cost, 4)}
-    if cost > AUTO_MAX_COST:
-        notes["incremental_skipped"] = f"planned work {cost:.0%} of a full pass"
-        return None, notes
+    cost, skip = _auto_plan(model, x1, win, starts)
+    notes: Dict[str, Any] = {} if cost is None else {"incremental_cost": round(cost, 4)}
+    if skip:
+        return None, dict(notes, incremental_skipped=skip)
     try:
         return _planned_engine(model, x1, win, starts, fuse_bn=True), notes
     except Exception as e:  # noqa: BLE001 - folding tripped where the plain trace did not

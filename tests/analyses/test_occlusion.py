@@ -229,12 +229,13 @@ def scripted(monkeypatch):
 
 @pytest.mark.parametrize("incremental", [False, True])
 def test_throughput_batches_match_any_fixed_batch(make_cnn, make_images, scripted, incremental):
-    # 2 images x 165 positions: work enough (per image, too) for the search to probe 32, 64, 16, 8
+    # 2 images x 165 positions: work enough (per image, too) for the search to find 16 and time
+    # both its neighbours, from wherever it starts
     model, x = make_cnn(), make_images(n=2, h=12, w=16)
     auto = occlusion_details(model, x, window=2, stride=1, incremental=incremental)
     (batcher,) = scripted
-    assert auto.batch_size == 16 and batcher.sizes[:4] == [32, 64, 16, 8]
-    assert auto.notes["batch_policy"] == "auto" and set(auto.notes["batch_ms_per_sample"]) == {"8", "16", "32", "64"}
+    assert auto.batch_size == 16 and batcher.sizes[0] == batcher.start
+    assert auto.notes["batch_policy"] == "auto" and {"8", "16", "32"} <= set(auto.notes["batch_ms_per_sample"])
     assert auto.batches == len(batcher.sizes) + (2 if incremental else 0)          # + clean passes
     for fixed in (5, "memory"):
         d = occlusion_details(model, x, window=2, stride=1, incremental=incremental, batch_size=fixed)
