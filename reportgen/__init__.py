@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build", "explain", "receptive_field"]
+__all__ = ["__version__", "build", "compare", "explain", "receptive_field"]
 
 
 def __getattr__(name):
@@ -11,6 +11,9 @@ def __getattr__(name):
     if name == "build":
         from reportgen.pipeline import build
         return build
+    if name == "compare":
+        from reportgen.comparison import compare
+        return compare
     if name == "explain":
         from reportgen.attribution import explain
         return explain

@@ -5,10 +5,13 @@ code, so everything goes through ``torch.load(weights_only=True)`` and a file
 that needs more is refused, never "retried unsafely". The many ways training
 scripts wrap their weights (raw ``state_dict``, ``{"state_dict": ...}``,
 Lightning's ``model.`` prefix, DataParallel's ``module.``) are unwrapped here,
-so the rest of reportgen sees one flat ``{name: tensor}`` dict.
+so the rest of reportgen sees one flat ``{name: tensor}`` dict. A file holding
+several weight sets (timm's ``state_dict`` and ``state_dict_ema``) is read as
+the caller selects, and says which others it holds.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import pickle
@@ -35,6 +38,10 @@ __all__ = [
 # Checked in this order: a dict holding both "model" and "state_dict" is
 # rarer than one holding "state_dict" plus optimizer state.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# `weights=` for load_checkpoint: the first of CONTAINER_KEYS present, else a raw state dict.
+AUTO_WEIGHTS = "auto"
+# Top-level numbers that describe the file, not the training (timm's checkpoint format version).
+NOT_METRICS = ("version",)
 # Stripped only when every key carries them (a real sub-module may be called "model").
 WRAPPER_PREFIXES = ("module.", "model.")
 # Buffers that older/newer BatchNorm versions disagree about; harmless if absent.
@@ -50,8 +57,9 @@ class LoadedCheckpoint:
     """Weights plus what the training script stored beside them.
 
     ``layout`` names where the weights were found ("raw", "state_dict", ...,
-    "safetensors") and ``stripped`` the wrapper prefixes removed, so report.json
-    can say how a file was read.
+    "safetensors"), ``stripped`` the wrapper prefixes removed and ``others``
+    the other top-level keys holding a set of weights (``state_dict_ema``), so
+    report.json can say how a file was read and what else it offered.
     """
 
     state_dict: Dict[str, torch.Tensor]
@@ -59,6 +67,7 @@ class LoadedCheckpoint:
     epoch: Optional[int]
     layout: str
     stripped: Tuple[str, ...] = field(default=())
+    others: Tuple[str, ...] = field(default=())
 
 
 # --------------------------------------------------------------------------- sorting
@@ -77,21 +86,30 @@ def natural_key(s: Union[str, Path]) -> Tuple:
 
 # --------------------------------------------------------------------------- loading
 
-def load_checkpoint(path: PathLike) -> LoadedCheckpoint:
-    """Read a checkpoint file into a flat, prefix-free state dict, safely."""
+def load_checkpoint(path: PathLike, weights: str = AUTO_WEIGHTS) -> LoadedCheckpoint:
+    """Read a checkpoint file into a flat, prefix-free state dict, safely.
+
+    ``weights`` names the top-level key whose weights are read (timm's
+    ``state_dict_ema``, say); ``auto`` takes the first of CONTAINER_KEYS, else
+    the file as a raw state dict. A named key the file lacks is a CheckpointError.
+    """
     p = Path(path)
     _check_is_file(p)
     if p.suffix.lower() == ".safetensors":
+        if weights != AUTO_WEIGHTS:
+            raise CheckpointError(f"a safetensors file holds one set of weights, not a {weights!r} "
+                                  "entry; use checkpoint_weights: auto", p)
         return _load_safetensors(p)
     if _is_torchscript(p):
         raise CheckpointError(
             "this is a TorchScript archive (a whole compiled model), not a state dict. "
             "Use it as `model: {torchscript: ...}` in the spec instead of under `checkpoints`.", p)
     obj = _torch_load(p)
-    sd, layout = _find_state_dict(obj, p)
+    sd, layout = _find_state_dict(obj, p) if weights == AUTO_WEIGHTS else _named_state_dict(obj, weights, p)
     sd, stripped = _strip_wrapper_prefixes(sd)
     metrics = extract_metrics(obj, raw=layout == "raw")
-    return LoadedCheckpoint(sd, metrics, _epoch(metrics), layout, stripped)
+    others = () if layout == "raw" else tuple(k for k in weight_keys(obj) if k != layout)
+    return LoadedCheckpoint(sd, metrics, _epoch(metrics), layout, stripped, others)
 
 
 def _check_is_file(p: Path) -> None:
@@ -113,6 +131,16 @@ def _is_torchscript(p: Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _safe_globals() -> List[Any]:
+    """Classes allowed besides tensors and containers: plain data holders, no code.
+
+    ``argparse.Namespace`` is how timm's train.py stores its arguments (``args``)
+    in every checkpoint; unpickling one only sets attributes, and what it holds
+    is checked like the rest of the file.
+    """
+    return [argparse.Namespace] + _numpy_safe_globals()
 
 
 def _numpy_safe_globals() -> List[Any]:
@@ -142,7 +170,7 @@ def _numpy_safe_globals() -> List[Any]:
 def _torch_load(p: Path) -> Any:
     """torch.load restricted to tensors and plain containers, with readable errors."""
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
             # Noise for users: old pickle protocols load fine or fail with our message.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # zip checkpoints (torch.save's format) are memory-mapped: checking that a
@@ -228,10 +256,34 @@ def _find_state_dict(obj: Any, p: Path) -> Tuple[Dict[str, torch.Tensor], str]:
     raw = _tensor_items(obj)
     if raw:
         return raw, "raw"
+    found = weight_keys(obj)
+    if found:
+        raise CheckpointError(
+            f"no weights under one of {', '.join(CONTAINER_KEYS)}; the file holds weights under "
+            f"{', '.join(map(repr, found))}: select them with checkpoint_weights: {found[0]}", p)
     keys = ", ".join(repr(k) for k in list(obj)[:MAX_LISTED])
     raise CheckpointError(
         f"no tensors found: neither a raw state dict nor a dict with one of "
         f"{', '.join(CONTAINER_KEYS)} holding tensors (top-level keys: {keys})", p)
+
+
+def weight_keys(obj: Any) -> List[str]:
+    """Top-level keys of a checkpoint dict whose value is a set of weights, in file order."""
+    if not isinstance(obj, Mapping):
+        return []
+    return [k for k, v in obj.items() if isinstance(k, str) and isinstance(v, Mapping) and _tensor_items(v)]
+
+
+def _named_state_dict(obj: Any, key: str, p: Path) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The weights under ``key`` exactly, or a CheckpointError saying where the weights are."""
+    inner = obj.get(key) if isinstance(obj, Mapping) else None
+    if isinstance(inner, Mapping) and _tensor_items(inner):
+        return _tensor_items(inner), key
+    found = weight_keys(obj)
+    held = (f"its weights are under {', '.join(map(repr, found))}" if found else
+            "it is a raw state dict" if isinstance(obj, Mapping) and _tensor_items(obj) else
+            "it holds no weights")
+    raise CheckpointError(f"no weights under {key!r} in this checkpoint: {held}", p)
 
 
 def _strip_wrapper_prefixes(sd: Dict[str, torch.Tensor]
@@ -281,7 +333,7 @@ def extract_metrics(obj: Mapping, raw: bool = False) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for k, v in obj.items():
         n = None if raw and isinstance(v, torch.Tensor) else _as_number(v)
-        if isinstance(k, str) and n is not None:
+        if isinstance(k, str) and n is not None and k not in NOT_METRICS:
             out[k] = n
     nested = obj.get("metrics")
     if isinstance(nested, Mapping):

@@ -12,9 +12,24 @@ from pathlib import Path
 from typing import List, Optional
 
 from reportgen import __version__
+from reportgen.baseline import SEVERITIES, gate_tripped
 from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
 
-SEVERITIES = ("info", "warning", "error")
+
+FAIL_ON = ["warning", "error", "new-warning", "new-error"]
+
+
+def _run_options(p: argparse.ArgumentParser, out: str, fail_on: str) -> None:
+    """The options build and compare share: output folder, sections, device, cache, progress, gate."""
+    p.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR", help=out)
+    p.add_argument("--only", nargs="+", metavar="SECTION", help="only these sections")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the spec's device")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--fail-on", choices=FAIL_ON, help=fail_on)
+    p.add_argument("--budget", type=_budget, metavar="SECONDS",
+                   help="seconds each model's sections should take, or auto (overrides the spec's budget:; "
+                        "auto: 90 on CPU, 60 on CUDA)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,17 +42,22 @@ def _parser() -> argparse.ArgumentParser:
                        description="Compute every section of SPEC and write OUT_DIR/index.html and "
                        "OUT_DIR/report.json atomically.")
     b.add_argument("spec", metavar="SPEC.yaml")
-    b.add_argument("-o", "--out", dest="out_dir", metavar="OUT_DIR",
-                   help="output folder (default: output.dir from the spec, else ./site next to it)")
-    b.add_argument("--only", nargs="+", metavar="SECTION", help="build only these sections")
-    b.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the spec's device")
-    b.add_argument("--no-cache", action="store_true", help="recompute everything; ignore the cache")
-    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    b.add_argument("--fail-on", choices=["warning", "error"],
-                   help="exit 3 when a finding of this severity or worse exists (the report is written)")
-    b.add_argument("--budget", type=_budget, metavar="SECONDS",
-                   help="seconds the whole build should take, or auto (overrides the spec's budget:; "
-                        "auto: 90 on CPU, 60 on CUDA)")
+    _run_options(b, out="output folder (default: output.dir from the spec, else ./site next to it)",
+                 fail_on="exit 3 when a finding of this severity or worse exists; new-warning/new-error: "
+                         "only findings new since --baseline (the report is written)")
+    b.add_argument("--baseline", metavar="PREVIOUS",
+                   help="a previous report.json (or its folder): every finding gets a state "
+                        "(new, updated, unchanged) and gone ones are listed as resolved")
+
+    c = sub.add_parser("compare", help="two models on the same inputs: what changed, and is anything worse",
+                       description="Run BASE and NEW on NEW's probes and dataset and write one report of "
+                       "what changed: verdict, predictions, representations (CKA), weights, explanations, "
+                       "findings. Writes OUT_DIR/index.html and OUT_DIR/report.json.")
+    c.add_argument("base", metavar="BASE.yaml")
+    c.add_argument("new", metavar="NEW.yaml")
+    _run_options(c, out="output folder (default: ./compare next to NEW.yaml)",
+                 fail_on="exit 3 when NEW has a finding of this severity or worse; new-warning/new-error: "
+                         "only findings BASE did not have")
 
     v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
                        description="Parse SPEC and check every path, the model, layers and checkpoints. "
@@ -65,25 +85,33 @@ def _budget(text: str):
         raise argparse.ArgumentTypeError(f"expected seconds (a number > 0) or auto, got {text!r}") from None
 
 
-def _fail_on_tripped(findings, level: Optional[str]) -> bool:
-    if not level:
-        return False
-    threshold = SEVERITIES.index(level)
-    return any(SEVERITIES.index(f["severity"]) >= threshold for f in findings)
-
-
 def cmd_build(args) -> int:
     from reportgen.pipeline import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
-                   use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget)
+                   use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget)
     print(report.path)
-    if _fail_on_tripped(report.findings, args.fail_on):
-        worst = report.worst_severity()
-        print(f"reportgen: --fail-on {args.fail_on}: {len(report.findings)} finding(s), worst {worst}",
-              file=sys.stderr)
-        return EXIT_FAIL_ON
-    return EXIT_OK
+    return _gate(report.findings, args.fail_on)
+
+
+def _gate(findings, level: Optional[str]) -> int:
+    """Exit 3 when ``--fail-on`` trips, naming what tripped it on stderr."""
+    tripped = gate_tripped(findings, level)
+    if not tripped:
+        return EXIT_OK
+    worst = max(tripped, key=lambda f: SEVERITIES.index(f["severity"]))
+    print(f"reportgen: --fail-on {level}: {len(tripped)} finding(s), worst {worst['severity']}: "
+          f"{worst['title']}", file=sys.stderr)
+    return EXIT_FAIL_ON
+
+
+def cmd_compare(args) -> int:
+    from reportgen.comparison import compare
+
+    report = compare(args.base, args.new, out_dir=args.out_dir, only=args.only, device=args.device,
+                     use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget)
+    print(report.path)
+    return _gate(report.findings, args.fail_on)
 
 
 def cmd_validate(args) -> int:
@@ -102,10 +130,16 @@ def cmd_demo(args) -> int:
     from reportgen.pipeline import build
     from reportgen.demo import prepare_demo
 
+    from reportgen.comparison import compare
+    from reportgen.demo import COMPARE_SECTIONS, mid_training_spec
+
     out = Path(args.out_dir)
     spec_path = prepare_demo(out, quiet=args.quiet)
     report = build(spec_path, out_dir=out / "site", use_cache=not args.no_cache, quiet=args.quiet)
     print(report.path)
+    review = compare(mid_training_spec(spec_path), spec_path, out_dir=out / "compare",
+                     only=list(COMPARE_SECTIONS), use_cache=not args.no_cache, quiet=args.quiet)
+    print(review.path)
     return EXIT_OK
 
 
@@ -115,7 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    handler = {"build": cmd_build, "validate": cmd_validate, "demo": cmd_demo}[args.command]
+    handler = {"build": cmd_build, "compare": cmd_compare, "validate": cmd_validate,
+               "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except ReportgenError as e:

@@ -47,6 +47,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """torchrun entry: each rank resolves the spec, streams its shard; rank 0 writes the npz."""
     from reportgen.errors import ReportgenError
+    from reportgen.layers import layer_layouts
     from reportgen.sections.base import BuildContext
     from reportgen.sections.topk import TopKSection, choose_layers, dataset_for
     from reportgen.spec import load_spec
@@ -69,11 +70,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            classes=res.classes, checkpoints=res.checkpoints, spec=res.spec,
                            dataset=res.dataset)
         layers = args.layers or choose_layers(ctx, options["layers"])
+        named = bool(args.layers) or options["layers"] != "auto"
+        layouts = layer_layouts(res.model.to(device), ctx.example(), layers,
+                                options["layout"] if named else "auto")
         data = res.spec["dataset"]
         result = distributed_topk_patches(
             res.model.to(device), dataset_for(ctx), layers, args.channels or options["channels"],
             args.k or options["k"], data["batch_size"], data["workers"], device, res.input_size,
-            args.projection or options["projection"])
+            args.projection or options["projection"], layouts=layouts)
         if result is not None:
             np.savez_compressed(args.out, **result_arrays(result))
             print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)

@@ -46,6 +46,11 @@ GLOB_CHARS = re.compile(r"[*?\[]")
 PathLike = Union[str, "os.PathLike[str]"]
 Size = Union[int, Sequence[int]]
 
+# preprocess.interpolation: torchvision's names for the PIL filters its Resize uses on PIL images.
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                  "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+                  "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -140,14 +145,16 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
 
 def preprocess(img: Image.Image, input_size: Sequence[int], resize: Optional[int] = None,
                center_crop: Optional[Size] = None, mean: Optional[Sequence[float]] = None,
-               std: Optional[Sequence[float]] = None) -> Tuple["torch.Tensor", np.ndarray]:
+               std: Optional[Sequence[float]] = None, interpolation: str = "bilinear"
+               ) -> Tuple["torch.Tensor", np.ndarray]:
     """The model's input tensor (C, H, W) and the same crop as RGB uint8 (H, W, 3) to show.
 
     Mirrors torchvision's ``Resize(resize)`` -> ``CenterCrop(center_crop)`` ->
     ``ToTensor`` -> ``Normalize(mean, std)`` on PIL images, so explanations are
     computed on what the model saw in training. If the result is not exactly
     ``input_size``'s (H, W) (no crop given, or a crop of another size), it is
-    then resized to (H, W) (bilinear): the model's declared input size wins.
+    then resized to (H, W): the model's declared input size wins. Both resizes
+    use ``interpolation`` (a key of INTERPOLATIONS, as torchvision names it).
     ``mean``/``std`` default to ImageNet's for 3 channels; any other channel
     count must give them explicitly. Lengths must equal C (ValueError).
     """
@@ -155,13 +162,16 @@ def preprocess(img: Image.Image, input_size: Sequence[int], resize: Optional[int
 
     c, h, w = _input_size(input_size)
     mean_t, std_t = _normalization(c, mean, std)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"preprocess.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                         f"got {interpolation!r}")
     img = img.convert("RGB")
     if resize is not None:
-        img = resize_shorter(img, int(resize))
+        img = resize_shorter(img, int(resize), interpolation)
     if center_crop is not None:
         img = center_crop_image(img, _pair(center_crop))
     if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        img = img.resize((w, h), INTERPOLATIONS[interpolation])
     display = np.asarray(img, dtype=np.uint8).copy()
     pixels = np.asarray(img.convert("L"))[None] if c == 1 else display.transpose(2, 0, 1)
     x = torch.from_numpy(pixels.astype(np.float32) / 255.0)
@@ -213,7 +223,7 @@ def _pair(size: Size) -> Tuple[int, int]:
     return values[0], values[1]
 
 
-def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
     """torchvision ``Resize(int)``: shorter side to ``size``, aspect kept, long side truncated."""
     w, h = img.size
     if size <= 0:
@@ -223,7 +233,7 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) == (w, h):
         return img
-    return img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return img.resize((new_w, new_h), INTERPOLATIONS[interpolation])
 
 
 def center_crop_image(img: Image.Image, size: Tuple[int, int]) -> Image.Image:

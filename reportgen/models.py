@@ -1,7 +1,8 @@
-"""Building the user's model from a spec: torchvision name, factory or TorchScript.
+"""Building the user's model from a spec: torchvision name, factory, TorchScript or timm name.
 
-No weights are ever downloaded: torchvision builders get ``weights=None``, and
-a builder that would fetch anything is given no chance to.
+No weights are ever downloaded: torchvision builders get ``weights=None``, timm
+gets ``pretrained=False``, and a builder that would fetch anything is given no
+chance to.
 """
 from __future__ import annotations
 
@@ -47,15 +48,9 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
 
     names = torchvision_classifiers()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ModelError(f"unknown torchvision classification model {name!r}{hint}", "model.torchvision")
-    kw = dict(kwargs)
-    for key in ("weights", "pretrained"):
-        if kw.get(key) not in (None, False):
-            raise ModelError(f"reportgen never downloads weights; remove {key!r} and list the weights "
-                             "under checkpoints instead", f"model.kwargs.{key}")
-        kw.pop(key, None)
+        raise ModelError(f"unknown torchvision classification model {name!r}{_did_you_mean(name, names)}",
+                         "model.torchvision")
+    kw = _without_downloads(kwargs, ("weights", "pretrained"))
     if name in ("googlenet", "inception_v3"):
         # aux heads stay as torchvision builds them (checkpoints usually carry them;
         # in eval mode the model returns the main logits only); this silences the
@@ -67,6 +62,63 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         raise ModelError(f"torchvision {name}(): {e}", "model.kwargs") from None
     except ValueError as e:
         raise ModelError(f"torchvision {name}(): {e}", "model.kwargs") from None
+
+
+def _did_you_mean(name: str, names: List[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _without_downloads(kwargs: Dict[str, Any], keys: Tuple[str, ...]) -> Dict[str, Any]:
+    """The builder's kwargs, refusing any that would fetch or read weights themselves."""
+    kw = dict(kwargs)
+    for key in keys:
+        if kw.get(key) not in (None, False):
+            raise ModelError(f"reportgen never downloads or loads weights in the builder; remove {key!r} "
+                             "and list the weights under checkpoints instead", f"model.kwargs.{key}")
+        kw.pop(key, None)
+    return kw
+
+
+TIMM_EXTRA = "needs the timm package: pip install 'reportgen[timm]'"
+# What reportgen reads from a timm model's pretrained_cfg: preprocessing only. Its
+# download addresses (url, hf_hub_id, ...) are never read, so they never reach a report.
+TIMM_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def _timm() -> ModuleType:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(TIMM_EXTRA, "model.timm") from None
+    return timm
+
+
+def build_timm(name: str, kwargs: Dict[str, Any]) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **kwargs)``; ``name`` may carry a tag (``resnet18.a1_in1k``)."""
+    timm = _timm()
+    if ":" in name:   # hf-hub:..., local-dir:...: timm would read a config from there
+        raise ModelError(f"{name!r} names a hub or folder; give a timm architecture name "
+                         "(timm.list_models()) and list the weights under checkpoints", "model.timm")
+    arch = name.partition(".")[0]
+    if not timm.is_model(arch):
+        raise ModelError(f"unknown timm model {name!r}{_did_you_mean(arch, timm.list_models())}", "model.timm")
+    kw = _without_downloads(kwargs, ("pretrained", "checkpoint_path"))
+    try:
+        return timm.create_model(name, pretrained=False, **kw)
+    except TypeError as e:
+        raise ModelError(f"timm {name}(): {e}", "model.kwargs") from None
+    except Exception as e:  # timm's builders raise RuntimeError/ValueError/AssertionError on bad settings
+        key = "model.kwargs" if kw else "model.timm"
+        raise ModelError(f"timm {name}(): {type(e).__name__}: {e}".splitlines()[0], key) from None
+
+
+def timm_data_config(model: nn.Module) -> Dict[str, Any]:
+    """The preprocessing a timm model's pretrained_cfg gives (TIMM_DATA_KEYS only; {} if none)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict):
+        return {}
+    return {k: cfg[k] for k in TIMM_DATA_KEYS if cfg.get(k) is not None}
 
 
 @contextlib.contextmanager
@@ -239,6 +291,8 @@ def build_model(model_spec: Dict[str, Any], base_dir: Path) -> nn.Module:
         model = build_torchvision(model_spec["torchvision"], kwargs)
     elif model_spec.get("factory"):
         model = build_factory(model_spec["factory"], kwargs, base_dir)
+    elif model_spec.get("timm"):
+        model = build_timm(model_spec["timm"], kwargs)
     else:
         ts = Path(model_spec["torchscript"])
         model = load_torchscript(ts if ts.is_absolute() else base_dir / ts)
@@ -246,7 +300,10 @@ def build_model(model_spec: Dict[str, Any], base_dir: Path) -> nn.Module:
 
 
 def input_size(model_spec: Dict[str, Any], model: nn.Module) -> Tuple[int, int, int]:
-    """(C, H, W): the spec's, else inferred channels of the first conv and 224x224."""
+    """(C, H, W): the spec's, else inferred channels of the first conv and 224x224.
+
+    A timm model's H and W come from its pretrained_cfg (a ViT needs exactly its own).
+    """
     if model_spec.get("input_size"):
         return tuple(model_spec["input_size"])  # type: ignore[return-value]
     channels = 3
@@ -254,6 +311,9 @@ def input_size(model_spec: Dict[str, Any], model: nn.Module) -> Tuple[int, int, 
         if isinstance(m, nn.Conv2d):
             channels = m.in_channels
             break
+    cfg_size = timm_data_config(model).get("input_size") if model_spec.get("timm") else None
+    if cfg_size is not None and len(cfg_size) == 3:
+        return (channels, int(cfg_size[1]), int(cfg_size[2]))
     side = max(224, _MIN_SIDE.get(model_spec.get("torchvision") or "", 0))
     return (channels, side, side)
 

@@ -268,6 +268,17 @@ def layers(spatial: bool = False, doc: str = "") -> Option:
     return auto_or(ListOf(LayerName(spatial=spatial), coerce=True, min_len=1), doc=doc)
 
 
+LAYOUT_DOC = ("how the named layers hold their maps: auto (detected), nchw, nhwc (channels-last) or "
+              "tokens (N, L, C; class/register tokens dropped); automatic layer choices are always detected")
+
+
+def layout(doc: str = LAYOUT_DOC) -> Option:
+    """The ``layout`` option of a section with named layers (see ``reportgen.analyses.layout``)."""
+    from reportgen.analyses.layout import KINDS
+
+    return Choice([AUTO, *KINDS], default=AUTO, doc=doc)
+
+
 def int_or_pair(min_value: int = 1, default: Any = _REQUIRED, doc: str = "") -> Option:
     return OneOf(Int(min=min_value), ListOf(Int(min=min_value), min_len=2, max_len=2), default=default,
                  doc=doc, expected=f"an integer >= {min_value} or a list [h, w]")

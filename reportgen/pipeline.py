@@ -23,6 +23,7 @@ import torch
 
 from reportgen import __version__, planning
 from reportgen.analyses import budget as bud
+from reportgen.baseline import diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.sections.base import BuildContext, Finding
@@ -41,7 +42,8 @@ class Report:
     json_path: Path
     results: Dict[str, Any]
     data: Dict[str, Any]
-    findings: List[Dict[str, Any]] = field(default_factory=list)
+    findings: List[Dict[str, Any]] = field(default_factory=list)   # each with its "state"
+    resolved: List[Dict[str, Any]] = field(default_factory=list)   # baseline findings now gone
 
     def _repr_html_(self) -> str:
         doc = self.path.read_text(encoding="utf-8")
@@ -97,10 +99,15 @@ def inputs_digest(res: Resolved) -> str:
         from reportgen.models import user_module_digests
 
         model_src["factory_modules"] = user_module_digests(module, spec.base_dir)
+    if model_src.get("timm"):
+        import timm
+
+        model_src["timm_version"] = timm.__version__
     parts = {
         "version": __version__, "torch": torch.__version__, "device": res.device.type,
         "model": model_src, "seed": spec["seed"], "preprocess": spec["preprocess"],
         "checkpoints": [(c.label, file_digest(c.path)) for c in res.checkpoints],
+        "checkpoint_weights": spec["checkpoint_weights"],
         "audit": res.audit_index,
         "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
         "classes": res.classes,
@@ -129,7 +136,7 @@ def make_context(res: Resolved) -> BuildContext:
     return ctx
 
 
-def _selected(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
+def selected_sections(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
     sections = registry()
     if only:
         unknown = [n for n in only if n not in sections]
@@ -219,19 +226,22 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
 def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,
           only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
           quiet: bool = True, cache_dir: Optional[Path] = None,
+          baseline: Optional[Union[str, Path]] = None,
           budget: Union[None, float, str] = None) -> Report:
     """Build the report for ``spec``; raises SpecError/InputError on bad input.
 
-    ``budget``: seconds for the whole build (or "auto"), overriding the spec's
-    ``budget:``. Seeds torch for reproducible results, inside a forked random
-    state: the caller's random streams (a notebook's) continue as if no build had run.
+    Seeds torch for reproducible results, inside a forked random state: the
+    caller's random streams (a notebook's) continue as if no build had run.
+    ``baseline``: a previous report.json (or its folder); every finding then
+    gets a state (new, updated, unchanged) and gone ones are listed as resolved.
+    ``budget``: seconds for the whole build (or "auto"), overriding the spec's ``budget:``.
     """
-    with _own_random_state():
-        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, budget)
+    with own_random_state():
+        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline, budget)
 
 
 @contextlib.contextmanager
-def _own_random_state() -> Iterator[None]:
+def own_random_state() -> Iterator[None]:
     numpy_state = np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
@@ -243,46 +253,74 @@ def _own_random_state() -> Iterator[None]:
 
 def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]],
            only: Optional[Sequence[str]], device: Optional[str], use_cache: bool, quiet: bool,
-           cache_dir: Optional[Path], budget: Union[None, float, str] = None) -> Report:
+           cache_dir: Optional[Path], baseline: Optional[Union[str, Path]] = None,
+           budget: Union[None, float, str] = None) -> Report:
     started = time.perf_counter()
     progress = Progress(quiet)
     spec = load_spec(spec)
+    previous = load_baseline(baseline) if baseline is not None else None   # bad input fails first
     progress.log(f"reportgen: checking {spec.file}")
     res = resolve(spec, device)
     target_dir = _out_dir(spec, out_dir)
-    names = _selected(spec, only)
-    ctx = make_context(res)
-    ctx.progress = progress
-    cache = SectionCache(cache_dir, enabled=use_cache)
-    base_key = inputs_digest(res)
-    planned = _plan(ctx, spec, names, budget, cache, progress)
-    outcomes: Dict[str, Dict[str, Any]] = {}
-    for name in progress(names, desc="sections"):
-        options = spec["sections"].get(name) or {}
-        outcomes[name] = _run_section(name, ctx, options, cache, base_key, progress)
-        progress.log(f"reportgen: {name} done in {outcomes[name]['seconds']:.1f}s"
-                     + (" (cached)" if outcomes[name]["cached"] else ""))
+    computed = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress, budget)
+    outcomes = computed.outcomes
     from reportgen.render.page import render_page, report_json
 
-    findings = sorted((f for o in outcomes.values() for f in o["findings"]),
-                      key=lambda f: (-SEVERITY_RANK[f["severity"]], f["section"], f["id"]))
-    sections = registry()
-    for name, outcome in outcomes.items():
-        cls = sections[name]
-        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
-    planning.annotate(outcomes, ctx)
-    page = render_page(res, outcomes, findings)
+    findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
+                                       previous["findings"] if previous else None)
+    page = render_page(res, outcomes, findings, resolved, previous)
     size = len(page.encode("utf-8"))
     warning = planning.page_warning(page, size)
     if warning:
         planning.warn(warning)
-    data = report_json(res, outcomes, findings, budget=planning.build_entry(
-        ctx.plan, planned["source"], planned["measure_s"], time.perf_counter() - started, size,
-        planned["page_bytes"], ctx.page_shares))
+    data = report_json(res, outcomes, findings, resolved, previous,
+                       budget=computed.budget_entry(time.perf_counter() - started, size))
     index, json_path = write_atomically(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o["results"] for n, o in outcomes.items()}
-    return Report(path=index, json_path=json_path, results=results, data=data, findings=findings)
+    return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
+                  resolved=resolved)
+
+
+@dataclass
+class Computed:
+    """The sections' outcomes and the budget plan they ran under."""
+
+    outcomes: Dict[str, Dict[str, Any]]
+    ctx: BuildContext
+    planned: Dict[str, Any]
+
+    def budget_entry(self, actual_s: float, page_size: Optional[int]) -> Dict[str, Any]:
+        """The top-level ``budget`` of report.json, once the page is rendered."""
+        return planning.build_entry(self.ctx.plan, self.planned["source"], self.planned["measure_s"], actual_s,
+                                    page_size, self.planned["page_bytes"], self.ctx.page_shares)
+
+
+def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache_dir: Optional[Path],
+                     progress: Progress, budget: Union[None, float, str] = None) -> Computed:
+    """Every named section's outcome (computed or from the cache), with what the page needs of it.
+
+    Shared by ``build`` and ``compare``: both plan the settings left on auto
+    against the same budget, so a compare after both builds finds each
+    model's sections in the cache.
+    """
+    ctx = make_context(res)
+    ctx.progress = progress
+    cache = SectionCache(cache_dir, enabled=use_cache)
+    base_key = inputs_digest(res)
+    planned = _plan(ctx, res.spec, names, budget, cache, progress)
+    sections = registry()
+    outcomes: Dict[str, Dict[str, Any]] = {}
+    for name in progress(names, desc="sections"):
+        options = res.spec["sections"].get(name) or {}
+        outcome = _run_section(name, ctx, options, cache, base_key, progress)
+        progress.log(f"reportgen: {name} done in {outcome['seconds']:.1f}s"
+                     + (" (cached)" if outcome["cached"] else ""))
+        cls = sections[name]
+        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
+        outcomes[name] = outcome
+    planning.annotate(outcomes, ctx)
+    return Computed(outcomes, ctx, planned)
 
 
 def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[None, float, str],

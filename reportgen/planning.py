@@ -182,13 +182,15 @@ def annotate(outcomes: Dict[str, Dict[str, Any]], ctx: Any) -> None:
                                           ctx.page_share(name))
 
 
-def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, page_size: int,
+def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, page_size: Optional[int],
                 page_budget: int, shares: Dict[str, int]) -> Dict[str, Any]:
-    """The top-level ``budget`` of report.json."""
-    return {"seconds": plan.budget_s, "source": source, "throughput": plan.throughput.to_json(),
-            "measure_s": round(measure_s, 3), "reserve_s": round(plan.reserve_s, 2),
-            "planned_s": round(plan.planned_s, 2), "actual_s": round(actual_s, 2), "over": plan.over,
-            "page": {"bytes": page_size, "budget_bytes": page_budget, "shares": dict(shares)}}
+    """The top-level ``budget`` of report.json (``page_size`` None: no page of its own, a compare's side)."""
+    out = {"seconds": plan.budget_s, "source": source, "throughput": plan.throughput.to_json(),
+           "measure_s": round(measure_s, 3), "reserve_s": round(plan.reserve_s, 2),
+           "planned_s": round(plan.planned_s, 2), "actual_s": round(actual_s, 2), "over": plan.over}
+    if page_size is not None:
+        out["page"] = {"bytes": page_size, "budget_bytes": page_budget, "shares": dict(shares)}
+    return out
 
 
 def section_bytes(page: str) -> List[Tuple[str, int]]:

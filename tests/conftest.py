@@ -97,3 +97,13 @@ def demo_dir(tmp_path_factory):
         (out / "notes.txt").write_text("mine")
     prepare_demo(out, quiet=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_vit():
+    """A small timm ViT (conv stem, 8x8 tokens + class token) trained on the demo's shapes task
+    once per test session, about a minute of one CPU thread (see tests/vit_shapes.py)."""
+    pytest.importorskip("timm")
+    from tests.vit_shapes import train_vit
+
+    return train_vit()

@@ -310,3 +310,68 @@ def test_expand_checkpoints_errors_name_the_resolved_path(tmp_path, entry):
     assert info.value.path == written
     assert info.value.resolved == str(tmp_path / written)
     assert str(info.value).endswith(f" (resolved: {tmp_path / written})")
+
+
+def timm_train_checkpoint(path: Path, weights: nn.Module, ema: nn.Module, args=None) -> None:
+    """What timm's train.py (CheckpointSaver) writes: weights, an EMA copy, argparse args, bookkeeping."""
+    import argparse
+
+    args = args if args is not None else argparse.Namespace(
+        model="resnet18", lr=0.1, epochs=3, mean=None, input_size=[3, 64, 64], data_dir="/data")
+    torch.save({"epoch": 2, "arch": "resnet18", "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+                "version": 2, "args": args, "state_dict": weights.state_dict(),
+                "state_dict_ema": ema.state_dict(), "metric": 71.5,
+                "saver": {"checkpoint_files": [("checkpoint-1.pth.tar", 70.0)], "best_epoch": 1,
+                          "best_metric": 70.0, "pending": (2, 71.5)}}, path)
+
+
+def test_timm_train_checkpoint_with_namespace_args_loads(tmp_path):
+    path = tmp_path / "checkpoint-2.pth.tar"
+    timm_train_checkpoint(path, tiny_net(), fresh_net())
+    loaded = load_checkpoint(path)
+    assert loaded.layout == "state_dict" and loaded.others == ("state_dict_ema",)
+    assert loaded.epoch == 2 and loaded.metrics["metric"] == 71.5
+    assert "version" not in loaded.metrics   # the file format's version is no training metric
+    model = fresh_net()
+    apply_state_dict(model, loaded.state_dict, path)
+    assert_same_weights(model, tiny_net())
+
+
+def test_ema_weights_are_selected_by_key(tmp_path):
+    path = tmp_path / "checkpoint-2.pth.tar"
+    timm_train_checkpoint(path, tiny_net(), fresh_net())
+    loaded = load_checkpoint(path, "state_dict_ema")
+    assert loaded.layout == "state_dict_ema" and loaded.others == ("state_dict",)
+    model = tiny_net()
+    apply_state_dict(model, loaded.state_dict, path)
+    assert_same_weights(model, fresh_net())
+
+
+@pytest.mark.parametrize("obj, pattern", [
+    (lambda sd: sd, "raw state dict"),
+    (lambda sd: {"state_dict": sd}, "under 'state_dict'"),
+])
+def test_a_selected_key_the_file_lacks_is_named(tmp_path, obj, pattern):
+    path = tmp_path / "c.pt"
+    torch.save(obj(tiny_net().state_dict()), path)
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        load_checkpoint(path, "state_dict_ema")
+    assert "'state_dict_ema'" in str(info.value) and str(path) in str(info.value)
+
+
+def test_weights_only_under_another_key_suggest_selecting_it(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"state_dict_ema": tiny_net().state_dict(), "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match="checkpoint_weights: state_dict_ema"):
+        load_checkpoint(path)
+
+
+def test_namespace_args_holding_code_are_still_refused(tmp_path):
+    import argparse
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    timm_train_checkpoint(path, tiny_net(), tiny_net(), argparse.Namespace(hook=_Evil(marker, "open")))
+    with pytest.raises(CheckpointError, match="arbitrary code"):
+        load_checkpoint(path)
+    assert not marker.exists()

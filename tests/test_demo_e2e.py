@@ -62,3 +62,14 @@ def test_demo_report_opens_offline(demo, tmp_path):
     out, _ = demo
     result = check_report(out / "site" / "index.html", screenshot_path("demo-report.png", tmp_path))
     assert result.requests == [] and result.console_errors == [], (result.requests, result.console_errors)
+
+
+@pytest.mark.slow
+def test_demo_also_writes_a_compare_of_its_mid_training_checkpoint(demo, capsys):
+    out, _ = demo
+    data = json.loads((out / "compare" / "report.json").read_text())
+    assert data["kind"] == "compare" and "mid-training" in data["base"]["title"]
+    assert data["comparison"]["same_architecture"] is True
+    p = data["comparison"]["predictions"]
+    assert p["n"] > 100 and p["negative_flips"] is not None and p["positive_flips"] >= p["negative_flips"]
+    assert data["verdict"] and (out / "compare" / "index.html").stat().st_size < 3 * 1024 * 1024

@@ -176,6 +176,28 @@ def test_memory_is_flat_over_100_calls(make_cnn, make_images, method):
     assert _live_tensors() <= before
 
 
+def test_occlusion_defaults_to_the_exact_incremental_engine_where_it_saves_work():
+    import inspect
+
+    from reportgen.analyses import occlusion as occ
+
+    for fn in (occ.occlusion, occ.occlusion_details):
+        params = inspect.signature(fn).parameters
+        assert params["incremental"].default == "auto" and params["batch_size"].default == "auto"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 5)).eval()
+    x = torch.randn(2, 3, 24, 20)
+    assert occ.occlusion_cost(model, x, window=6, stride=4).auto == "incremental"
+    got = reportgen.explain(model, x, "occlusion", window=6, stride=4)
+    plain = occ.occlusion(model, x, window=6, stride=4, incremental=False)
+    incremental = occ.occlusion(model, x, window=6, stride=4, incremental=True)
+    np.testing.assert_allclose(got, plain, atol=1e-5)
+    np.testing.assert_allclose(got, incremental, atol=1e-7)
+    assert np.abs(got).max() > 1e-4
+
+
 def test_occlusion_is_dispatched_lazily(make_cnn, make_images, monkeypatch):
     # stands in for reportgen.analyses.occlusion until that module lands
     calls = {}

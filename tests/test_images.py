@@ -194,6 +194,27 @@ def test_preprocess_is_deterministic():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "lanczos"])
+def test_preprocess_interpolation_matches_torchvision(interpolation):
+    from torchvision import transforms as T
+
+    img = gradient(40, 30)
+    mode = T.InterpolationMode(interpolation)
+    expected = T.Compose([T.Resize(18, interpolation=mode), T.CenterCrop(16)])(img)
+    _, display = preprocess(img, (3, 16, 16), resize=18, center_crop=16, interpolation=interpolation)
+    assert np.array_equal(display, np.asarray(expected))
+
+
+def test_preprocess_interpolation_default_and_unknown():
+    img = gradient(40, 30)
+    default, _ = preprocess(img, (3, 12, 12), resize=17)
+    bilinear, _ = preprocess(img, (3, 12, 12), resize=17, interpolation="bilinear")
+    bicubic, _ = preprocess(img, (3, 12, 12), resize=17, interpolation="bicubic")
+    assert torch.equal(default, bilinear) and not torch.equal(bilinear, bicubic)
+    with pytest.raises(ValueError, match="bicubic"):
+        preprocess(img, (3, 12, 12), interpolation="cubic")
+
+
 # --------------------------------------------------------------------------- listing
 
 def make_files(root, names):

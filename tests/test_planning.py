@@ -69,7 +69,7 @@ def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeyp
     from PIL import Image
 
     import numpy as np
-    from reportgen.pipeline import _selected, make_context
+    from reportgen.pipeline import make_context, selected_sections
     from reportgen.sections.registry import registry
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
@@ -83,7 +83,7 @@ def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeyp
                                         "sections:\n  occlusion: {window: 8, stride: 4}\n")
     spec = load_spec(tmp_path / "spec.yaml")
     ctx = make_context(resolve(spec, "cpu"))
-    sections = {n: registry()[n](spec["sections"].get(n) or {}) for n in _selected(spec, None)}
+    sections = {n: registry()[n](spec["sections"].get(n) or {}) for n in selected_sections(spec, None)}
     monkeypatch.setattr(tp, "measure", lambda *a, **k: pytest.fail("a small model must not be timed"))
     rate, _ = planning.throughput(ctx, 90, tmp_path / "store")
     assert rate.source == "reference" and rate == bud.reference(planning.forward_macs(ctx))

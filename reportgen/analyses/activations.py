@@ -20,15 +20,16 @@ channels are only ever silent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from reportgen.analyses.layout import AUTO, Layout
 from reportgen.hooks import ActivationRecorder, eval_mode, hooks
 from reportgen.layer_lookup import get_layer
-from reportgen.layers import spatial_calls
+from reportgen.layers import Stated, layer_layouts, spatial_calls
 from reportgen.outputs import select_output
 
 DEAD_SPREADS = 6.0   # a channel peaking this many layer spreads below zero is dead for certain
@@ -39,7 +40,9 @@ def stage_layers(model: nn.Module, example: torch.Tensor, max_layers: int = 4) -
 
     For a ResNet that is [relu, layer1, layer2, layer3, layer4]; when there are
     more stages than ``max_layers``, evenly spaced ones are kept, always
-    including the deepest.
+    including the deepest. Channels-last maps and token grids count by their
+    grid (``reportgen.layers.spatial_calls``): a Swin gives one pick per stage,
+    a ViT (one grid throughout) its final norm.
     """
     done = spatial_calls(model, example[:1])
     runs: List[List[str]] = []
@@ -63,13 +66,14 @@ def stage_layers(model: nn.Module, example: torch.Tensor, max_layers: int = 4) -
 @dataclass
 class LayerActivations:
     layer: str
-    shape: List[int]             # (C, h, w)
+    shape: List[int]             # (C, h, w), as read in ``layout``
     channels: np.ndarray         # (N, K) channel indices shown per probe, most active first
     maps: np.ndarray             # (N, K, h, w) float32
     mean_activation: np.ndarray  # (N, C) spatial mean per probe and channel
     sparsity: float              # fraction of activations <= 0 over all probes
     dead: np.ndarray             # (C,) bool: dead for certain (see the module docstring)
     silent: np.ndarray           # (C,) bool: never positive on any probe, yet not provably dead
+    layout: str = "nchw"         # how the layer's output was read: nchw | nhwc | tokens
 
     @property
     def never_fire(self) -> np.ndarray:
@@ -86,7 +90,16 @@ class ActivationsResult:
 
 @torch.no_grad()
 def activations(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], max_channels: int = 32,
-                output_key=None, auto: bool = False) -> ActivationsResult:
+                output_key=None, auto: bool = False, layout: Stated = AUTO,
+                layouts: Optional[Mapping[str, Layout]] = None) -> ActivationsResult:
+    """Feature maps of ``layers`` for every image of ``batch``.
+
+    Each layer's output is read as (N, C, H, W) through its Layout:
+    ``layouts`` when given, else detected on the first image or as ``layout``
+    states ("auto", "nchw", "nhwc", "tokens", or a mapping layer -> kind).
+    """
+    if layouts is None:
+        layouts = layer_layouts(model, batch[:1], layers, layout, output_key)
     relu_inputs: Dict[str, torch.Tensor] = {}
 
     def keep_input(name):
@@ -106,12 +119,15 @@ def activations(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], ma
         out = outputs.get(name)
         if out is None:
             raise ValueError(f"layer {name!r} was not called during the forward pass")
-        if out.ndim != 4:
+        lay = layouts[name]
+        if out.ndim != (3 if lay.kind == "tokens" else 4):
             raise ValueError(f"layer {name!r} has output shape {tuple(out.shape)}, not (N, C, H, W); "
                              "pick a convolutional layer")
         pre = relu_inputs.get(name)
-        result.append(_summarize_layer(name, out.float(), max_channels,
-                                       None if pre is None else pre.float()))
+        la = _summarize_layer(name, lay.to_nchw(out).float(), max_channels,
+                              None if pre is None else lay.to_nchw(pre).float())
+        la.layout = lay.kind
+        result.append(la)
     return ActivationsResult(layers=result, auto=auto, n_probes=int(batch.shape[0]))
 
 

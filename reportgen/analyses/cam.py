@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses.gradients import Target, class_scores, resolve_targets
+from reportgen.analyses.layout import AUTO, KINDS, Layout, infer
 from reportgen.errors import MethodNotApplicable
 from reportgen.hooks import eval_mode, hooks
-from reportgen.layers import get_layer, last_spatial_layer
+from reportgen.layers import get_layer, last_spatial_layer, layer_layouts
 from reportgen.outputs import OutputKey
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
@@ -50,19 +51,26 @@ class BaseCAM:
     """Shared pipeline; subclasses override ``weights`` (or ``combine``).
 
     ``layer`` is a dotted module name, None for ``last_spatial_layer``.
-    ``reshape`` turns a non-spatial layer output (ViT tokens (N, L, D)) into
-    (N, C, h, w); it is applied to activations and gradients alike, as
+    ``layout`` says how the layer holds its map ("auto": detected by
+    ``reportgen.analyses.layout``; "nchw", "nhwc", "tokens": stated), and the
+    layer's output and gradient are read as (N, C, h, w) through it. A
+    ``reshape`` callable overrides it: it turns the layer output into
+    (N, C, h, w) itself, applied to activations and gradients alike, as
     pytorch-grad-cam's ``reshape_transform``.
     """
 
     uses_gradients = True
 
     def __init__(self, model: nn.Module, layer: Optional[str] = None,
-                 reshape: Optional[Reshape] = None, output_key: OutputKey = None):
+                 reshape: Optional[Reshape] = None, output_key: OutputKey = None, layout: str = AUTO):
         self.model = model
         self.layer = layer
         self.reshape = reshape
         self.output_key = output_key
+        if layout != AUTO and layout not in KINDS:
+            raise ValueError(f"unknown layout {layout!r}; valid: {AUTO}, {', '.join(KINDS)}")
+        self.layout = layout
+        self._read: Optional[Layout] = None
         if layer is not None:
             get_layer(model, layer)  # fail early with the list of valid names
 
@@ -71,13 +79,26 @@ class BaseCAM:
         """(maps (N, H, W) float32 in [0, 1], metadata with the layer and targets used)."""
         with eval_mode(self.model), torch.enable_grad():
             auto = self.layer is None
-            name = last_spatial_layer(self.model, images[:1]) if auto else self.layer
+            name = last_spatial_layer(self.model, images[:1], self.output_key) if auto else self.layer
+            self._read = self.read_layout(images, name)
             cap = self.capture(images, target, name)
             cam = self.combine(cap)
             maps = scale_per_image(upsample(torch.relu(cam), images.shape[-2:]))
         meta = {"method": type(self).__name__, "layer": name, "layer_auto": auto,
                 "targets": cap.targets.tolist()}
+        if self.reshape is None and self._read is not None:
+            meta["layout"] = self._read.kind
         return maps.detach().cpu().numpy().astype(np.float32, copy=False), meta
+
+    def read_layout(self, images: torch.Tensor, name: str) -> Optional[Layout]:
+        """The layer's detected Layout (one forward pass of the first image); None with a
+        ``reshape``, a stated layout (read off the captured output) or an unreadable output."""
+        if self.reshape is not None or self.layout != AUTO:
+            return None
+        if isinstance(get_layer(self.model, name), torch.jit.ScriptModule):
+            return None   # capture() refuses it with the reason
+        found = layer_layouts(self.model, images[:1], [name], output_key=self.output_key, strict=False)
+        return found.get(name)
 
     def capture(self, images: torch.Tensor, target: Target, name: str) -> Capture:
         """Forward once, recording the layer's output, and take d score / d output.
@@ -117,16 +138,24 @@ class BaseCAM:
             (g,) = torch.autograd.grad(score, out, allow_unused=True)
             if g is None:
                 raise ValueError(f"the target score does not depend on layer {name!r}")
-            grads = self.to_nchw(g.detach(), name)
-        acts = self.to_nchw(out.detach(), name)
+            grads = self.to_nchw(g.detach(), name, tuple(images.shape[-2:]))
+        acts = self.to_nchw(out.detach(), name, tuple(images.shape[-2:]))
         return Capture(acts, grads, scores.detach(), t, images.detach(), store)
 
     def add_hooks(self, handles: List, store: Dict[str, Any]) -> None:
         """Extra hooks for the capture pass (CAM records its linear head here)."""
 
-    def to_nchw(self, t: torch.Tensor, name: str) -> torch.Tensor:
+    def to_nchw(self, t: torch.Tensor, name: str, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         if self.reshape is not None:
             t = self.reshape(t)
+        else:
+            if self._read is None and self.layout != AUTO and hw is not None:
+                self._read = infer(tuple(t.shape), self.layout, self.model, hw)
+                if self._read is None:
+                    raise ValueError(f"layer {name!r} outputs shape {tuple(t.shape)}, which is not a "
+                                     f"{self.layout} feature map for a {hw[0]}x{hw[1]} input")
+            if self._read is not None:
+                t = self._read.to_nchw(t)
         if t.ndim != 4:
             # no reshape: the method does not apply to this layer; a reshape that gets it wrong is a bug
             refuse = ValueError if self.reshape is not None else MethodNotApplicable
@@ -246,8 +275,8 @@ class ScoreCAM(BaseCAM):
     uses_gradients = False
 
     def __init__(self, model: nn.Module, layer: Optional[str] = None, reshape: Optional[Reshape] = None,
-                 output_key: OutputKey = None, batch_size: int = 16):
-        super().__init__(model, layer, reshape, output_key)
+                 output_key: OutputKey = None, batch_size: int = 16, layout: str = AUTO):
+        super().__init__(model, layer, reshape, output_key, layout)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
@@ -301,33 +330,34 @@ CAM_CLASSES = {"cam": CAM, "gradcam": GradCAM, "gradcampp": GradCAMPlusPlus,
 
 # --------------------------------------------------------------------------- entry points
 # One function per method so explain() can list each method's parameters.
+# ``layout``: how ``layer`` holds its map, "auto" (detected), "nchw", "nhwc" or "tokens".
 
 def cam(model: nn.Module, images: torch.Tensor, target: Target = None, layer: Optional[str] = None, *,
-        reshape: Optional[Reshape] = None, output_key: OutputKey = None) -> np.ndarray:
+        reshape: Optional[Reshape] = None, output_key: OutputKey = None, layout: str = AUTO) -> np.ndarray:
     """CAM maps (N, H, W); the model must end in global-average-pool + linear."""
-    return CAM(model, layer, reshape, output_key)(images, target)[0]
+    return CAM(model, layer, reshape, output_key, layout)(images, target)[0]
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, target: Target = None, layer: Optional[str] = None, *,
-            reshape: Optional[Reshape] = None, output_key: OutputKey = None) -> np.ndarray:
+            reshape: Optional[Reshape] = None, output_key: OutputKey = None, layout: str = AUTO) -> np.ndarray:
     """Grad-CAM maps (N, H, W)."""
-    return GradCAM(model, layer, reshape, output_key)(images, target)[0]
+    return GradCAM(model, layer, reshape, output_key, layout)(images, target)[0]
 
 
 def gradcampp(model: nn.Module, images: torch.Tensor, target: Target = None, layer: Optional[str] = None, *,
-              reshape: Optional[Reshape] = None, output_key: OutputKey = None) -> np.ndarray:
+              reshape: Optional[Reshape] = None, output_key: OutputKey = None, layout: str = AUTO) -> np.ndarray:
     """Grad-CAM++ maps (N, H, W)."""
-    return GradCAMPlusPlus(model, layer, reshape, output_key)(images, target)[0]
+    return GradCAMPlusPlus(model, layer, reshape, output_key, layout)(images, target)[0]
 
 
 def scorecam(model: nn.Module, images: torch.Tensor, target: Target = None, layer: Optional[str] = None, *,
              reshape: Optional[Reshape] = None, batch_size: int = 16,
-             output_key: OutputKey = None) -> np.ndarray:
+             output_key: OutputKey = None, layout: str = AUTO) -> np.ndarray:
     """Score-CAM maps (N, H, W); costs one forward per channel per image."""
-    return ScoreCAM(model, layer, reshape, output_key, batch_size=batch_size)(images, target)[0]
+    return ScoreCAM(model, layer, reshape, output_key, batch_size=batch_size, layout=layout)(images, target)[0]
 
 
 def eigencam(model: nn.Module, images: torch.Tensor, target: Target = None, layer: Optional[str] = None, *,
-             reshape: Optional[Reshape] = None, output_key: OutputKey = None) -> np.ndarray:
+             reshape: Optional[Reshape] = None, output_key: OutputKey = None, layout: str = AUTO) -> np.ndarray:
     """Eigen-CAM maps (N, H, W); class-agnostic, ``target`` only labels the metadata."""
-    return EigenCAM(model, layer, reshape, output_key)(images, target)[0]
+    return EigenCAM(model, layer, reshape, output_key, layout)(images, target)[0]

@@ -9,7 +9,9 @@ which images are odd (mislabelled, out of distribution).
 
 * Features: the input of the last ``nn.Linear`` called in a forward pass
   (captured with a forward pre-hook), or a named layer's output, global
-  average pooled when it is a feature map.
+  average pooled when it is a feature map. Maps are read through their
+  layout (``reportgen.analyses.layout``): a channels-last or token output is
+  pooled over its grid, class and register tokens left out.
 * Projection: PCA by default (numpy SVD: deterministic, fast, distances
   mean something); t-SNE on request (van der Maaten & Hinton 2008), which
   shows local neighbourhoods better but distorts global distances. t-SNE
@@ -28,8 +30,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from reportgen.analyses.layout import AUTO, Layout, linear_input_layout, refit
 from reportgen.hooks import eval_mode, hooks, record_calls
-from reportgen.layers import get_layer
+from reportgen.layers import get_layer, layer_layouts
 from reportgen.outputs import select_output
 
 METHODS = ("pca", "tsne")
@@ -54,6 +57,7 @@ class EmbeddingResult:
     layer_input: bool           # True: its input (last Linear), False: its (pooled) output
     feature_dim: int
     explained: Optional[np.ndarray] = None   # PCA: variance ratio of the two axes
+    layout: Optional[str] = None             # how a map was read before pooling: nchw | nhwc | tokens
 
     def accuracy(self) -> Optional[float]:
         """Top-1 accuracy over the images whose true class is known."""
@@ -78,9 +82,12 @@ def penultimate_layer(model: nn.Module, example: torch.Tensor) -> str:
     return max(linears, key=lambda c: c.order).name
 
 
-def _pooled(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C) by global average pooling; anything else flattened per image."""
+def _pooled(t: torch.Tensor, layout: Optional[Layout] = None) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C) by global average pooling; anything else flattened per image.
+    With a ``layout`` the map is read through it first (grid positions only)."""
     t = t.detach().float()
+    if layout is not None:
+        t = refit(layout, t.shape).to_nchw(t)
     if t.ndim == 4:
         return t.mean(dim=(2, 3))
     return t.reshape(t.shape[0], -1)
@@ -88,27 +95,39 @@ def _pooled(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, batches: Iterable[torch.Tensor], layer: str, use_input: bool,
-                     output_key=None) -> Tuple[np.ndarray, np.ndarray]:
+                     output_key=None, layout: Optional[Layout] = None,
+                     read: Optional[List[Optional[str]]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(features (N, D), predictions (N,)) over all batches, in order.
 
-    ``use_input``: take ``layer``'s input (a pre-hook; for the last Linear),
-    else its output. A module called several times keeps its last call.
+    ``use_input``: take ``layer``'s input (a pre-hook; for the last Linear;
+    a 4-D or token input is pooled over its grid, see
+    ``layout.linear_input_layout``), else its output, read through ``layout``
+    when given. A module called several times keeps its last call. ``read``,
+    when given, receives the layout kind the features were pooled from.
     """
     module = get_layer(model, layer)
     current: List[torch.Tensor] = []
 
+    def note(lay: Optional[Layout]) -> Optional[Layout]:
+        if read is not None:
+            read[:] = [lay.kind if lay is not None else None]
+        return lay
+
     def pre(_m, args):
-        current.append(_pooled(args[0]))
+        x = args[0]
+        lay = linear_input_layout(x.shape, model, hw) if x.ndim in (3, 4) else None
+        current.append(_pooled(x, note(lay)))
 
     def post(_m, _args, out):
         out = out[0] if isinstance(out, (tuple, list)) else out
-        current.append(_pooled(out))
+        current.append(_pooled(out, note(layout)))
 
     feats, preds = [], []
     with eval_mode(model), hooks() as hs:
         hs.append(module.register_forward_pre_hook(pre) if use_input else module.register_forward_hook(post))
         for x in batches:
             current.clear()
+            hw = tuple(x.shape[-2:])
             scores = select_output(model(x), output_key)
             if not current:
                 raise ValueError(f"layer {layer!r} was not called during the forward pass")
@@ -247,13 +266,14 @@ class _WithThumbs(torch.utils.data.Dataset):
 def embeddings(model: nn.Module, dataset: Any, classes: Sequence[str], method: str = "pca",
                layer: Optional[str] = None, output_key=None, batch_size: int = 64, workers: int = 0,
                device: Optional[torch.device] = None, seed: int = 0, perplexity: float = 30.0,
-               thumb: int = 32, progress=None) -> EmbeddingResult:
+               thumb: int = 32, progress=None, layout: str = AUTO) -> EmbeddingResult:
     """Features of every dataset image, projected to 2-D, with labels, predictions and thumbnails.
 
     ``dataset`` has ``items`` ((path, class folder or None) pairs), ``len``
     and ``load(i) -> (model input (C, H, W), display (H, W, 3) uint8)``, like
     ``reportgen.analyses.topk.ImageDataset``. Batched, no gradients; batch
-    size changes speed only.
+    size changes speed only. ``layout`` says how a named ``layer`` holds its
+    map ("auto": detected on the first image).
     """
     if method not in METHODS:
         raise ValueError(f"unknown projection {method!r}; valid: {', '.join(METHODS)}")
@@ -270,10 +290,14 @@ def embeddings(model: nn.Module, dataset: Any, classes: Sequence[str], method: s
             yield x.to(device)
 
     use_input = layer is None
+    map_layout = None
     if layer is None:
+        layer = penultimate_layer(model, dataset.load(0)[0][None].to(device))
+    elif len(dataset):
         first = dataset.load(0)[0][None].to(device)
-        layer = penultimate_layer(model, first)
-    feats, preds = extract_features(model, inputs(), layer, use_input, output_key)
+        map_layout = layer_layouts(model, first, [layer], layout, output_key, strict=layout != AUTO).get(layer)
+    read: List[Optional[str]] = [map_layout.kind if map_layout is not None else None]
+    feats, preds = extract_features(model, inputs(), layer, use_input, output_key, map_layout, read)
     coords, backend, explained = project(feats, method, seed, perplexity)
     labels = true_labels([c for _, c in dataset.items], classes)
     known = labels >= 0
@@ -282,4 +306,4 @@ def embeddings(model: nn.Module, dataset: Any, classes: Sequence[str], method: s
         thumbnails=torch.cat(thumbs).numpy() if thumbs else np.zeros((0, thumb, thumb, 3), np.uint8),
         names=[f"{c}/{Path(p).name}" if c else Path(p).name for p, c in dataset.items], method=method,
         backend=backend, layer=layer, layer_input=use_input,
-        feature_dim=int(feats.shape[1]) if feats.ndim == 2 else 0, explained=explained)
+        feature_dim=int(feats.shape[1]) if feats.ndim == 2 else 0, explained=explained, layout=read[0])

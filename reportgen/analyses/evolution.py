@@ -32,16 +32,17 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reportgen.analyses.layout import AUTO, Layout
 from reportgen.checkpoints import LoadedCheckpoint, apply_state_dict, load_checkpoint
 from reportgen.hooks import eval_mode, hooks
-from reportgen.layers import get_layer
+from reportgen.layers import get_layer, layer_layouts
 from reportgen.models import model_device
 from reportgen.outputs import select_output
 
@@ -73,7 +74,8 @@ class EvolutionResult:
     fmap_probe: Optional[str] = None
     fmap_channels: Optional[np.ndarray] = None   # (K,) the final checkpoint's most active channels
     fmaps: Optional[np.ndarray] = None           # (T, K, h, w) float32, pooled to <= FMAP_MAX_SIDE
-    fmap_shape: Optional[List[int]] = None       # the layer's real (C, H, W)
+    fmap_shape: Optional[List[int]] = None       # the layer's real (C, H, W), read through its layout
+    fmap_layout: Optional[str] = None            # nchw | nhwc | tokens
     loads: int = 0                    # checkpoint files read (T + 1 for T >= 2)
 
 
@@ -252,12 +254,15 @@ def evolution(model: nn.Module, paths: Sequence[Path], labels: Sequence[str], fi
               probe: Optional[torch.Tensor] = None, probe_name: Optional[str] = None,
               fmap_layer: Optional[str] = None, channels: int = 8, max_filters: int = 64,
               max_hist_layers: int = 12, bins: int = 40, output_key=None,
-              loader: Optional[Loader] = None, progress: Optional[Progress] = None) -> EvolutionResult:
+              loader: Optional[Loader] = None, progress: Optional[Progress] = None,
+              fmap_layout: Union[str, Layout] = AUTO) -> EvolutionResult:
     """Stream the checkpoints once (plus the last one up front) and reduce each to numbers.
 
     ``model`` is a template and is not modified: feature maps are taken from a
     private copy. ``probe`` is one preprocessed (C, H, W) image; without it (or
     without ``fmap_layer``) feature maps are skipped and no model copy is made.
+    ``fmap_layout``: how ``fmap_layer`` holds its map, a Layout or a kind
+    ("auto": detected once on the template).
     """
     if len(paths) != len(labels) or not paths:
         raise ValueError("evolution needs one label per checkpoint and at least one checkpoint")
@@ -270,9 +275,13 @@ def evolution(model: nn.Module, paths: Sequence[Path], labels: Sequence[str], fi
     want_maps = probe is not None and fmap_layer is not None
     work = copy.deepcopy(model).eval() if want_maps else None   # holds W_{t-1} between steps
     batch = probe[None].to(model_device(model, probe.device)) if want_maps else None
+    layout = None
+    if want_maps:
+        layout = fmap_layout if isinstance(fmap_layout, Layout) else layer_layouts(
+            work, batch, [fmap_layer], fmap_layout, output_key)[fmap_layer]
     tally = _Tally(len(paths), names, histogram_params(model, max_hist_layers), bins)
     setup = _read_last(load, paths[-1], keys, tally.hist_names, work, batch, fmap_layer, channels,
-                       output_key) if len(paths) > 1 else None
+                       output_key, layout) if len(paths) > 1 else None
     picked = setup.channels if setup else None
     first: Dict[str, torch.Tensor] = {}
     prev: Dict[str, torch.Tensor] = {}
@@ -290,8 +299,8 @@ def evolution(model: nn.Module, paths: Sequence[Path], labels: Sequence[str], fi
         if work is not None:
             apply_state_dict(work, loaded.state_dict, paths[t])
             if picked is None:   # a single checkpoint: it is also the last
-                picked = _top_channels(work, batch, fmap_layer, channels, output_key)
-            fmap, tally.fmap_shape = _feature_maps(work, batch, fmap_layer, picked, output_key)
+                picked = _top_channels(work, batch, fmap_layer, channels, output_key, layout)
+            fmap, tally.fmap_shape = _feature_maps(work, batch, fmap_layer, picked, output_key, layout)
             tally.maps.append(fmap)
         prev = params if work is None else {}
         del loaded, params
@@ -304,6 +313,7 @@ def evolution(model: nn.Module, paths: Sequence[Path], labels: Sequence[str], fi
         fmap_probe=probe_name if want_maps else None,
         fmap_channels=np.asarray(picked, dtype=np.int64) if want_maps else None,
         fmaps=np.stack(tally.maps) if tally.maps else None, fmap_shape=tally.fmap_shape,
+        fmap_layout=layout.kind if layout is not None else None,
         loads=len(paths) + (1 if len(paths) > 1 else 0))
 
 
@@ -313,7 +323,7 @@ def _param(model: nn.Module, name: str) -> torch.Tensor:
 
 def _read_last(load: Loader, path: Path, keys: _KeyMap, hist_names: Sequence[str],
                work: Optional[nn.Module], batch: Optional[torch.Tensor], fmap_layer: Optional[str],
-               channels: int, output_key) -> _Setup:
+               channels: int, output_key, layout: Optional[Layout] = None) -> _Setup:
     """Read the last checkpoint once: its histogram ranges and its most active channels."""
     loaded = load(path)
     params = keys.params(loaded.state_dict, path)
@@ -321,7 +331,7 @@ def _read_last(load: Loader, path: Path, keys: _KeyMap, hist_names: Sequence[str
     picked = None
     if work is not None:
         apply_state_dict(work, loaded.state_dict, path)
-        picked = _top_channels(work, batch, fmap_layer, channels, output_key)
+        picked = _top_channels(work, batch, fmap_layer, channels, output_key, layout)
     return _Setup(last_values=last_values, channels=picked)
 
 
@@ -342,7 +352,8 @@ class _Reached(Exception):
 
 
 @torch.no_grad()
-def _layer_output(model: nn.Module, batch: torch.Tensor, layer: str, output_key) -> torch.Tensor:
+def _layer_output(model: nn.Module, batch: torch.Tensor, layer: str, output_key,
+                  layout: Optional[Layout] = None) -> torch.Tensor:
     """The layer's output for ``batch``, without running the layers after it.
 
     One forward per checkpoint is the pass's main cost; for ResNet-50's
@@ -362,23 +373,26 @@ def _layer_output(model: nn.Module, batch: torch.Tensor, layer: str, output_key)
         except _Reached:
             pass
     out = captured[0] if captured else None
+    if torch.is_tensor(out) and layout is not None:
+        out = layout.to_nchw(out)
     if out is None or not torch.is_tensor(out) or out.ndim != 4:
         shape = tuple(out.shape) if torch.is_tensor(out) else None
         raise ValueError(f"layer {layer!r} gives {shape}, not an (N, C, H, W) feature map")
     return out[0].float()
 
 
-def _top_channels(model: nn.Module, batch: torch.Tensor, layer: str, k: int, output_key) -> np.ndarray:
+def _top_channels(model: nn.Module, batch: torch.Tensor, layer: str, k: int, output_key,
+                  layout: Optional[Layout] = None) -> np.ndarray:
     """The ``k`` channels with the highest mean activation (ties by index, so it is stable)."""
-    mean = _layer_output(model, batch, layer, output_key).mean(dim=(1, 2)).cpu().numpy()
+    mean = _layer_output(model, batch, layer, output_key, layout).mean(dim=(1, 2)).cpu().numpy()
     order = np.lexsort((np.arange(mean.size), -mean))
     return order[:k].astype(np.int64)
 
 
 def _feature_maps(model: nn.Module, batch: torch.Tensor, layer: str, picked: np.ndarray,
-                  output_key) -> Tuple[np.ndarray, List[int]]:
+                  output_key, layout: Optional[Layout] = None) -> Tuple[np.ndarray, List[int]]:
     """The picked channels, pooled to at most FMAP_MAX_SIDE, and the layer's real (C, H, W)."""
-    full = _layer_output(model, batch, layer, output_key)
+    full = _layer_output(model, batch, layer, output_key, layout)
     out = full[torch.as_tensor(picked, device=full.device)]
     h, w = out.shape[-2:]
     if max(h, w) > FMAP_MAX_SIDE:

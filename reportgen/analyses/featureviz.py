@@ -44,8 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reportgen.analyses.layout import Layout, refit
 from reportgen.hooks import ActivationRecorder, eval_mode, hooks
+from reportgen.layers import layer_layouts
 from reportgen.outputs import select_output
+
+Layouts = Optional[Dict[str, Layout]]
 
 # Lucid's colour correlation square root (ImageNet), columns normalized below.
 _COLOR_SVD_SQRT = np.asarray([[0.26, 0.09, 0.02],
@@ -251,14 +255,23 @@ def _normalizer(mean: Sequence[float], std: Sequence[float], channels: int,
     return m, s
 
 
+def channel_view(out: torch.Tensor, layout: Optional[Layout]) -> torch.Tensor:
+    """A layer output with channels at dim 1: (N, C, h, w) through its layout (refitted to this
+    input size), or the output itself without one ((N, C) vectors, plain maps)."""
+    return out if layout is None else refit(layout, out.shape).to_nchw(out)
+
+
 def objective_values(model: nn.Module, batch: torch.Tensor, objectives: Sequence[Objective],
-                     output_key=None, pair: bool = True) -> torch.Tensor:
+                     output_key=None, pair: bool = True, layouts: Layouts = None) -> torch.Tensor:
     """The objectives evaluated on a (normalized) batch.
 
     ``pair=True``: image i scores objective i -> (N,). ``pair=False``: every
     image scores every objective -> (N, M), for reference statistics.
-    Call under eval mode; gradients flow when enabled.
+    ``layouts``: layer -> Layout of the channel objectives' layers (a channel
+    is then averaged over its grid positions only). Call under eval mode;
+    gradients flow when enabled.
     """
+    layouts = layouts or {}
     layers = sorted({o.layer for o in objectives if o.kind == "channel"})
     with ActivationRecorder(model, layers, keep_graph=True) as rec:
         logits = select_output(model(batch), output_key)
@@ -273,6 +286,7 @@ def objective_values(model: nn.Module, batch: torch.Tensor, objectives: Sequence
             out = outputs.get(o.layer)
             if out is None:
                 raise ValueError(f"layer {o.layer!r} was not called during the forward pass")
+            out = channel_view(out, layouts.get(o.layer))
             if out.ndim not in (2, 4):
                 raise ValueError(f"layer {o.layer!r} has output shape {tuple(out.shape)}; "
                                  "pick a layer with (N, C) or (N, C, H, W) output")
@@ -288,11 +302,11 @@ def objective_values(model: nn.Module, batch: torch.Tensor, objectives: Sequence
 
 @torch.no_grad()
 def reference_values(model: nn.Module, batches: Sequence[torch.Tensor], objectives: Sequence[Objective],
-                     output_key=None) -> np.ndarray:
+                     output_key=None, layouts: Layouts = None) -> np.ndarray:
     """(R, M): every objective on every reference image (already normalized)."""
     with eval_mode(model):
-        parts = [objective_values(model, b, objectives, output_key, pair=False).cpu() for b in batches
-                 if len(b)]
+        parts = [objective_values(model, b, objectives, output_key, pair=False, layouts=layouts).cpu()
+                 for b in batches if len(b)]
     if not parts:
         return np.zeros((0, len(objectives)), dtype=np.float32)
     return torch.cat(parts).numpy().astype(np.float32)
@@ -302,23 +316,23 @@ def reference_values(model: nn.Module, batches: Sequence[torch.Tensor], objectiv
 
 def _optimize_batch(model: nn.Module, objectives: Sequence[Objective], channels: int,
                     norm: Tuple[torch.Tensor, torch.Tensor], p: FeatureVizParams,
-                    device: torch.device, output_key) -> Tuple[torch.Tensor, torch.Tensor]:
+                    device: torch.device, output_key, layouts: Layouts = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradient ascent for one batch; returns (images (n, C, S, S) in [0, 1], achieved (n,))."""
     gens = [torch.Generator().manual_seed(o.seed(p.seed)) for o in objectives]
     image = ImageParam(gens, channels, p.size, p.size, p.fft, p.decorrelate).to(device)
     jitter = p.size // 16 if p.jitter is None else p.jitter
     mean, std = norm
     with redirected_relus(model):
-        _ascend(model, image, objectives, gens, jitter, (mean, std), p, output_key)
+        _ascend(model, image, objectives, gens, jitter, (mean, std), p, output_key, layouts)
     with torch.no_grad():
         final = image()
-        achieved = objective_values(model, (final - mean) / std, objectives, output_key)
+        achieved = objective_values(model, (final - mean) / std, objectives, output_key, layouts=layouts)
     return final.detach(), achieved.detach()
 
 
 def _ascend(model: nn.Module, image: "ImageParam", objectives: Sequence[Objective],
             gens: Sequence[torch.Generator], jitter: int, norm: Tuple[torch.Tensor, torch.Tensor],
-            p: FeatureVizParams, output_key) -> None:
+            p: FeatureVizParams, output_key, layouts: Layouts = None) -> None:
     """``p.steps`` Adam steps on the image parameters, each on freshly transformed copies."""
     adam = _Adam(image.param, p.lr)
     mean, std = norm
@@ -326,7 +340,7 @@ def _ascend(model: nn.Module, image: "ImageParam", objectives: Sequence[Objectiv
         img = image()
         theta = _random_affine(gens, p.size, p.size, jitter, p.scale, p.rotate)
         seen = transform(img, theta)
-        values = objective_values(model, (seen - mean) / std, objectives, output_key)
+        values = objective_values(model, (seen - mean) / std, objectives, output_key, layouts=layouts)
         loss = -values.sum()
         if p.tv > 0:
             loss = loss + p.tv * total_variation(img)
@@ -363,13 +377,15 @@ class _Adam:
 def visualize(model: nn.Module, objectives: Sequence[Objective], channels: int,
               mean: Sequence[float], std: Sequence[float], params: Optional[FeatureVizParams] = None,
               output_key=None, reference: Optional[Sequence[torch.Tensor]] = None,
-              device: Optional[torch.device] = None) -> FeatureVizResult:
+              device: Optional[torch.device] = None, layouts: Layouts = None) -> FeatureVizResult:
     """Synthesize one image per objective.
 
     ``channels`` is the model's input channel count (1 or 3); ``mean``/``std``
     its input normalization. ``reference``: batches of normalized real images
     (probes, dataset) whose objective values put the achieved ones in context.
-    Deterministic on CPU for a given ``params.seed``.
+    ``layouts``: layer -> Layout of the channel objectives' layers; None detects
+    them on a grey image of the synthesized size. Deterministic on CPU for a
+    given ``params.seed``.
     """
     p = params or FeatureVizParams()
     if channels not in (1, 3):
@@ -378,11 +394,15 @@ def visualize(model: nn.Module, objectives: Sequence[Objective], channels: int,
         raise ValueError("no objectives to visualize")
     device = device or next((t.device for t in model.parameters()), torch.device("cpu"))
     norm = _normalizer(mean, std, channels, device)
+    if layouts is None:
+        names = sorted({o.layer for o in objectives if o.kind == "channel"})
+        layouts = layer_layouts(model, torch.zeros((1, channels, p.size, p.size), device=device), names,
+                                output_key=output_key, strict=False) if names else {}
     images, achieved = [], []
     with eval_mode(model), torch.enable_grad():
         for start in range(0, len(objectives), max(1, p.batch_size)):
             chunk = list(objectives[start:start + max(1, p.batch_size)])
-            img, val = _optimize_batch(model, chunk, channels, norm, p, device, output_key)
+            img, val = _optimize_batch(model, chunk, channels, norm, p, device, output_key, layouts)
             images.append(img.cpu())
             achieved.append(val.cpu())
     imgs = torch.cat(images)
@@ -390,7 +410,7 @@ def visualize(model: nn.Module, objectives: Sequence[Objective], channels: int,
         imgs = imgs.expand(-1, 3, -1, -1)
     ref_mean = ref_max = None
     if reference:
-        ref = reference_values(model, [b.to(device) for b in reference], objectives, output_key)
+        ref = reference_values(model, [b.to(device) for b in reference], objectives, output_key, layouts)
         if len(ref):
             ref_mean, ref_max = ref.mean(axis=0), ref.max(axis=0)
     return FeatureVizResult(
@@ -438,8 +458,10 @@ def top_channels(mean_activation: np.ndarray, k: int) -> List[int]:
 
 
 @torch.no_grad()
-def channel_means(model: nn.Module, batches: Sequence[torch.Tensor], layer: str, output_key=None) -> np.ndarray:
-    """(N, C): each image's spatial mean of every channel of ``layer`` (the channel-choice statistic)."""
+def channel_means(model: nn.Module, batches: Sequence[torch.Tensor], layer: str, output_key=None,
+                  layout: Optional[Layout] = None) -> np.ndarray:
+    """(N, C): each image's spatial mean of every channel of ``layer`` (the channel-choice statistic),
+    read through ``layout`` when given."""
     parts = []
     with eval_mode(model), ActivationRecorder(model, [layer]) as rec:
         for b in batches:
@@ -447,6 +469,7 @@ def channel_means(model: nn.Module, batches: Sequence[torch.Tensor], layer: str,
             out = rec.outputs.get(layer)
             if out is None:
                 raise ValueError(f"layer {layer!r} was not called during the forward pass")
+            out = channel_view(out, layout)
             parts.append(out.float().reshape(out.shape[0], out.shape[1], -1).mean(dim=2).cpu())
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)

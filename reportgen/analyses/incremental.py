@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from reportgen.analyses import fxops
-from reportgen.analyses.memory import nbytes, peak_estimate
+from reportgen.analyses.memory import nbytes, on_meta, peak_estimate
 
 # Geom ops whose uniform rectangle covers at least this fraction of their
 # output map are computed densely. Krypton uses a similar threshold (tau):
@@ -220,6 +220,16 @@ class IncrementalEngine:
             # clone: a later in-place op would otherwise change what we cached
             self.cache[node] = val.clone() if torch.is_tensor(val) else val
         raise RuntimeError("graph has no output node")
+
+    def shape_pass(self, x1: torch.Tensor) -> Any:
+        """:meth:`clean_pass` on the meta device: every value's shape, enough to plan
+        (:meth:`build_plan`, :meth:`cost_fraction`, :meth:`peak_bytes`) at no forward
+        pass's cost. Where the meta run fails (an op without a meta kernel, a tensor
+        built on a real device inside the model) the clean pass runs for real."""
+        try:
+            return on_meta(self.gm, self.clean_pass, x1)
+        except Exception:  # noqa: BLE001 - any op the meta device cannot run
+            return self.clean_pass(x1)
 
     def _run_node(self, node: fx.Node, env: Dict[fx.Node, Any]) -> Any:
         args = fx.node.map_arg(node.args, lambda n: env[n])

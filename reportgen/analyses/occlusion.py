@@ -11,26 +11,34 @@ two: along each axis windows start at ``0, s, 2s, ...`` for
 (so every pixel is covered when ``stride <= window``). With ``stride > window``
 (captum refuses it) the pixels between windows are covered by none and get 0.
 
-Occluded copies are evaluated in batches sized from a memory budget (one probe
-pass measures what one sample costs), so batching changes speed, never results.
-``incremental=True`` recomputes only the activations a patch can change
-(``reportgen.analyses.incremental``, after Krypton); it is exact up to float
-rounding and needs a torch.fx-traceable model.
+Two engines compute the same map. The plain one runs every occluded copy
+through the model, the clean images in the same batches. The incremental one
+(``reportgen.analyses.incremental``, after Krypton) recomputes only the
+activations a patch can change; it is exact up to float rounding and needs a
+torch.fx-traceable model. ``incremental="auto"`` (the default) runs it where its
+plan saves enough work. :func:`occlusion_cost` says what either costs, in forward
+passes, without running anything.
+
+Batches are capped by a memory budget (what one sample costs is measured on the
+meta device: shapes, no arithmetic) and, by default, sized within that cap by
+measured throughput (``reportgen.analyses.batching``): the probed chunks are
+real work. Batching changes speed and float rounding, never results.
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from reportgen.analyses.batching import START, FixedBatcher, ThroughputBatcher
 from reportgen.analyses.blur import gaussian_blur
 from reportgen.analyses.incremental import IncrementalEngine, trace
-from reportgen.analyses.memory import probe
+from reportgen.analyses.memory import probe, probe_shapes
 from reportgen.hooks import eval_mode
 from reportgen.models import model_device
 from reportgen.outputs import OutputKey, ScoresModel, select_output
@@ -38,6 +46,7 @@ from reportgen.outputs import OutputKey, ScoresModel, select_output
 Size2 = Union[int, Tuple[int, int], Sequence[int]]
 Target = Union[None, int, Sequence[int], torch.Tensor, np.ndarray]
 Baseline = Union[str, float, int, Sequence[float], torch.Tensor]
+BatchSize = Union[str, int]
 
 BASELINES = ("mean", "zero", "grey", "gray", "blur")
 
@@ -196,19 +205,119 @@ def _available_ram() -> int:
         return 4 << 30
 
 
-def balanced_chunks(total: int, max_size: int) -> List[Tuple[int, int]]:
-    """[start, stop) chunks of at most max_size, as equal as possible (no tiny last batch)."""
-    n = max(1, math.ceil(total / max(1, max_size)))
-    size = math.ceil(total / n)
-    return [(i, min(i + size, total)) for i in range(0, total, size)]
+def _batcher(batch_size: BatchSize, cap: int, device: torch.device) -> Any:
+    """What sizes the forward calls: by measured throughput ("auto"), the memory cap, or pinned."""
+    if batch_size == "auto":
+        return ThroughputBatcher(cap, start=START.get(device.type, START["cpu"]))
+    return FixedBatcher(cap if batch_size == "memory" else int(batch_size))
+
+
+def _batch_notes(batch_size: BatchSize, batcher: Any, cap: int) -> Dict[str, Any]:
+    notes: Dict[str, Any] = {"batch_policy": batch_size if isinstance(batch_size, str) else "fixed",
+                             "batch_cap": cap}
+    if isinstance(batcher, ThroughputBatcher):
+        notes["batch_ms_per_sample"] = {str(s): round(t * 1e3, 3) for s, t in sorted(batcher.measured.items())}
+    return notes
+
+
+# ---------------------------------------------------------------- cost
+
+@dataclass(frozen=True)
+class OcclusionCost:
+    """What an occlusion run costs, planned without running it (:func:`occlusion_cost`).
+
+    The unit is one forward pass of one image through the whole model.
+    """
+
+    images: int
+    positions: int                        # occluder positions per image (nY * nX)
+    plain: int                            # passes of the plain engine: exactly its ``forward_passes``
+    incremental: Optional[float]          # pass equivalents of the incremental engine; None: it cannot run
+    incremental_fraction: Optional[float]  # one incremental pass's conv/linear multiply-adds / a full pass's
+    auto: str                             # what incremental="auto" runs: "incremental" or "plain"
+    reason: str = ""                      # why auto runs the plain engine, when it does
+
+    def passes(self, engine: str = "auto") -> float:
+        """Pass equivalents of ``engine``: "plain", "incremental" or "auto"."""
+        if engine == "auto":
+            engine = self.auto
+        if engine == "plain":
+            return float(self.plain)
+        if engine == "incremental" and self.incremental is not None:
+            return self.incremental
+        raise ValueError(f"occlusion: no {engine!r} engine for this model ({self.reason or 'valid: plain'})")
+
+
+def occlusion_cost(model: nn.Module, inputs: Union[torch.Tensor, Sequence[int]], window: Size2 = 16,
+                   stride: Size2 = 8) -> OcclusionCost:
+    """The forward-pass cost of ``occlusion(model, inputs, window=..., stride=...)``, per engine.
+
+    ``inputs``: the images (N, C, H, W) or just that shape. Nothing runs on real
+    data: the model is traced and run once on the meta device (shapes only;
+    tens of milliseconds for a ResNet-50), so a planner can try many windows
+    and strides. The plain engine runs ``N * (1 + positions)`` images, exactly.
+    The incremental engine runs each image once in full and every occluded copy at
+    ``incremental_fraction`` of the multiply-adds: ``N * (1 + positions * fraction)``.
+    That counts arithmetic only; the cutting and pasting costs a little more, and
+    memory traffic saved a little less (bench/README.md: measured time per pass was
+    within ~0.2x of the fraction on a CPU).
+    """
+    shape = tuple(inputs.shape) if torch.is_tensor(inputs) else tuple(int(v) for v in inputs)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"occlusion: inputs must be images (N, C, H, W) or that shape, got {shape}")
+    n, c, h, w = shape
+    win, st = _pair(window, "window"), _pair(stride, "stride")
+    if win[0] > h or win[1] > w:
+        raise ValueError(f"occlusion: window {win} is larger than the image ({h}, {w})")
+    starts = _window_grid((h, w), win, st)
+    if torch.is_tensor(inputs):
+        x1 = inputs[:1]
+    else:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        x1 = torch.zeros((1, c, h, w), dtype=dtype, device=model_device(model, torch.device("cpu")))
+    with eval_mode(model), torch.no_grad():
+        fraction, skip = _auto_plan(model, x1, win, starts)
+    P = len(starts)
+    return OcclusionCost(images=n, positions=P, plain=n * (1 + P),
+                         incremental=None if fraction is None else n * (1 + P * fraction),
+                         incremental_fraction=fraction, auto="plain" if skip else "incremental", reason=skip)
+
+
+def _auto_plan(model: nn.Module, x1: torch.Tensor, win: Tuple[int, int],
+               starts: np.ndarray) -> Tuple[Optional[float], str]:
+    """The incremental plan's share of a full pass's multiply-adds (None if it cannot run)
+    and why incremental="auto" would not run it ("" when it would).
+
+    Planned on the model as it is (no BatchNorm folding: folding removes per-pixel
+    nodes only, so the convs, and the share, are the same) with shapes from the meta device.
+    """
+    try:
+        fraction = _planned_engine(model, x1, win, starts, fuse_bn=False).cost_fraction()
+    except Exception as e:  # untraceable, or an op the interpreter trips on
+        return None, f"{type(e).__name__}: {e}"
+    return fraction, f"planned work {fraction:.0%} of a full pass" if fraction > AUTO_MAX_COST else ""
+
+
+def _planned_engine(model: nn.Module, x1: torch.Tensor, win: Tuple[int, int], starts: np.ndarray,
+                    fuse_bn: bool) -> IncrementalEngine:
+    engine = IncrementalEngine(trace(model, fuse_bn=fuse_bn))
+    engine.shape_pass(x1)
+    engine.build_plan(win, starts)
+    return engine
+
+
+def _window_grid(hw: Tuple[int, int], win: Tuple[int, int], st: Tuple[int, int]) -> np.ndarray:
+    """(nY * nX, 2) top-left corners of every window, row-major."""
+    ys, xs = window_starts(hw[0], win[0], st[0]), window_starts(hw[1], win[1], st[1])
+    return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
 # ---------------------------------------------------------------- main
 
 def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, window: Size2 = 16,
               stride: Size2 = 8, baseline: Baseline = "mean", output_key: OutputKey = None,
-              memory_budget: Optional[int] = None, incremental: Union[bool, str] = False,
-              return_top_class: bool = False):
+              memory_budget: Optional[int] = None, incremental: Union[bool, str] = "auto",
+              batch_size: BatchSize = "auto", return_top_class: bool = False):
     """The (N, H, W) float32 occlusion map of SPEC.md.
 
     With ``return_top_class`` also the (N, nY, nX) most likely class per
@@ -216,23 +325,28 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: Target = None, win
     See :func:`occlusion_details` for the parameters.
     """
     d = occlusion_details(model, images, target=target, window=window, stride=stride, baseline=baseline,
-                          output_key=output_key, memory_budget=memory_budget, incremental=incremental)
+                          output_key=output_key, memory_budget=memory_budget, incremental=incremental,
+                          batch_size=batch_size)
     return (d.sensitivity, d.top_class) if return_top_class else d.sensitivity
 
 
 def occlusion_details(model: nn.Module, images: torch.Tensor, target: Target = None, window: Size2 = 16,
                       stride: Size2 = 8, baseline: Baseline = "mean", output_key: OutputKey = None,
-                      memory_budget: Optional[int] = None,
-                      incremental: Union[bool, str] = False) -> OcclusionDetails:
+                      memory_budget: Optional[int] = None, incremental: Union[bool, str] = "auto",
+                      batch_size: BatchSize = "auto") -> OcclusionDetails:
     """Occlusion sensitivity plus the per-position probability and top-class maps.
 
     ``window``/``stride``: int or (h, w) in input pixels. ``baseline``: see
     :func:`make_baseline`. ``output_key``: which part of the model's output
     holds the class scores (``reportgen.outputs.select_output``).
     ``memory_budget``: bytes for one batch of occluded copies (default: from
-    free memory, :func:`default_memory_budget`). ``incremental``: False (plain batched
-    passes), True (the incremental engine; ValueError if the model cannot be
-    traced) or "auto" (incremental when traceable and its plan saves enough).
+    free memory, :func:`default_memory_budget`); it caps the batch size.
+    ``incremental``: "auto" (the incremental engine when the model traces and its
+    plan saves enough, see :func:`occlusion_cost`), True (the incremental engine;
+    ValueError if the model cannot be traced) or False (plain batched passes).
+    ``batch_size``: "auto" (by measured throughput, up to the memory cap,
+    ``reportgen.analyses.batching``), "memory" (the cap itself) or an int.
+    Neither engine nor batch size changes the result beyond float rounding.
     """
     images = _check_images(images)
     win, st = _pair(window, "window"), _pair(stride, "stride")
@@ -241,44 +355,63 @@ def occlusion_details(model: nn.Module, images: torch.Tensor, target: Target = N
         raise ValueError(f"occlusion: window {win} is larger than the image ({h}, {w})")
     if incremental not in (False, True, "auto"):
         raise ValueError(f"occlusion: incremental must be False, True or 'auto', got {incremental!r}")
+    if batch_size not in ("auto", "memory") and not (
+            isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ValueError(f"occlusion: batch_size must be 'auto', 'memory' or a positive int, got {batch_size!r}")
     device = model_device(model, images.device)
     images = images.to(device)
     base, base_desc = make_baseline(images, baseline, win)
-    ys, xs = window_starts(h, win[0], st[0]), window_starts(w, win[1], st[1])
-    starts = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+    starts = _window_grid((h, w), win, st)
+    grid = (len(window_starts(h, win[0], st[0])), len(window_starts(w, win[1], st[1])))
 
     scores = ScoresModel(model, output_key)
     with eval_mode(model), torch.no_grad():
-        engine, notes = _pick_engine(model, images, win, starts, incremental)
+        engine, notes = _pick_engine(model, images[:1], win, starts, incremental)
+        known = None
         if engine is None:
-            per_sample, logits0 = probe(scores, images[:1])
+            per_sample, out0, known = _probe(scores, images[:1])
         else:
-            per_sample, logits0 = engine.peak_bytes(), select_output(engine.output, output_key)
-        if logits0.dim() != 2:
-            raise ValueError(f"occlusion: the model's class scores have shape {tuple(logits0.shape)}, "
+            per_sample, out0 = engine.peak_bytes(), select_output(engine.output, output_key)
+        if out0.dim() != 2:
+            raise ValueError(f"occlusion: the model's class scores have shape {tuple(out0.shape)}, "
                              "expected (N, classes)")
-        targets = _targets(target, n, logits0.shape[1])
+        targets = _targets(target, n, out0.shape[1])
         budget = memory_budget if memory_budget is not None else default_memory_budget(device)
-        batch = max(1, int(budget // per_sample))
+        cap = max(1, int(budget // per_sample))
+        batcher = _batcher(batch_size, cap, device)
         if engine is None:
-            rest = [scores(images[1 + a:1 + b]) for a, b in balanced_chunks(n - 1, batch)] if n > 1 else []
-            clean_logits = torch.cat([logits0] + rest)
-            targets = clean_logits.argmax(dim=1).cpu() if targets is None else targets
-            base_prob, _ = _prob_and_top(clean_logits, targets)
-            probs, top, batches = _run_full(scores, images, base, targets, win, starts, batch)
-            batches += 1 + len(rest)
+            probs, top, base_prob, targets, batches = _run_plain(scores, images, base, targets, win, starts,
+                                                                 batcher, known)
         else:
             probs, top, base_prob, targets, batches = _run_incremental(
-                engine, images, base, targets, win, starts, batch, output_key)
+                engine, images, base, targets, starts, batcher, output_key)
+    notes.update(_batch_notes(batch_size, batcher, cap))
     sens = _accumulate(base_prob[:, None] - probs, starts, win, (h, w))
-    grid = (len(ys), len(xs))
     return OcclusionDetails(
         sensitivity=sens, prob_map=probs.reshape(n, *grid).astype(np.float32),
         top_class=top.reshape(n, *grid), positions=starts, grid=grid,
         targets=targets.cpu().numpy().astype(np.int64), base_prob=base_prob.astype(np.float32),
         window=win, stride=st, baseline=base_desc, forward_passes=n + n * len(starts),
-        batches=batches, batch_size=batch,
+        batches=batches, batch_size=batcher.batch_size,
         incremental=engine is not None, notes=notes)
+
+
+def _probe(scores: nn.Module, x1: torch.Tensor) -> Tuple[int, torch.Tensor, Optional[torch.Tensor]]:
+    """Peak bytes per sample and the output's shape; the first image's scores too if a pass ran.
+
+    On a CPU from the meta device (no pass: a batch-1 pass costs several batched
+    samples' time there). On CUDA, and where the meta run fails (TorchScript, an op
+    without a meta kernel), one real pass of the first image (on CUDA the allocator's
+    peak is exact), whose scores are then known clean logits, so the pass is not wasted.
+    """
+    if not x1.is_cuda:
+        try:
+            per_sample, out = probe_shapes(scores, x1)
+            return per_sample, out, None
+        except Exception:  # noqa: BLE001 - anything the meta device cannot run
+            pass
+    per_sample, out = probe(scores, x1)
+    return per_sample, out, out
 
 
 def _prob_and_top(logits: torch.Tensor, t: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
@@ -288,51 +421,76 @@ def _prob_and_top(logits: torch.Tensor, t: torch.Tensor) -> Tuple[np.ndarray, np
     return p.gather(1, t).squeeze(1).cpu().numpy(), logits.argmax(dim=1).cpu().numpy()
 
 
-def _run_full(scores: nn.Module, images: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
-              win: Tuple[int, int], starts: np.ndarray, batch: int):
-    """Plain batched occlusion: occluded copies of all images, ``batch`` per forward call."""
-    n = images.shape[0]
-    P = len(starts)
+def _run_plain(scores: nn.Module, images: torch.Tensor, base: torch.Tensor, targets: Optional[torch.Tensor],
+               win: Tuple[int, int], starts: np.ndarray, batcher: Any, known: Optional[torch.Tensor]):
+    """Plain batched occlusion: the clean images, then every occluded copy, in the batcher's chunks.
+
+    One job list, clean images first (all but image 0 when its scores are ``known``),
+    so every forward call is a full batch and each image's clean scores (and so its
+    target) are in hand before its first occluded copy is scored.
+    """
+    n, P = images.shape[0], len(starts)
     base_full = base.expand_as(images)
+    clean = np.arange(0 if known is None else 1, n)
+    m = len(clean)
     probs = np.empty(n * P)
     top = np.empty(n * P, dtype=np.int64)
-    chunks = balanced_chunks(n * P, batch)
-    for a, b in chunks:
-        img = torch.arange(a, b) // P
-        xb = images[img.to(images.device)]                  # a copy
-        for j, job in enumerate(range(a, b)):
+    base_prob = np.empty(n)
+    chosen = torch.empty(n, dtype=torch.long) if targets is None else targets.clone()
+    if known is not None:
+        _clean_scores(known, np.zeros(1, dtype=np.int64), targets is None, chosen, base_prob)
+    batches = 0 if known is None else 1
+    for a, b in batcher.chunks(m + n * P):
+        jobs = np.arange(a, b)
+        k = int(np.count_nonzero(jobs < m))                        # clean rows come first
+        occluded = jobs[k:] - m
+        img = np.concatenate([clean[jobs[:k]], occluded // P])
+        xb = images[torch.as_tensor(img, device=images.device)]   # a copy
+        for j, job in enumerate(occluded, start=k):
             i, (y, x) = job // P, starts[job % P]
             xb[j, :, y:y + win[0], x:x + win[1]] = base_full[i, :, y:y + win[0], x:x + win[1]]
-        probs[a:b], top[a:b] = _prob_and_top(scores(xb), targets[img])
-    return probs.reshape(n, P), top.reshape(n, P), len(chunks)
+        logits = scores(xb)
+        if k:
+            _clean_scores(logits[:k], img[:k], targets is None, chosen, base_prob)
+        if k < len(jobs):
+            probs[occluded], top[occluded] = _prob_and_top(logits[k:], chosen[img[k:]])
+        batches += 1
+    return probs.reshape(n, P), top.reshape(n, P), base_prob, chosen, batches
 
 
-def _pick_engine(model, images, win, starts, incremental):
+def _clean_scores(logits: torch.Tensor, img: np.ndarray, predicted: bool, chosen: torch.Tensor,
+                  base_prob: np.ndarray) -> None:
+    """Fill in the target (the predicted class when ``predicted``) and p(target) of clean images ``img``."""
+    idx = torch.as_tensor(img)
+    if predicted:
+        chosen[idx] = logits.argmax(dim=1).cpu()
+    base_prob[img], _ = _prob_and_top(logits, chosen[idx])
+
+
+def _pick_engine(model, x1, win, starts, incremental):
     """The incremental engine if asked for (and, for "auto", worth it), else None; notes say why.
 
-    The engine's clean pass of image 0 doubles as the probe pass (its cached
-    activations give the per-sample memory), so choosing costs no extra pass.
+    Planning runs on the meta device (:meth:`IncrementalEngine.shape_pass`), so
+    choosing costs no forward pass; the share of work it plans is the one
+    :func:`occlusion_cost` reports.
     """
     if incremental is False:
         return None, {}
+    if incremental is True:
+        engine = _planned_engine(model, x1, win, starts, fuse_bn=True)   # untraceable: raises
+        return engine, {"incremental_cost": round(engine.cost_fraction(), 4)}
+    cost, skip = _auto_plan(model, x1, win, starts)
+    notes: Dict[str, Any] = {} if cost is None else {"incremental_cost": round(cost, 4)}
+    if skip:
+        return None, dict(notes, incremental_skipped=skip)
     try:
-        engine = IncrementalEngine(trace(model))
-        engine.clean_pass(images[:1])
-        engine.build_plan(win, starts)
-    except Exception as e:   # untraceable, or an op the interpreter trips on: "auto" falls back
-        if incremental is True:
-            raise
-        return None, {"incremental_skipped": f"{type(e).__name__}: {e}"}
-    cost = engine.cost_fraction()
-    notes = {"incremental_cost": round(cost, 4)}
-    if incremental == "auto" and cost > AUTO_MAX_COST:
-        notes["incremental_skipped"] = f"planned work {cost:.0%} of a full pass"
-        return None, notes
-    return engine, notes
+        return _planned_engine(model, x1, win, starts, fuse_bn=True), notes
+    except Exception as e:  # noqa: BLE001 - folding tripped where the plain trace did not
+        return None, dict(notes, incremental_skipped=f"{type(e).__name__}: {e}")
 
 
-def _run_incremental(engine, images, base, targets, win, starts, batch, output_key):
-    """Per image: one clean pass (cached), then the occluded positions in batches."""
+def _run_incremental(engine, images, base, targets, starts, batcher, output_key):
+    """Per image: one clean pass (cached), then the occluded positions in the batcher's chunks."""
     n, P = images.shape[0], len(starts)
     base_full = base.expand_as(images)
     probs = np.empty((n, P))
@@ -340,18 +498,19 @@ def _run_incremental(engine, images, base, targets, win, starts, batch, output_k
     base_prob = np.empty(n)
     chosen = torch.empty(n, dtype=torch.long)
     plan = engine.plan[engine.input_node]
-    chunks = balanced_chunks(P, batch)
+    batches = 0
     for i in range(n):
-        out = engine.output if i == 0 else engine.clean_pass(images[i:i + 1])   # image 0: done when planning
-        logits = select_output(out, output_key)
+        logits = select_output(engine.clean_pass(images[i:i + 1]), output_key)
         chosen[i] = logits.argmax(dim=1)[0] if targets is None else targets[i]
         base_prob[i:i + 1], _ = _prob_and_top(logits, chosen[i:i + 1])
-        for a, b in chunks:
+        batches += 1
+        for a, b in batcher.chunks(P):
             idx = np.arange(a, b)
             rect = _input_rects(images[i], base_full[i], plan, idx)
             logits = select_output(engine.run(rect, idx), output_key)
             probs[i, a:b], top[i, a:b] = _prob_and_top(logits, chosen[i].expand(b - a))
-    return probs, top, base_prob, chosen, n * (1 + len(chunks))
+            batches += 1
+    return probs, top, base_prob, chosen, batches
 
 
 def _input_rects(x: torch.Tensor, base: torch.Tensor, plan, idx: np.ndarray) -> torch.Tensor:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -40,7 +40,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from reportgen.analyses.layout import Layout
 from reportgen.hooks import ActivationRecorder, eval_mode, hook_layers
+from reportgen.layers import layer_layouts
 
 CHANNEL_RULE = "largest mean top-k activation (ties: lower channel index)"
 MAX_PATCH = 128          # stored patch side cap: deeper RFs (hundreds of px) are downscaled
@@ -63,8 +65,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[Item], input_size: Sequence[int],
                  resize: Optional[int] = None, center_crop=None,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 interpolation: str = "bilinear"):
         self.items = [(Path(p), c) for p, c in items]
+        self.interpolation = interpolation
         self.input_size = tuple(int(v) for v in input_size)
         self.resize, self.center_crop = resize, center_crop
         self.mean = None if mean is None else tuple(float(m) for m in mean)
@@ -78,7 +82,8 @@ class ImageDataset(torch.utils.data.Dataset):
         from reportgen.images import load_image, preprocess
 
         img = load_image(self.items[index][0])
-        return preprocess(img, self.input_size, self.resize, self.center_crop, self.mean, self.std)
+        return preprocess(img, self.input_size, self.resize, self.center_crop, self.mean, self.std,
+                          self.interpolation)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         return self.load(index)[0], index
@@ -154,8 +159,9 @@ class StreamState:
     """What the pass leaves per layer: the top-k of *every* channel, plus map sizes."""
 
     layers: Dict[str, Dict[str, np.ndarray]]   # layer -> {"values", "images", "positions"} (C, k)
-    shapes: Dict[str, Tuple[int, int, int]]    # layer -> (C, h, w)
+    shapes: Dict[str, Tuple[int, int, int]]    # layer -> (C, h, w), as read through its layout
     n_images: int                               # images this state has seen
+    layouts: Dict[str, Layout] = field(default_factory=dict)   # layer -> how its output was read
 
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int,
@@ -173,13 +179,16 @@ class TopKTracker:
     restored and unhooked after, even on an error. Each layer's map is reduced
     to (B, C) maxima inside its forward hook, so no feature map outlives the
     forward step that made it, and an in-place op later in the model cannot
-    change what was recorded.
+    change what was recorded. Maps are read through each layer's Layout
+    (``layouts``; without them, detected on the first image of the first step).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], k: int,
-                 device: Union[str, torch.device] = "cpu"):
+                 device: Union[str, torch.device] = "cpu",
+                 layouts: Optional[Dict[str, Layout]] = None):
         self.model, self.layers, self.k = model, list(layers), int(k)
         self.device = torch.device(device)
+        self.layouts = layouts
         self.states: Dict[str, RunningTopK] = {}
         self.shapes: Dict[str, Tuple[int, int, int]] = {}
         self.seen = 0
@@ -197,8 +206,11 @@ class TopKTracker:
     @torch.no_grad()
     def step(self, x: torch.Tensor, index: torch.Tensor) -> None:
         """One forward over ``x`` (B, C, H, W); ``index`` (B,) are the images' global indices."""
+        x = x.to(self.device, non_blocking=True)
+        if self.layouts is None:       # the reducers wait for these (they skip this pass)
+            self.layouts = layer_layouts(self.model, x[:1], self.layers)
         self._batch.clear()
-        self.model(x.to(self.device, non_blocking=True))
+        self.model(x)
         for name in self.layers:
             if name not in self._batch:
                 raise ValueError(f"layer {name!r} was not called during the forward pass")
@@ -209,7 +221,8 @@ class TopKTracker:
         self.seen += int(x.shape[0])
 
     def result(self) -> StreamState:
-        return StreamState({n: s.numpy() for n, s in self.states.items()}, dict(self.shapes), self.seen)
+        return StreamState({n: s.numpy() for n, s in self.states.items()}, dict(self.shapes), self.seen,
+                           dict(self.layouts or {}))
 
     def _reducer(self, name: str) -> Callable:
         """Forward hook: (B, C) spatial maxima and first raster positions of the layer's map.
@@ -217,7 +230,10 @@ class TopKTracker:
         A module called several times keeps its last call, as ``ActivationRecorder`` does.
         """
         def fn(_module, _inputs, output):
-            out = _check_map(name, output[0] if isinstance(output, (tuple, list)) else output)
+            if self.layouts is None:
+                return
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = _check_map(name, out, self.layouts.get(name))
             self.shapes[name] = tuple(int(v) for v in out.shape[1:])
             self._batch[name] = out.detach().float().flatten(2).max(dim=2)
         return fn
@@ -225,23 +241,28 @@ class TopKTracker:
 
 def stream_topk(model: nn.Module, dataset: torch.utils.data.Dataset, layers: Sequence[str], k: int,
                 batch_size: int = 64, workers: int = 0, device: Union[str, torch.device] = "cpu",
-                progress: Optional[Progress] = None) -> StreamState:
+                progress: Optional[Progress] = None,
+                layouts: Optional[Dict[str, Layout]] = None) -> StreamState:
     """The streaming pass: every channel's top-k of every layer, over ``dataset`` once.
 
     ``dataset`` yields (tensor, global index); pass a ``Subset`` for a shard.
     The states live on ``device``; only (C, k) per layer comes back to the CPU.
+    ``layouts`` (layer -> Layout) say how to read each output; None detects them.
     """
     device = torch.device(device)
     loader = make_loader(dataset, batch_size, workers, device)
     if progress is not None:
         loader = progress(loader, desc="top-k pass", total=len(loader))
-    with TopKTracker(model, layers, k, device) as tracker:
+    with TopKTracker(model, layers, k, device, layouts) as tracker:
         for x, index in loader:
             tracker.step(x, index)
     return tracker.result()
 
 
-def _check_map(name: str, out: Any) -> torch.Tensor:
+def _check_map(name: str, out: Any, layout: Optional[Layout] = None) -> torch.Tensor:
+    """``out`` as (N, C, H, W), read through ``layout`` when there is one."""
+    if torch.is_tensor(out) and layout is not None:
+        out = layout.to_nchw(out)
     if not torch.is_tensor(out) or out.ndim != 4:
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ValueError(f"layer {name!r} has output shape {shape}, not (N, C, H, W); "
@@ -265,7 +286,8 @@ def merge_states(states: Sequence[StreamState], k: int) -> StreamState:
                for f in ("values", "images", "positions")}
         v, i, p = merge_topk(cat["values"], cat["images"], cat["positions"], k)
         layers[name] = {"values": v.numpy(), "images": i.numpy(), "positions": p.numpy()}
-    return StreamState(layers, dict(states[0].shapes), sum(s.n_images for s in states))
+    return StreamState(layers, dict(states[0].shapes), sum(s.n_images for s in states),
+                       dict(states[0].layouts))
 
 
 # --------------------------------------------------------------------------- channel choice
@@ -344,7 +366,8 @@ def stored_side(rf_size: Sequence[int], cap: int = MAX_PATCH) -> Tuple[int, int]
 # --------------------------------------------------------------------------- projection
 
 def project_units(model: nn.Module, x: torch.Tensor, layer: str, channels: torch.Tensor,
-                  ys: torch.Tensor, xs: torch.Tensor, rule: str) -> np.ndarray:
+                  ys: torch.Tensor, xs: torch.Tensor, rule: str,
+                  layout: Optional[Layout] = None) -> np.ndarray:
     """Guided-backprop / deconvnet projection of one unit per image: (N, C_in, H, W).
 
     Image i's unit (channels[i], ys[i], xs[i]) is summed over the batch and
@@ -360,7 +383,7 @@ def project_units(model: nn.Module, x: torch.Tensor, layer: str, channels: torch
             model(x)
             if layer not in rec.outputs:
                 raise ValueError(f"layer {layer!r} was not called during the forward pass")
-            out = _check_map(layer, rec.outputs[layer])
+            out = _check_map(layer, rec.outputs[layer], layout)
         unit = out[torch.arange(x.shape[0], device=x.device), channels, ys, xs]
         (grad,) = torch.autograd.grad(unit.sum(), x)
     if mode.calls == 0:
@@ -375,7 +398,7 @@ class LayerTopK:
     """One layer's top-k patches. Arrays are indexed [row, rank]; rows = chosen channels."""
 
     layer: str
-    shape: List[int]              # (C, h, w) of the layer's output
+    shape: List[int]              # (C, h, w) of the layer's output, read through its layout
     rf: Dict[str, List]           # receptive_field(): size, jump, start
     channels: np.ndarray          # (S,) chosen channel indices, best first
     score: np.ndarray             # (C,) mean top-k activation of every channel (the choice's key)
@@ -388,6 +411,7 @@ class LayerTopK:
     patches: np.ndarray           # (S, k, ph, pw, 3) uint8, RF crops (downscaled past MAX_PATCH)
     projections: Optional[np.ndarray]  # (S, k, ph, pw, C_in) float32 raw projections, or None
     sources: List[List[str]]      # (S, k) image labels (class/file)
+    layout: str = "nchw"          # how the layer's output was read: nchw | nhwc | tokens
 
 
 @dataclass
@@ -403,13 +427,15 @@ def topk_patches(model: nn.Module, dataset: ImageDataset, layers: Sequence[str],
                  channels: Union[int, Sequence[int]] = 16, k: int = 9, batch_size: int = 64,
                  workers: int = 0, device: Union[str, torch.device] = "cpu",
                  input_size: Optional[Sequence[int]] = None, projection: str = "none",
-                 progress: Optional[Progress] = None) -> TopKResult:
+                 progress: Optional[Progress] = None,
+                 layouts: Optional[Dict[str, Layout]] = None) -> TopKResult:
     """Top-k dataset patches of ``channels`` channels of each of ``layers``.
 
     One streaming pass (``stream_topk``), then ``finish_topk`` reads back only
-    the winning images to crop them. ``input_size`` defaults to the dataset's.
+    the winning images to crop them. ``input_size`` defaults to the dataset's;
+    ``layouts`` (layer -> Layout) default to the detected ones.
     """
-    state = stream_topk(model, dataset, layers, k, batch_size, workers, device, progress)
+    state = stream_topk(model, dataset, layers, k, batch_size, workers, device, progress, layouts)
     return finish_topk(model, dataset, state, layers, channels, k, device,
                        input_size or dataset.input_size, projection, batch_size)
 
@@ -419,8 +445,6 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
                 input_size: Sequence[int], projection: str = "none",
                 batch_size: int = 64) -> TopKResult:
     """Choose channels, then crop (and optionally project) the winners: the light second step."""
-    from reportgen.analyses.receptive_field import receptive_field
-
     if projection not in ("none", "guided", "deconv"):
         raise ValueError(f"unknown projection {projection!r}; valid: none, guided, deconv")
     k_eff = min(int(k), state.n_images)
@@ -429,22 +453,45 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
         if name not in state.layers:
             raise ValueError("the dataset is empty: no image reached the top-k pass")
         st = state.layers[name]
-        rf = receptive_field(model, name, input_size)
+        rf = unit_field(model, name, input_size, state.layouts.get(name), state.shapes[name])
         chosen, score = choose_channels(st["values"], st["images"], channels)
         w = state.shapes[name][2]
         sel = {f: st[f][chosen, :k_eff] for f in ("values", "images", "positions")}
         ys, xs = sel["positions"] // w, sel["positions"] % w
         layer = _crop_layer(dataset, rf, sel["images"], ys, xs)
+        lay = state.layouts.get(name)
         proj = (_project_layer(model, dataset, name, rf, chosen, sel["images"], ys, xs,
-                               projection, torch.device(device), batch_size)
+                               projection, torch.device(device), batch_size, lay)
                 if projection != "none" and k_eff else None)
         out.append(LayerTopK(layer=name, shape=list(state.shapes[name]),
                              rf={key: list(v) for key, v in rf.items()}, channels=chosen, score=score,
                              channel_max=st["values"][:, 0].astype(np.float32),
                              values=sel["values"].astype(np.float32), images=sel["images"],
-                             ys=ys, xs=xs, projections=proj, **layer))
+                             ys=ys, xs=xs, projections=proj, layout=lay.kind if lay else "nchw", **layer))
     return TopKResult(layers=out, n_images=state.n_images, k=k_eff, projection=projection,
                       channel_rule=CHANNEL_RULE)
+
+
+def unit_field(model: nn.Module, name: str, input_size: Sequence[int], layout: Optional[Layout],
+               shape: Sequence[int]) -> Dict[str, Tuple]:
+    """The input region behind one unit of ``name`` (``receptive_field``'s dict).
+
+    A channels-last or token layer whose field cannot be traced (attention,
+    which mixes every position, or padding on channels-last windows) is given
+    the whole input, centred on the unit's grid cell: an over-estimate, as
+    ``receptive_field`` gives for adaptive pools, so a patch shows the whole
+    image with the unit's cell in its middle. ``shape`` is the map's (C, h, w).
+    """
+    from reportgen.analyses.receptive_field import receptive_field
+
+    try:
+        return receptive_field(model, name, input_size)
+    except ValueError:
+        if layout is None or layout.kind == "nchw":
+            raise
+    big_h, big_w = (int(v) for v in input_size[-2:])
+    jump = (max(1, big_h // int(shape[1])), max(1, big_w // int(shape[2])))
+    return {"size": (big_h, big_w), "jump": jump, "start": ((jump[0] - 1) / 2, (jump[1] - 1) / 2)}
 
 
 def _by_image(images: np.ndarray) -> Dict[int, List[Tuple[int, int]]]:
@@ -477,7 +524,7 @@ def _crop_layer(dataset: ImageDataset, rf: Dict, images: np.ndarray, ys: np.ndar
 
 def _project_layer(model: nn.Module, dataset: ImageDataset, name: str, rf: Dict,
                    chosen: np.ndarray, images: np.ndarray, ys: np.ndarray, xs: np.ndarray, rule: str,
-                   device: torch.device, batch_size: int) -> np.ndarray:
+                   device: torch.device, batch_size: int, layout: Optional[Layout] = None) -> np.ndarray:
     """Projections of every (channel, rank) unit, batched, cropped like the patches."""
     s, k = images.shape
     flat = [(r, j) for r in range(s) for j in range(k)]
@@ -492,7 +539,7 @@ def _project_layer(model: nn.Module, dataset: ImageDataset, name: str, rf: Dict,
             model, x, name,
             torch.tensor([int(chosen[r]) for r, _ in chunk], device=device),
             torch.tensor([int(ys[r, j]) for r, j in chunk], device=device),
-            torch.tensor([int(xs[r, j]) for r, j in chunk], device=device), rule)
+            torch.tensor([int(xs[r, j]) for r, j in chunk], device=device), rule, layout)
         for (r, j), g in zip(chunk, grads):
             crop = crop_patch(np.moveaxis(g, 0, -1), rf, int(ys[r, j]), int(xs[r, j]), 0.0)
             out[r, j] = _fit(crop, side)

@@ -49,11 +49,11 @@ def distributed_topk_patches(model: nn.Module, dataset: tk.ImageDataset, layers:
                              batch_size: int = 64, workers: int = 0,
                              device: Union[str, torch.device] = "cpu",
                              input_size: Optional[Sequence[int]] = None, projection: str = "none",
-                             progress=None) -> Optional[tk.TopKResult]:
+                             progress=None, layouts=None) -> Optional[tk.TopKResult]:
     """``topk.topk_patches`` over this process group: the result on rank 0, None elsewhere."""
     rank, world = dist.get_rank(), dist.get_world_size()
     local = tk.stream_topk(model, shard(dataset, rank, world), layers, k, batch_size, workers,
-                           device, progress if rank == 0 else None)
+                           device, progress if rank == 0 else None, layouts)
     merged = gather_states(local, k)
     if rank != 0:
         return None

@@ -242,3 +242,30 @@ def _write_atomic(path: Path, text: str) -> None:
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         print(message, file=sys.stderr)
+
+
+# The demo's compare shows the review workflow on what training changed. It runs the
+# sections whose comparison reads at a glance (summary, filters, activations, Grad-CAM);
+# the full set would double the demo's time for the mid-training model.
+COMPARE_SECTIONS = ("summary", "filters", "activations", "cam")
+
+
+def mid_training_spec(spec_path: Path) -> Path:
+    """``spec_mid.yaml`` beside the demo's spec: the same project audited at its middle checkpoint."""
+    import yaml
+
+    spec_path = Path(spec_path)
+    data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    labels = sorted(p.stem for p in (spec_path.parent / "checkpoints").glob("epoch_*.pt"))
+    labels.sort(key=lambda label: int(label.split("_")[1]))
+    middle = labels[len(labels) // 2]
+    data["title"] = f"ShapesNet demo at {middle} (mid-training)"
+    data["audit_checkpoint"] = middle
+    data.pop("description", None)
+    out = spec_path.parent / "spec_mid.yaml"
+    text = ("# Written by `reportgen demo`: the demo audited at its middle checkpoint, the BASE of\n"
+            "# its compare:  reportgen compare spec_mid.yaml spec.yaml\n" + yaml.safe_dump(data, sort_keys=False))
+    if not out.exists() or out.read_text(encoding="utf-8") != text:
+        out.write_text(text, encoding="utf-8")
+    return out
+

@@ -26,6 +26,11 @@ def _scale(h: int) -> int:
     return max(1, 32 // max(h, 1))
 
 
+# how a layer's output was read, said in the caption when it was not (N, C, H, W)
+LAYOUT_WORDS = {"nhwc": "read channels-last (N, H, W, C)",
+                "tokens": "read from tokens (N, L, C) on their grid, class/register tokens left out"}
+
+
 def _uri(grid: np.ndarray, map_side: int) -> str:
     # large maps are photo-like: lossy WebP is a fraction of PNG; tiny ones stay exact
     return webp_uri(grid, quality=80) if map_side >= 16 else png_uri(grid)
@@ -53,7 +58,7 @@ def render_activations(result: ActivationsResult, probes, thumb_side: int = 0) -
                               "channels": [int(c) for c in la.channels[i]]})
         layers.append({"layer": la.layer, "shape": la.shape, "sparsity": la.sparsity,
                        "dead": int(la.never_fire.sum()), "certain_dead": int(la.dead.sum()),
-                       "channels_total": la.shape[0],
+                       "channels_total": la.shape[0], "layout": LAYOUT_WORDS.get(la.layout),
                        "shown": int(la.maps.shape[1]), "probes": per_probe})
     return {"layers": layers, "auto": result.auto, "n_probes": result.n_probes,
             "thumbs": [{"name": p.name, "image": thumbnail_uri(p.display, thumb_side)} for p in probes]}

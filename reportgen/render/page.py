@@ -51,13 +51,14 @@ def si_number(value: Any) -> str:
 
 def model_source(spec) -> str:
     m = spec["model"]
-    for key in ("torchvision", "factory", "torchscript"):
+    for key in ("torchvision", "factory", "torchscript", "timm"):
         if m.get(key):
             return f"{key}: {m[key]}"
     return "?"
 
 
-def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]]) -> str:
+def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+                resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None) -> str:
     """``outcomes``: per section its view and title, partial and template_dir (from the registry)."""
     spec = res.spec
     env = environment(list(dict.fromkeys(o.get("template_dir") for o in outcomes.values())))
@@ -84,6 +85,8 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
         "notes": res.notes,
         "sections": entries,
         "findings": findings,
+        "resolved": list(resolved),
+        "baseline": baseline_summary(baseline),
         "build_time": build_time,
     }
     return env.get_template("report.html.j2").render(**context)
@@ -102,7 +105,34 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def public_path(path: Path, base_dir: Path) -> str:
+    """A path as a published report may show it: relative to the spec's folder, else the file name.
+
+    Reports go public (GitHub Pages, review attachments); the absolute paths of
+    the machine that built them (user names, folder layout) stay out.
+    """
+    try:
+        return Path(path).resolve().relative_to(Path(base_dir).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """What a report says of the report it was compared with (no paths: reports get published)."""
+    if baseline is None:
+        return None
+    return {"title": baseline.get("title"), "spec_digest": baseline.get("spec_digest"),
+            "reportgen": baseline.get("reportgen"), "findings": len(baseline["findings"])}
+
+
+def section_summaries(outcomes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """report.json's ``sections``: each summary, with what the budget plan chose for it."""
+    return {name: dict(o["summary"], budget=o["budget"]) if o.get("budget") else o["summary"]
+            for name, o in outcomes.items()}
+
+
 def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+                resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None,
                 budget: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from reportgen.models import parameter_count
 
@@ -110,6 +140,7 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
     audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
     data = {
         "reportgen": __version__,
+        "kind": "build",
         "spec_digest": spec.digest,
         "title": spec["title"],
         "model": {
@@ -121,12 +152,18 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
             "output": res.output_key if res.output_key is not None else "auto",
             "device": res.device.type,
             "audit_checkpoint": audit.label if audit else None,
-            "checkpoints": [{"label": c.label, "path": str(c.path), "metrics": c.metrics}
+            "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir), "metrics": c.metrics,
+                             "weights": c.weights, "other_weights": list(c.other_weights)}
                             for c in res.checkpoints],
+            "checkpoint_weights": spec["checkpoint_weights"],
+            "preprocess": {key: spec["preprocess"][key] for key in sorted(spec["preprocess"])},
+            "preprocess_source": res.preprocess_source,
         },
-        "sections": {name: dict(o["summary"], budget=o["budget"]) if o.get("budget") else o["summary"]
-                     for name, o in outcomes.items()},
+        "notes": res.notes,
+        "sections": section_summaries(outcomes),
         "findings": findings,
+        "resolved": list(resolved),
+        "baseline": baseline_summary(baseline),
         "timings": {name: round(o["seconds"], 4) for name, o in outcomes.items()},
         "cached": sorted(name for name, o in outcomes.items() if o["cached"]),
     }

@@ -28,10 +28,12 @@ from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.errors import NotApplicable
-from reportgen.layers import last_spatial_layer
+from reportgen.layers import last_spatial_call, layer_layouts
 from reportgen.render import attribution as ra
+from reportgen.render.activations import LAYOUT_WORDS
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
-from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer)
+from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer,
+                               layout)
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
@@ -153,6 +155,8 @@ class AttributionSection(Section):
         out: Dict[str, Any] = {}
         if result.layer is not None:
             out["layer"], out["layer_auto"] = result.layer, result.layer_auto
+            if result.extras.get("layout"):
+                out["layouts"] = {result.layer: result.extras["layout"]}
         out["probes"] = result.probe_names
         out["targets"] = result.targets.tolist()
         out["target_source"] = ["spec" if g else "predicted" for g in result.target_from_spec]
@@ -278,6 +282,7 @@ class AttributionSection(Section):
                 "colorbar": ra.colorbar_view(scale["vmin"], scale["vmax"], scale["cmap"], scale["low"],
                                              scale["high"]),
                 "scale_note": scale["note"], "layer": result.layer, "layer_auto": result.layer_auto,
+                "layout": LAYOUT_WORDS.get(result.extras.get("layout")),
                 "faithfulness": self._faithfulness_view(result, ok),
                 "sanity": self._sanity_view(result, ok) if self.run_sanity else None,
                 "border": [{"label": ra.label(m.name), "share": float(np.mean(m.border_share))} for m in ok],
@@ -367,7 +372,8 @@ class CamSection(AttributionSection):
         "methods": ListOf(Choice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"],
                           doc="CAM-family methods, each drawn over every probe"),
         "layer": layer(spatial=True, doc="layer whose feature maps are weighted (auto: the last layer with "
-                                         "a spatial output)"),
+                                         "a spatial output the class score depends on)"),
+        "layout": layout(),
         **_shared_options(sanity=True),
     }
 
@@ -375,14 +381,24 @@ class CamSection(AttributionSection):
         return list(options["methods"])
 
     def plan(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
-        layer = options["layer"]
-        if layer == AUTO:
-            return {"layer": last_spatial_layer(ctx.model, ctx.example()), "layer_auto": True}
-        return {"layer": layer, "layer_auto": False}
+        """The layer and how its map is laid out, decided once for every method (and the sanity check)."""
+        if options["layer"] == AUTO:
+            name, found = last_spatial_call(ctx.model, ctx.example(), ctx.output_key)
+            return {"layer": name, "layer_auto": True, "layout": found.kind}
+        name = options["layer"]
+        plan = {"layer": name, "layer_auto": False}
+        if isinstance(ctx.model, torch.jit.ScriptModule):
+            return plan      # no hooks to read it with: each method says so itself
+        read = layer_layouts(ctx.model, ctx.example(), [name], options["layout"], ctx.output_key, strict=False)
+        if name in read or options["layout"] != AUTO:   # a stated layout that does not fit fails in the method
+            plan["layout"] = read[name].kind if name in read else options["layout"]
+        return plan
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         from reportgen.attribution import explain
-        maps = explain(model, images, name, target=list(targets), layer=plan["layer"], output=ctx.output_key)
+        kw = {"layout": plan["layout"]} if "layout" in plan else {}
+        maps = explain(model, images, name, target=list(targets), layer=plan["layer"], output=ctx.output_key,
+                       **kw)
         return maps, None, {}
 
     def method_cost(self, name, ctx, options):
@@ -584,9 +600,12 @@ class OcclusionSection(AttributionSection):
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         from reportgen.analyses.occlusion import occlusion_details
+        # batch_size "memory": one batch size from the model's shapes, never from timings,
+        # so a rebuild rounds the same way and the report stays byte-identical
         d = occlusion_details(model, images, target=list(targets), window=options["window"],
                               stride=options["stride"], baseline=_occlusion_baseline(ctx, options["baseline"]),
-                              output_key=ctx.output_key, incremental=options["incremental"])
+                              output_key=ctx.output_key, incremental=options["incremental"],
+                              batch_size="memory")
         meta = dict(d.meta(), baseline_option=options["baseline"])
         extras = {"prob_map": d.prob_map, "top_class": d.top_class, "positions": d.positions,
                   "window": list(d.window), "meta": meta}

@@ -57,6 +57,8 @@ class CheckpointInfo:
     label: str
     path: Path
     metrics: Dict[str, float] = field(default_factory=dict)
+    weights: Optional[str] = None             # where its weights were read (raw, state_dict, state_dict_ema, ...)
+    other_weights: Tuple[str, ...] = ()       # other keys in the file holding weights (an EMA copy)
 
 
 @dataclass
@@ -120,6 +122,13 @@ class BuildContext:
                 declared.update(cls.thresholds)
             value = declared[key].default
         return float(value)
+
+    def read_checkpoint(self, path: Path) -> Any:
+        """A checkpoint file's LoadedCheckpoint, its weights as the spec's checkpoint_weights selects."""
+        from reportgen.checkpoints import AUTO_WEIGHTS, load_checkpoint
+
+        found = self.spec.get("checkpoint_weights") if hasattr(self.spec, "get") else None
+        return load_checkpoint(path, found or AUTO_WEIGHTS)
 
     def probe_batch(self) -> torch.Tensor:
         """All probes stacked as (N, C, H, W) on the build device."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import embeddings as emb
-from reportgen.options import Choice, Float, Int, layer
+from reportgen.options import Choice, Float, Int, layer, layout
 from reportgen.render.embeddings import render_embeddings
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 from reportgen.sections.topk import dataset_for
@@ -31,6 +31,8 @@ class EmbeddingsSection(Section):
         "layer": layer(doc="the layer whose features are embedded (auto: the input of the last linear layer)"),
         "perplexity": Float(min=1, default=30.0, doc="t-SNE perplexity"),
         "thumbnail": Int(min=8, max=128, default=32, doc="side of the hover thumbnails, in pixels"),
+        "layout": layout(doc="how a named layer holds its map before it is pooled: auto (detected), nchw, "
+                             "nhwc (channels-last) or tokens (N, L, C; class/register tokens dropped)"),
     }
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> EmbeddingsSectionResult:
@@ -47,7 +49,7 @@ class EmbeddingsSection(Section):
             layer=None if opts["layer"] == "auto" else opts["layer"], output_key=ctx.output_key,
             batch_size=data["batch_size"], workers=data["workers"], device=ctx.device,
             seed=ctx.seed, perplexity=float(opts["perplexity"]), thumb=int(opts["thumbnail"]),
-            progress=ctx.progress)
+            progress=ctx.progress, layout=opts["layout"])
         return EmbeddingsSectionResult(result, opts["method"], note, opts["layer"] == "auto")
 
     def view(self, result: EmbeddingsSectionResult, ctx: BuildContext) -> Dict[str, Any]:
@@ -60,6 +62,7 @@ class EmbeddingsSection(Section):
         return {"images": int(len(r.coords)), "method": r.method, "method_requested": result.requested,
                 "backend": r.backend, "layer": r.layer, "layer_input": r.layer_input,
                 "layer_auto": result.layer_auto, "feature_dim": r.feature_dim,
+                **({"layouts": {r.layer: r.layout}} if r.layout else {}),
                 "labelled": int((r.labels >= 0).sum()), "accuracy": r.accuracy(),
                 "misclassified": int(r.misclassified.sum()),
                 "explained_variance": r.explained.tolist() if r.explained is not None else None}

@@ -17,7 +17,7 @@ from reportgen.analyses import activations as act
 from reportgen.analyses import evolution as evo
 from reportgen.analyses import metrics as mt
 from reportgen.layers import first_conv
-from reportgen.options import Float, Int, layer
+from reportgen.options import Float, Int, layer, layout
 from reportgen.render import evolution as rev
 from reportgen.sections.base import REQUIREMENTS, BuildContext, Finding, Section, register_section
 
@@ -59,6 +59,8 @@ class EvolutionSection(Section):
         "max_filters": Int(min=1, max=1024, default=64, doc="filters shown per checkpoint"),
         "histogram_layers": Int(min=2, max=64, default=12, doc="conv/linear layers with weight/bias ridgelines"),
         "bins": Int(min=4, max=256, default=40, doc="histogram bins"),
+        "layout": layout(doc="how a named activations_layer holds its map: auto (detected), nchw, nhwc "
+                             "(channels-last) or tokens (N, L, C; class/register tokens dropped)"),
     }
     thresholds = {
         "frozen_change": Float(min=0, default=1e-6,
@@ -80,7 +82,8 @@ class EvolutionSection(Section):
             filter_layer, probe=probe.tensor if probe else None, probe_name=probe.name if probe else None,
             fmap_layer=fmap_layer, channels=int(options["channels"]), max_filters=int(options["max_filters"]),
             max_hist_layers=int(options["histogram_layers"]), bins=int(options["bins"]),
-            output_key=ctx.output_key, progress=ctx.progress)
+            output_key=ctx.output_key, loader=ctx.read_checkpoint, progress=ctx.progress,
+            fmap_layout="auto" if fmap_choice == "auto" else options["layout"])
         return EvolutionSectionResult(res, choice == "auto", fmap_choice == "auto",
                                       ctx.threshold("frozen_change"))
 
@@ -131,7 +134,8 @@ class EvolutionSection(Section):
         }
         if res.fmap_layer:
             out.update(activations_layer=res.fmap_layer, activations_layer_auto=result.fmap_auto,
-                       probe=res.fmap_probe, channels=[int(c) for c in res.fmap_channels])
+                       probe=res.fmap_probe, channels=[int(c) for c in res.fmap_channels],
+                       layouts={res.fmap_layer: res.fmap_layout})
         return out
 
     def findings(self, result: EvolutionSectionResult, ctx: BuildContext) -> List[Finding]:

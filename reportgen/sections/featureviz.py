@@ -1,7 +1,7 @@
 """Feature visualization: synthesized inputs that drive chosen channels and classes hardest."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -10,9 +10,11 @@ import torch
 from reportgen.analyses import budget as bud
 from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
+from reportgen.analyses.layout import Layout
+from reportgen.layers import layer_layouts
 from reportgen.render.featureviz import render_featureviz
 from reportgen.models import require_hooks
-from reportgen.options import AUTO, Bool, Choice, Float, Int, ListOf, OneOf, Str, auto_or, layers
+from reportgen.options import AUTO, Bool, Choice, Float, Int, ListOf, OneOf, Str, auto_or, layers, layout
 from reportgen.sections.base import BuildContext, Section, register_section
 # Default compute budget in GMACs of forward-pass work (backward counted as 2 more):
 # about a minute on two CPU cores, a few seconds on a GPU.
@@ -45,13 +47,20 @@ def reference_batches(ctx: BuildContext, limit: int, batch_size: int = 32) -> Di
     return out
 
 
-def choose_channels(ctx: BuildContext, layer: str, count: Any, refs: Sequence[torch.Tensor]) -> List[int]:
+def choose_layouts(ctx: BuildContext, layers: List[str], stated: str = AUTO) -> Dict[str, Layout]:
+    """How each layer holds its map (``stated`` applies to named layers; auto ones are detected).
+    A layer without a map ((N, C) features, which a channel objective may use too) is left out."""
+    return layer_layouts(ctx.model, ctx.example(), layers, stated, ctx.output_key, strict=stated != AUTO)
+
+
+def choose_channels(ctx: BuildContext, layer: str, count: Any, refs: Sequence[torch.Tensor],
+                    layout: Optional[Layout] = None) -> List[int]:
     """A list in the spec is used as is; a count picks the most active channels on ``refs``."""
     if isinstance(count, list):
         return [int(c) for c in count]
     if not refs:
         return list(range(int(count)))
-    means = fv.channel_means(ctx.model, refs, layer, ctx.output_key)
+    means = fv.channel_means(ctx.model, refs, layer, ctx.output_key, layout)
     return fv.top_channels(means, int(count))
 
 
@@ -117,6 +126,7 @@ class FeatureVizSectionResult:
     references: int
     reference_sources: Dict[str, int]
     classes_rule: Any
+    layouts: Dict[str, str] = field(default_factory=dict)   # layer -> nchw | nhwc | tokens
 
 
 @register_section("featureviz")
@@ -149,6 +159,7 @@ class FeatureVizSection(Section):
                         doc="compute budget in GMACs (auto: 300 on CPU, 20000 on CUDA)"),
         "reference_images": Int(min=0, default=64,
                                 doc="dataset images whose activations the synthesized ones are compared to"),
+        "layout": layout(),
     }
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
@@ -180,8 +191,9 @@ class FeatureVizSection(Section):
         refs = reference_batches(ctx, int(opts["reference_images"]))
         chooser = refs["probes"] or refs["dataset"]
         layers = choose_layers(ctx, opts["layers"])
+        layouts = choose_layouts(ctx, layers, AUTO if opts["layers"] == "auto" else opts["layout"])
         objectives = [fv.Objective("channel", ch, layer) for layer in layers
-                      for ch in choose_channels(ctx, layer, opts["channels"], chooser)]
+                      for ch in choose_channels(ctx, layer, opts["channels"], chooser, layouts.get(layer))]
         objectives += [fv.Objective("class", k) for k in choose_classes(ctx, opts["classes"],
                                                                        int(opts["max_classes"]))]
         if not objectives:
@@ -194,14 +206,16 @@ class FeatureVizSection(Section):
         pre = ctx.spec["preprocess"]
         with fv.cpu_threads(budget["threads"]):
             result = fv.visualize(ctx.model, objectives, ctx.input_size[0], pre["mean"], pre["std"], params,
-                                  ctx.output_key, reference=refs["probes"] + refs["dataset"], device=ctx.device)
+                                  ctx.output_key, reference=refs["probes"] + refs["dataset"], device=ctx.device,
+                                  layouts=layouts)
         n_refs = {k: sum(len(b) for b in v) for k, v in refs.items()}
         return FeatureVizSectionResult(
             featureviz=result, layers_auto=opts["layers"] == "auto", plan=budget,
             channel_rule=CHANNEL_RULE if not isinstance(opts["channels"], list) else "listed in the spec",
             chooser="probes" if refs["probes"] else ("dataset" if refs["dataset"] else "none"),
             references=n_refs["probes"] + n_refs["dataset"], reference_sources=n_refs,
-            classes_rule=opts["classes"] if isinstance(opts["classes"], str) else "listed")
+            classes_rule=opts["classes"] if isinstance(opts["classes"], str) else "listed",
+            layouts={name: lay.kind for name, lay in layouts.items()})
 
     def view(self, result: FeatureVizSectionResult, ctx: BuildContext) -> Dict[str, Any]:
         view = render_featureviz(result.featureviz, ctx.classes)
@@ -216,6 +230,7 @@ class FeatureVizSection(Section):
         layers = list(dict.fromkeys(l for l in r.layers if l is not None))
         return {
             "layers": layers, "layers_auto": result.layers_auto, "channel_rule": result.channel_rule,
+            "layouts": {l: result.layouts[l] for l in layers if l in result.layouts},
             "channels": {l: [i for i, k, ll in zip(r.indices, r.kinds, r.layers) if k == "channel" and ll == l]
                          for l in layers},
             "classes": [i for i, k in zip(r.indices, r.kinds) if k == "class"],

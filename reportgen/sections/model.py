@@ -15,7 +15,7 @@ from reportgen.models import require_hooks
 from reportgen.render.activations import THUMB, grid_uri, render_activations
 from reportgen.render.filters import render_filters
 from reportgen.render.images import thumbnail_uri
-from reportgen.options import AUTO, Choice, Float, Int, auto_or, layer, layers
+from reportgen.options import AUTO, Choice, Float, Int, auto_or, layer, layers, layout
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 
@@ -156,6 +156,7 @@ class ActivationsSection(Section):
                                 doc=f"channels shown per layer, most active first (auto: "
                                     f"{bud.ACTIVATION_CHANNELS[0]}, fewer on layers with large maps when the "
                                     "page would exceed output.page_budget)"),
+        "layout": layout(),
     }
 
     def _layers(self, ctx: BuildContext, options: Dict[str, Any]) -> List[str]:
@@ -178,8 +179,9 @@ class ActivationsSection(Section):
         require_hooks(ctx.model, "The activations section")
         written = options["max_channels"] != AUTO
         best = int(options["max_channels"]) if written else bud.ACTIVATION_CHANNELS[0]
+        auto = options["layers"] == "auto"
         result = act.activations(ctx.model, ctx.probe_batch(), self._layers(ctx, options), best,
-                                 ctx.output_key, auto=options["layers"] == "auto")
+                                 ctx.output_key, auto=auto, layout=AUTO if auto else options["layout"])
         share = ctx.page_share(self.name)
         if share is None or written or not result.layers:
             return result
@@ -202,6 +204,7 @@ class ActivationsSection(Section):
 
     def summary(self, result: act.ActivationsResult) -> Dict[str, Any]:
         return {"layers": [la.layer for la in result.layers], "layers_auto": result.auto,
+                "layouts": {la.layer: la.layout for la in result.layers},
                 "per_layer": {la.layer: {"sparsity": la.sparsity, "dead_channels": int(la.never_fire.sum()),
                                          "certain_dead": int(la.dead.sum()), "channels": la.shape[0],
                                          "channels_shown": int(la.maps.shape[1])} for la in result.layers}}

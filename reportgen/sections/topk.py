@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import topk as tk
 from reportgen.analyses.activations import stage_layers
+from reportgen.layers import layer_layouts
 from reportgen.render.topk import render_topk
-from reportgen.options import Choice, Int, ListOf, OneOf, layers
+from reportgen.options import AUTO, Choice, Int, ListOf, OneOf, layers, layout
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF
@@ -23,7 +24,7 @@ def dataset_for(ctx: BuildContext) -> tk.ImageDataset:
     """The spec's dataset, preprocessed exactly like the probes."""
     pre = ctx.spec["preprocess"]
     return tk.ImageDataset(ctx.dataset, ctx.input_size, pre["resize"], pre["center_crop"],
-                           pre["mean"], pre["std"])
+                           pre["mean"], pre["std"], pre["interpolation"])
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,20 @@ class TopKSection(Section):
         "projection": Choice(["none", "guided", "deconv"], default="none",
                              doc="guided-backprop or deconvnet projection of each patch: what in it drives "
                                  "the unit"),
+        "layout": layout(),
     }
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
         data = ctx.spec["dataset"]
+        auto = options["layers"] == "auto"
+        names = choose_layers(ctx, options["layers"])
+        layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"],
+                                ctx.output_key)
         result = tk.topk_patches(
-            ctx.model, dataset_for(ctx), choose_layers(ctx, options["layers"]), options["channels"],
+            ctx.model, dataset_for(ctx), names, options["channels"],
             options["k"], data["batch_size"], data["workers"], ctx.device,
-            ctx.input_size, options["projection"], progress=ctx.progress)
-        return TopKSectionResult(result, options["layers"] == "auto")
+            ctx.input_size, options["projection"], progress=ctx.progress, layouts=layouts)
+        return TopKSectionResult(result, auto)
 
     def view(self, result: TopKSectionResult, ctx: BuildContext) -> Dict[str, Any]:
         view = render_topk(result.topk)
@@ -74,6 +80,7 @@ class TopKSection(Section):
         r = result.topk
         return {
             "layers": [la.layer for la in r.layers], "layers_auto": result.auto,
+            "layouts": {la.layer: la.layout for la in r.layers},
             "channel_rule": r.channel_rule, "k": r.k, "images": r.n_images, "projection": r.projection,
             "per_layer": {la.layer: {
                 "channels": la.channels.tolist(), "receptive_field": [int(v) for v in la.rf["size"]],

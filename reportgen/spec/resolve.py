@@ -6,6 +6,7 @@ the key path and line, never half-way through a long build.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +43,21 @@ class Resolved:
     theme_css: str = ""
     output_key: Any = None
     notes: List[str] = field(default_factory=list)
+    # per preprocessing key (and model.input_size): "spec", "default" or "timm pretrained_cfg"
+    preprocess_source: Dict[str, str] = field(default_factory=dict)
 
     def model_at(self, index: int) -> nn.Module:
         """A copy of the model with checkpoint ``index``'s weights (for evolution)."""
-        from reportgen.checkpoints import apply_state_dict, load_checkpoint
-
         model = copy.deepcopy(self.model)
-        ck = self.checkpoints[index]
-        apply_state_dict(model, load_checkpoint(ck.path).state_dict, ck.path)
+        apply_checkpoint(self.spec, model, self.checkpoints[index])
         return model.eval()
+
+
+def apply_checkpoint(spec: Spec, model: nn.Module, ck: CheckpointInfo) -> None:
+    """Load checkpoint ``ck``'s weights (those ``checkpoint_weights`` selects) into ``model``."""
+    from reportgen.checkpoints import apply_state_dict, load_checkpoint
+
+    apply_state_dict(model, load_checkpoint(ck.path, spec["checkpoint_weights"]).state_dict, ck.path)
 
 
 def _as_spec_error(spec: Spec, key: str, e: Exception) -> SpecError:
@@ -112,15 +119,28 @@ def resolve_checkpoints(spec: Spec, model: nn.Module) -> List[CheckpointInfo]:
                 continue
             seen.add(path)
             try:
-                loaded = load_checkpoint(path)
+                loaded = load_checkpoint(path, spec["checkpoint_weights"])
                 check_fit(model, loaded.state_dict, path)
             except InputError as e:
                 raise spec.error(key, str(e)) from None
             metrics = dict(loaded.metrics)
             if loaded.epoch is not None:
                 metrics.setdefault("epoch", float(loaded.epoch))
-            out.append(CheckpointInfo(label=label, path=path, metrics=metrics))
+            out.append(CheckpointInfo(label=label, path=path, metrics=metrics, weights=loaded.layout,
+                                      other_weights=loaded.others))
     return out
+
+
+def weights_note(spec: Spec, checkpoints: List[CheckpointInfo]) -> Optional[str]:
+    """Which weights an automatic choice read when the files hold other sets too (an EMA copy)."""
+    if spec["checkpoint_weights"] != "auto":
+        return None
+    others = sorted({k for c in checkpoints for k in c.other_weights})
+    if not others:
+        return None
+    used = ", ".join(sorted({c.weights for c in checkpoints if c.other_weights}))
+    return (f"The checkpoints also hold weights under {', '.join(others)}; the report reads {used} "
+            f"(checkpoint_weights: auto). Set checkpoint_weights: {others[0]} to audit those instead.")
 
 
 def audit_index(spec: Spec, checkpoints: List[CheckpointInfo]) -> Optional[int]:
@@ -171,7 +191,7 @@ def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -
             try:
                 img = load_image(path)
                 tensor, display = preprocess(img, size, pre["resize"], pre["center_crop"],
-                                             pre["mean"], pre["std"])
+                                             pre["mean"], pre["std"], pre["interpolation"])
             except (InputError, ValueError) as e:
                 raise spec.error(key, str(e)) from None
             probes.append(Probe(name=path.name, path=path, tensor=tensor, display=display))
@@ -182,6 +202,58 @@ def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -
 
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+TIMM_CFG = "timm pretrained_cfg"
+PREPROCESS_KEYS = ("resize", "center_crop", "mean", "std", "interpolation")
+
+
+def resolve_preprocess(spec: Spec, model: nn.Module, size: Tuple[int, int, int]
+                       ) -> Tuple[Dict[str, str], List[str]]:
+    """Where each preprocessing value comes from, and notes; fills in a timm model's own.
+
+    What the spec leaves unset is taken, for a timm model, from its
+    pretrained_cfg as timm's eval transform uses it: mean, std, interpolation,
+    a centre crop of the input size after resizing the shorter side to
+    floor(crop / crop_pct). The values go into ``spec["preprocess"]``, so
+    probes, the dataset and the cache key all see them.
+    """
+    sources = {"input_size": "spec" if spec["model"]["input_size"] else "default"}
+    sources.update({key: "spec" if spec.given(f"preprocess.{key}") else "default" for key in PREPROCESS_KEYS})
+    if not spec["model"].get("timm"):
+        return sources, []
+    from reportgen.images import INTERPOLATIONS
+    from reportgen.models import timm_data_config
+
+    cfg, pre, notes = timm_data_config(model), spec["preprocess"], []
+
+    def take(key: str, value: Any, how: str = TIMM_CFG) -> None:
+        if sources[key] == "default":
+            pre[key], sources[key] = value, how
+
+    if "input_size" in cfg and sources["input_size"] == "default":
+        sources["input_size"] = TIMM_CFG
+    for key in ("mean", "std"):
+        values = [float(v) for v in cfg.get(key, ())]
+        if size[0] == 1 and len(values) == 3:
+            take(key, [round(sum(values) / 3, 6)], f"{TIMM_CFG}, averaged for 1 channel")
+        elif values:
+            take(key, values)
+    interpolation = cfg.get("interpolation")
+    if interpolation in INTERPOLATIONS:
+        take("interpolation", interpolation)
+    elif interpolation and sources["interpolation"] == "default":
+        notes.append(f"The timm model's interpolation {interpolation!r} has no equivalent here; "
+                     f"images are resized with {pre['interpolation']!r}.")
+    crop_pct = cfg.get("crop_pct")
+    if crop_pct:
+        take("center_crop", size[1] if size[1] == size[2] else [size[1], size[2]])
+        crop = pre["center_crop"] if pre["center_crop"] is not None else [size[1], size[2]]
+        side = min(crop) if isinstance(crop, list) else crop
+        take("resize", math.floor(side / crop_pct), f"{TIMM_CFG}, crop_pct {crop_pct}")
+        mode = cfg.get("crop_mode", "center")
+        if mode != "center" and TIMM_CFG in sources["resize"]:
+            notes.append(f"The timm model's crop_mode is {mode!r}; images are resized on the shorter side "
+                         "and centre-cropped (timm's 'center' mode) instead.")
+    return sources, notes
 
 
 def _check_norm(spec: Spec, channels: int) -> None:
@@ -242,11 +314,12 @@ def resolve_theme(spec: Spec) -> str:
         raise _as_spec_error(spec, "output.theme", e) from None
 
 
-def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
-    """(key path, layer name, declaration) for every layer a section's options name.
+def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName, str]]:
+    """(key path, layer name, declaration, stated layout) for every layer a section's options name.
 
     Read from the sections' own option declarations (``LayerName``), so a new
     option that names a layer, a plugin's included, is checked without a list here.
+    The stated layout is the section's ``layout`` option where it has one, else auto.
     """
     from reportgen.sections.registry import registry
 
@@ -254,6 +327,7 @@ def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
         options = spec["sections"].get(section)
         if not options:
             continue
+        stated = options.get("layout", AUTO) if "layout" in cls.options else AUTO
         for key, opt in cls.options.items():
             decl = layer_option(opt)
             value = options.get(key)
@@ -261,14 +335,15 @@ def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName]]:
                 continue
             names = value if isinstance(value, list) else [value]
             for i, name in enumerate(names):
-                yield f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else ""), name, decl
+                path = f"sections.{section}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+                yield path, name, decl, stated
 
 
 def check_layers(spec: Spec, model: nn.Module) -> None:
     """Every layer named in a section exists (auto is resolved later, per section)."""
     from reportgen.layers import get_layer
 
-    for path, name, _ in _named_layers(spec):
+    for path, name, _, _ in _named_layers(spec):
         try:
             get_layer(model, name)
         except ValueError as e:
@@ -276,29 +351,47 @@ def check_layers(spec: Spec, model: nn.Module) -> None:
 
 
 def check_spatial_layers(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> None:
-    """A named layer declared spatial must give an (N, C, H, W) map larger than 1x1.
+    """A named layer declared spatial must give a feature map larger than 1x1.
 
-    A 1x1 map (after global pooling) has no "where": a CAM on it is one flat
-    colour, so it is refused here as the automatic choice already refuses it.
+    A feature map is (N, C, H, W), or channels-last (N, H, W, C) or tokens
+    (N, L, C) on a grid, as the section's ``layout`` states or as
+    ``reportgen.analyses.layout`` detects. A 1x1 map (after global pooling)
+    has no "where": a CAM on it is one flat colour, so it is refused here as
+    the automatic choice already refuses it.
     """
-    from reportgen.layers import output_shapes
+    from reportgen.layers import call_layouts
+    from reportgen.analyses.layout import infer, known_grids
 
-    named = [(path, name) for path, name, decl in _named_layers(spec) if decl.spatial]
+    named = [(path, name, stated) for path, name, decl, stated in _named_layers(spec) if decl.spatial]
     if not named:
         return
+    example = torch.zeros((1, *size))
     try:
-        shapes = output_shapes(model, torch.zeros((1, *size)))
+        found = call_layouts(model, example)
     except Exception:  # hooks unsupported (TorchScript): the sections say so themselves
         return
-    for path, name in named:
-        shape = shapes.get(name)
-        if shape is None:
+    last = {c.name: (c, lay) for c, lay in found if c.name}
+    grids = known_grids(model, [lay for _, lay in found])
+    for path, name, stated in named:
+        if name not in last:
             raise spec.error(path, f"layer {name!r} is not called in the model's forward pass")
-        if len(shape) != 4:
-            raise spec.error(path, f"layer {name!r} has output shape {list(shape)}, not a spatial "
-                                   "(N, C, H, W) map; pick a convolutional layer")
-        if shape[2] * shape[3] <= 1:
-            raise spec.error(path, f"layer {name!r} has a 1x1 output (shape {list(shape)}): a map with one "
+        call, detected = last[name]
+        tensor = call.tensor
+        shape = list(tensor.shape) if tensor is not None else None
+        if stated == AUTO:
+            lay = detected
+            if lay is None:
+                raise spec.error(path, f"layer {name!r} has output shape {shape}, not a spatial (N, C, H, W) "
+                                       "map, a channels-last (N, H, W, C) one or tokens (N, L, C) on a grid; "
+                                       "pick a convolutional or transformer-block layer, or state the layout "
+                                       f"with sections.{path.split('.')[1]}.layout")
+        else:
+            lay = infer(shape, stated, model, size[1:], grids) if shape is not None else None
+            if lay is None:
+                raise spec.error(path, f"layer {name!r} has output shape {shape}, which is not a {stated} "
+                                       f"map for a {size[1]}x{size[2]} input (layout: {stated})")
+        if lay.grid[0] * lay.grid[1] <= 1:
+            raise spec.error(path, f"layer {name!r} has a 1x1 output (shape {shape}): a map with one "
                                    "position cannot show where anything is; pick an earlier layer")
 
 
@@ -337,11 +430,14 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     index = audit_index(spec, checkpoints)
     notes: List[str] = []
     if index is not None:
-        from reportgen.checkpoints import apply_state_dict, load_checkpoint
-        ck = checkpoints[index]
-        apply_state_dict(model, load_checkpoint(ck.path).state_dict, ck.path)
+        apply_checkpoint(spec, model, checkpoints[index])
     elif spec["model"].get("torchscript") is None:
         notes.append("No checkpoint given: the report shows the model's random initial weights.")
+    note = weights_note(spec, checkpoints)
+    if note:
+        notes.append(note)
+    preprocess_source, preprocess_notes = resolve_preprocess(spec, model, size)
+    notes += preprocess_notes
     classes = resolve_classes(spec, num_classes)
     probes = resolve_probes(spec, size, classes)
     dataset = resolve_dataset(spec)
@@ -356,4 +452,4 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     return Resolved(spec=spec, model=model, device=device, input_size=size, num_classes=num_classes,
                     classes=classes, checkpoints=checkpoints, audit_index=index, probes=probes,
                     dataset=dataset, metrics_path=metrics_path, theme_css=theme_css,
-                    output_key=spec["model"]["output"], notes=notes)
+                    output_key=spec["model"]["output"], notes=notes, preprocess_source=preprocess_source)

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from reportgen.images import INTERPOLATIONS
 from reportgen.options import (Bool, Choice, Float, FreeMapping, Int, ListOf, Mapping, OneOf, Option,
                                OptionError, Str, int_or_pair, join_path, suggest)
 
 
+MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
+
+
 def _model_post(value: Dict[str, Any], path: str) -> None:
-    sources = [k for k in ("torchvision", "factory", "torchscript") if value.get(k) is not None]
+    sources = [k for k in MODEL_SOURCES if value.get(k) is not None]
     if not sources:
-        raise OptionError("needs exactly one of torchvision, factory or torchscript", path)
+        raise OptionError("needs exactly one of torchvision, factory, torchscript or timm", path)
     if len(sources) > 1:
         raise OptionError(f"give exactly one model source, not {' and '.join(sources)}",
                           join_path(path, sources[1]))
@@ -27,6 +31,7 @@ MODEL = Mapping({
     "torchvision": Str(default=None, nullable=True, doc="a torchvision.models builder name"),
     "factory": Str(default=None, nullable=True, doc="'module:callable' importable from the spec's folder"),
     "torchscript": Str(default=None, nullable=True, doc="path to a TorchScript archive"),
+    "timm": Str(default=None, nullable=True, doc="a timm model name (pip extra [timm])"),
     "kwargs": FreeMapping(default={}, doc="keyword arguments for the builder/factory"),
     "input_size": ListOf(Int(min=1), default=None, min_len=3, max_len=3, nullable=True,
                          doc="C, H, W fed to the model (default [3, 224, 224])"),
@@ -52,6 +57,8 @@ PREPROCESS = Mapping({
     "center_crop": OneOf(Choice([None]), int_or_pair(), default=None, expected="null or a size"),
     "mean": ListOf(Float(), min_len=1, max_len=4, default=[0.485, 0.456, 0.406]),
     "std": ListOf(Float(min=1e-12), min_len=1, max_len=4, default=[0.229, 0.224, 0.225]),
+    "interpolation": Choice(list(INTERPOLATIONS), default="bilinear",
+                            doc="(extension) resampling of resize and crop-to-input steps"),
 })
 
 DATASET = Mapping({
@@ -120,6 +127,9 @@ SPEC = Mapping({
     "model": MODEL,
     "checkpoints": ListOf(CHECKPOINT_ITEM, coerce=True, default=[]),
     "audit_checkpoint": OneOf(Int(), Str(), default="last", expected="'last', an index or a label"),
+    "checkpoint_weights": Str(default="auto", doc="(extension) the key in each checkpoint whose weights "
+                                                  "are loaded (state_dict_ema, ...); auto: state_dict, "
+                                                  "model_state_dict, model, net, else a raw state dict"),
     "probes": OneOf(Choice([None]), PROBES, default=None, expected="a mapping {images, targets}"),
     "classes": OneOf(Choice([None]), Str(), ListOf(OneOf(Str(nonempty=False), Int(), expected="a name")),
                      default=None, expected="a list of names or a .txt/.json file"),

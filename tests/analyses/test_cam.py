@@ -216,14 +216,19 @@ def _tokens_to_map(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(n, d, 4, length // 4)
 
 
-def test_token_layer_needs_reshape_and_names_layer_and_shape():
+def test_token_layer_is_read_on_its_grid_or_through_a_reshape():
+    """A (N, L, D) token layer is detected as a 4x4 grid (the patch conv's) and read like
+    pytorch-grad-cam's reshape_transform reads it; a reshape callable still overrides."""
     torch.manual_seed(0)
     model, x = TinyViT().eval(), torch.randn(2, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"layer 'block'.*\(2, 16, 6\).*reshape"):
-        explain(model, x, "gradcam", layer="block")
-    ours = explain(model, x, "gradcam", layer="block", target=[0, 2], reshape=_tokens_to_map)
     ref = _reference(gradcam_lib.GradCAM, model, model.block, x, [0, 2],
                      init={"reshape_transform": _tokens_to_map})
-    np.testing.assert_allclose(ours, ref, atol=ATOL)
+    detected = explain(model, x, "gradcam", layer="block", target=[0, 2])
+    stated = explain(model, x, "gradcam", layer="block", target=[0, 2], layout="tokens")
+    ours = explain(model, x, "gradcam", layer="block", target=[0, 2], reshape=_tokens_to_map)
+    for maps in (detected, stated, ours):
+        np.testing.assert_allclose(maps, ref, atol=ATOL)
+    with pytest.raises(ValueError, match=r"layer 'block'.*\(2, 16, 6\).*not a nhwc"):
+        explain(model, x, "gradcam", layer="block", layout="nhwc")
     with pytest.raises(ValueError, match="reshape callable returned shape"):
         explain(model, x, "eigencam", layer="block", reshape=lambda t: t)

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.analyses.occlusion import make_baseline, occlusion, occlusion_details, window_starts
+from reportgen.analyses import occlusion as occlusion_module
+from reportgen.analyses.batching import ThroughputBatcher
+from reportgen.analyses.memory import probe_shapes
+from reportgen.analyses.occlusion import make_baseline, occlusion, occlusion_cost, occlusion_details, window_starts
 from reportgen.hooks import count_hooks
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -194,8 +197,8 @@ def test_output_key(make_cnn, make_images):
 @pytest.mark.parametrize("incremental", [False, True])
 def test_batch_size_does_not_change_results(make_cnn, make_images, incremental):
     model, x = make_cnn(), make_images(n=2, h=12, w=10)
-    runs = [occlusion_details(model, x, window=4, stride=3, memory_budget=b, incremental=incremental)
-            for b in (1, 50_000, 1 << 30)]                        # batch 1, a few, everything
+    runs = [occlusion_details(model, x, window=4, stride=3, memory_budget=b, incremental=incremental,
+                              batch_size="memory") for b in (1, 50_000, 1 << 30)]   # batch 1, a few, everything
     assert runs[0].batch_size == 1 and runs[2].batch_size > 2 * 12      # 12 positions per image
     assert runs[0].batches > runs[1].batches > runs[2].batches
     for r in runs[1:]:
@@ -203,7 +206,86 @@ def test_batch_size_does_not_change_results(make_cnn, make_images, incremental):
         np.testing.assert_array_equal(r.top_class, runs[0].top_class)
 
 
+class ScriptedBatcher(ThroughputBatcher):
+    """The throughput search with timings from a curve (fastest at 16) instead of a clock; keeps
+    every instance, so a test can read the chunk sizes a run used."""
+
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made.append(self)
+
+    def _record(self, size, seconds):
+        super()._record(size, size * (1 + abs(size - 16) / 16))
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    ScriptedBatcher.made = []
+    monkeypatch.setattr(occlusion_module, "ThroughputBatcher", ScriptedBatcher)
+    return ScriptedBatcher.made
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_throughput_batches_match_any_fixed_batch(make_cnn, make_images, scripted, incremental):
+    # 2 images x 165 positions: work enough (per image, too) for the search to find 16 and time
+    # both its neighbours, from wherever it starts
+    model, x = make_cnn(), make_images(n=2, h=12, w=16)
+    auto = occlusion_details(model, x, window=2, stride=1, incremental=incremental)
+    (batcher,) = scripted
+    assert auto.batch_size == 16 and batcher.sizes[0] == batcher.start
+    assert auto.notes["batch_policy"] == "auto" and {"8", "16", "32"} <= set(auto.notes["batch_ms_per_sample"])
+    assert auto.batches == len(batcher.sizes) + (2 if incremental else 0)          # + clean passes
+    for fixed in (5, "memory"):
+        d = occlusion_details(model, x, window=2, stride=1, incremental=incremental, batch_size=fixed)
+        np.testing.assert_allclose(d.sensitivity, auto.sensitivity, atol=1e-7)
+        np.testing.assert_allclose(d.prob_map, auto.prob_map, atol=1e-7)
+        np.testing.assert_array_equal(d.top_class, auto.top_class)
+        np.testing.assert_array_equal(d.targets, auto.targets)
+
+
+def test_throughput_batches_stay_under_the_memory_cap(make_cnn, make_images, scripted):
+    model, x = make_cnn(), make_images(n=2, h=12, w=16)
+    free = occlusion_details(model, x, window=2, stride=(2, 1), incremental=False)
+    per_sample, _ = probe_shapes(model, x[:1])
+    capped = occlusion_details(model, x, window=2, stride=(2, 1), incremental=False, memory_budget=12 * per_sample)
+    assert capped.notes["batch_cap"] == 12
+    assert max(scripted[-1].sizes) <= 12 and capped.batch_size == 8
+    assert scripted[-1].sizes[:2] == [8, 4]                 # starts at the cap's power of two; 16 is over it
+    np.testing.assert_allclose(capped.sensitivity, free.sensitivity, atol=1e-7)
+    np.testing.assert_array_equal(capped.top_class, free.top_class)
+
+
+def test_real_throughput_search_is_deterministic_in_results(make_cnn, make_images):
+    """Real clocks: whatever sizes the timings pick, the map is the same up to float rounding."""
+    model, x = make_cnn(), make_images(n=2, h=12, w=16)
+    runs = [occlusion_details(model, x, window=2, stride=(2, 1), incremental=False, memory_budget=b)
+            for b in (None, None, 40_000)]
+    for r in runs:
+        assert 1 <= r.batch_size <= r.notes["batch_cap"]
+        np.testing.assert_allclose(r.sensitivity, runs[0].sensitivity, atol=1e-7)
+        np.testing.assert_array_equal(r.top_class, runs[0].top_class)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, "fast", True, 2.5])
+def test_bad_batch_size(make_cnn, make_images, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        occlusion(make_cnn(), make_images(n=1, h=8, w=8), window=4, batch_size=batch_size)
+
+
 # ------------------------------------------------------------------ incremental
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:                                           # data-dependent: fx cannot trace it
+            x = -x
+        return self.fc(x.mean(dim=(2, 3)))
+
 
 class TinyResNet(nn.Module):
     """conv-bn-relu-maxpool stem, one identity and one strided (1x1 downsample) basic block, GAP, fc."""
@@ -233,7 +315,7 @@ class TinyResNet(nn.Module):
 @pytest.mark.parametrize("relu", ["module", "inplace", "functional", "tensor"])
 def test_incremental_exact_sequential(make_cnn, make_images, relu):
     model, x = make_cnn(relu=relu), make_images(n=2, h=16, w=12)
-    full = occlusion_details(model, x, window=(5, 4), stride=(3, 2))
+    full = occlusion_details(model, x, window=(5, 4), stride=(3, 2), incremental=False)
     inc = occlusion_details(model, x, window=(5, 4), stride=(3, 2), incremental=True)
     assert inc.incremental and not full.incremental
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
@@ -246,7 +328,7 @@ def test_incremental_exact_residual(window, stride):
     torch.manual_seed(0)
     model = TinyResNet().eval()
     x = torch.randn(2, 3, 20, 16)
-    full = occlusion_details(model, x, window=window, stride=stride, baseline="blur")
+    full = occlusion_details(model, x, window=window, stride=stride, baseline="blur", incremental=False)
     inc = occlusion_details(model, x, window=window, stride=stride, baseline="blur", incremental=True)
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
     np.testing.assert_array_equal(inc.top_class, full.top_class)
@@ -257,7 +339,7 @@ def test_incremental_exact_resnet18_small():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
-    full = occlusion_details(model, x, window=32, stride=16)      # 3 x 3 positions: quick
+    full = occlusion_details(model, x, window=32, stride=16, incremental=False)   # 3 x 3 positions: quick
     inc = occlusion_details(model, x, window=32, stride=16, incremental=True)
     assert inc.notes["incremental_cost"] < 1
     np.testing.assert_allclose(inc.sensitivity, full.sensitivity, atol=ATOL_INCREMENTAL)
@@ -292,27 +374,91 @@ def test_incremental_covers_every_per_pixel_kind():
     kinds = {n.name: engine.plan[n].kind for n in engine.nodes}
     assert kinds["selu"] == kinds["lrn"] == kinds["clamp_max"] == kinds["exp"] == "point"
     assert kinds["truediv"] == kinds["maximum"] == kinds["sub"] == "binary"      # sub: 1 - z
-    full = occlusion_details(model, x, window=4, stride=4)
+    full = occlusion_details(model, x, window=4, stride=4, incremental=False)
     inc = occlusion_details(model, x, window=4, stride=4, incremental=True)
     np.testing.assert_allclose(inc.prob_map, full.prob_map, atol=ATOL_INCREMENTAL)
 
 
+def test_incremental_plan_from_the_meta_device_equals_the_real_one():
+    from reportgen.analyses.incremental import IncrementalEngine, trace
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(1, 3, 20, 16)
+    starts = np.array([[0, 0], [6, 5], [14, 10]])
+    plans = []
+    for run in ("shape_pass", "clean_pass"):
+        engine = IncrementalEngine(trace(model))
+        getattr(engine, run)(x)
+        engine.build_plan((6, 6), starts)
+        plans.append(({n.name: (p.kind, p.size, None if p.off is None else p.off.tolist())
+                       for n, p in engine.plan.items()}, engine.cost_fraction(), engine.peak_bytes()))
+    assert plans[0] == plans[1]
+    assert not any(p.is_meta for p in model.parameters())
+
+
 def test_incremental_needs_a_traceable_model(make_images):
-    class Branchy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(3, 2)
-
-        def forward(self, x):
-            if x.sum() > 0:                                       # data-dependent: fx cannot trace it
-                x = -x
-            return self.fc(x.mean(dim=(2, 3)))
-
     x = make_images(n=1, h=8, w=8)
     with pytest.raises(ValueError, match="traceable"):
         occlusion(Branchy(), x, window=4, stride=4, incremental=True)
     d = occlusion_details(Branchy(), x, window=4, stride=4, incremental="auto")
     assert not d.incremental and "incremental_skipped" in d.notes
+
+
+# ------------------------------------------------------------------ cost estimate
+
+@pytest.mark.parametrize("shape,window,stride", [((2, 3, 16, 12), (5, 4), (3, 2)), ((1, 3, 10, 10), 4, 4),
+                                                 ((3, 3, 8, 8), 2, 4), ((1, 3, 9, 7), (9, 7), 1)])
+def test_cost_counts_the_plain_engines_passes_exactly(make_cnn, shape, window, stride):
+    model = make_cnn()
+    x = torch.randn(shape)
+    cost = occlusion_cost(model, shape, window=window, stride=stride)
+    d = occlusion_details(model, x, window=window, stride=stride, incremental=False)
+    assert cost.plain == d.forward_passes == cost.passes("plain")
+    assert cost.images == shape[0] and cost.positions == d.grid[0] * d.grid[1]
+    assert occlusion_cost(model, x, window=window, stride=stride) == cost          # a tensor works too
+
+
+def test_cost_of_the_incremental_engine_is_its_planned_share():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(2, 3, 20, 16)
+    cost = occlusion_cost(model, x.shape, window=6, stride=5)
+    inc = occlusion_details(model, x, window=6, stride=5, incremental=True)
+    auto = occlusion_details(model, x, window=6, stride=5)
+    assert round(cost.incremental_fraction, 4) == inc.notes["incremental_cost"] < 1
+    assert cost.incremental == pytest.approx(2 * (1 + cost.positions * cost.incremental_fraction))
+    assert cost.incremental < cost.plain
+    assert cost.auto == ("incremental" if auto.incremental else "plain") == "incremental"
+    assert cost.passes() == cost.incremental
+    # a window covering the whole image changes every activation: nothing to save, auto runs plain
+    whole = occlusion_cost(model, x.shape, window=(20, 16), stride=1)
+    assert whole.auto == "plain" and "planned work" in whole.reason
+    assert not occlusion_details(model, x, window=(20, 16), stride=1).incremental
+
+
+def test_cost_runs_nothing_on_real_data(make_cnn):
+    model = make_cnn()
+    devices = []
+    model.conv1.register_forward_pre_hook(lambda m, args: devices.append(args[0].device.type))
+    model.train()
+    cost = occlusion_cost(model, (4, 3, 16, 12), window=4, stride=2)
+    assert devices and set(devices) == {"meta"}                  # shapes only, no forward pass
+    assert model.training and model.conv1.weight.device.type == "cpu"
+    assert cost.plain == 4 * (1 + 7 * 5)
+
+
+def test_cost_of_an_untraceable_model(make_images):
+    model = Branchy()
+    cost = occlusion_cost(model, (1, 3, 8, 8), window=4, stride=4)
+    assert cost.incremental is None and cost.auto == "plain" and "traceable" in cost.reason
+    assert cost.passes() == cost.plain == 5
+    with pytest.raises(ValueError, match="no 'incremental' engine"):
+        cost.passes("incremental")
+    with pytest.raises(ValueError, match="larger than the image"):
+        occlusion_cost(model, (1, 3, 8, 8), window=9)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        occlusion_cost(model, (3, 8, 8))
 
 
 # ------------------------------------------------------------------ bad input

@@ -327,3 +327,46 @@ def test_tracker_steps_match_the_streaming_pass(make_cnn, make_images):
     want = tk.stream_topk(model, Indexed(x), ["relu2"], k=3, batch_size=4)
     for f in ("images", "positions", "values"):
         np.testing.assert_array_equal(tracker.result().layers["relu2"][f], want.layers["relu2"][f])
+
+
+# ----------------------------------------------------------------- layouts
+
+class _Reshape(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _with_lead_token(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)
+
+
+class BoxNetLayouts(BoxNet):
+    """BoxNet whose ReLU map is also offered channels-last and as tokens (N, 64, 2) with a lead token."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = _Reshape(lambda x: x.permute(0, 2, 3, 1))
+        self.tokens = _Reshape(lambda x: _with_lead_token(x.flatten(2).transpose(1, 2)))
+
+    def forward(self, x):
+        r = self.relu(self.conv(x))
+        return self.fc(self.pool(r).amax(dim=(2, 3)) + 0 * self.last(r).sum() + 0 * self.tokens(r).sum())
+
+
+def test_channels_last_and_token_layers_rank_like_their_channels_first_map(tmp_path):
+    """The same map read through three layouts gives the same top-k units; a token layer
+    (its field untraceable) is cropped from the whole input, centred on the unit."""
+    model, ds = BoxNetLayouts().eval(), box_dataset(tmp_path)
+    r = tk.topk_patches(model, ds, ["relu", "last", "tokens"], channels=[0, 1], k=4, batch_size=4)
+    first, last, tokens = r.layers
+    assert [la.layout for la in r.layers] == ["nchw", "nhwc", "tokens"]
+    for other in (last, tokens):
+        assert other.shape == first.shape == [2, 8, 8]
+        for f in ("values", "images", "ys", "xs"):
+            np.testing.assert_array_equal(getattr(other, f), getattr(first, f))
+    assert last.rf == first.rf and last.patches.tobytes() == first.patches.tobytes()
+    assert tokens.rf == {"size": [8, 8], "jump": [1, 1], "start": [0.0, 0.0]}

@@ -1,0 +1,408 @@
+"""``reportgen compare BASE NEW``: two models on the same inputs, and what changed between them.
+
+A review asks "what changed since the last model, and is anything worse?".
+Both models run on NEW's probes and dataset (BASE's are ignored, and the
+report says so). Each model's sections come from the same cache a ``build``
+fills, so a compare after both builds computes only what crosses models: one
+dataset pass that feeds the per-layer CKA and the prediction comparison
+(``analyses.compare_pass``), the weight change (same architecture only), the
+rank similarity of the two models' explanations, and the findings diff.
+
+(The module is ``comparison``, not ``compare``: ``reportgen.compare`` is the
+function, and a submodule of that name would shadow it once imported.)
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from reportgen import __version__
+from reportgen.baseline import diff_findings
+from reportgen.errors import SpecError
+from reportgen.pipeline import (Progress, Report, own_random_state, selected_sections, compute_sections,
+                                write_atomically)
+from reportgen.spec import Spec, load_spec
+from reportgen.spec.resolve import Resolved, resolve
+
+SpecSource = Union[str, Path, Dict[str, Any], Spec]
+ATTRIBUTION_SECTIONS = ("cam", "gradients", "occlusion")
+# CKA features: each channel pooled to the finest grid (up to CKA_GRID x CKA_GRID) that keeps a
+# layer within CKA_MAX_FEATURES. Coarse pooling (2x2) makes every early linear layer look alike
+# (a pooled convolution is a linear map of the pooled image, whatever its filters), so a
+# re-initialized conv1 would still score ~1; an 8x8 grid on a 16-channel conv1 sees the change.
+CKA_GRID = 16
+CKA_MAX_FEATURES = 2048
+KEPT_CKA = 0.95          # a layer whose CKA is at least this kept its representation
+SAME_FUNCTION_CKA = 0.99
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _absolute(spec: Spec, value: str) -> str:
+    return str(spec.path(value))
+
+
+def base_on_new_inputs(base: Spec, new: Spec) -> Spec:
+    """BASE's spec with NEW's probes and dataset (paths made absolute, so they resolve from anywhere)."""
+    data = copy.deepcopy(base.data)
+    probes = copy.deepcopy(new.data["probes"])
+    if probes is not None:
+        probes["images"] = [_absolute(new, p) for p in probes["images"]]
+    dataset = copy.deepcopy(new.data["dataset"])
+    if dataset is not None:
+        dataset["root"] = _absolute(new, dataset["root"])
+    data["probes"], data["dataset"] = probes, dataset
+    return Spec(data, base.file, base.base_dir, base.lines, base.digest, base.given_paths)
+
+
+def check_compatible(base: Resolved, new: Resolved) -> None:
+    """Class counts and input channels must match: exit 2 naming both specs' keys."""
+    if base.num_classes != new.num_classes:
+        raise SpecError(f"BASE gives {base.num_classes} classes ({base.spec.file}: model), NEW gives "
+                        f"{new.num_classes} ({new.spec.file}: model): a compare needs the same classes",
+                        new.spec.file, "model")
+    if base.input_size[0] != new.input_size[0]:
+        raise SpecError(f"BASE takes {base.input_size[0]} input channel(s) ({base.spec.file}: "
+                        f"model.input_size), NEW takes {new.input_size[0]} ({new.spec.file}: "
+                        "model.input_size): a compare feeds both the same images",
+                        new.spec.file, "model.input_size")
+
+
+def _out_dir(new: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
+    return Path(out_dir) if out_dir is not None else new.base_dir / "compare"
+
+
+# --------------------------------------------------------------------------- the dataset pass
+
+def cka_layers(res: Resolved) -> List[str]:
+    """The first convolution, the last layer of each resolution stage, and the classifier."""
+    from reportgen.analyses.activations import stage_layers
+    from reportgen.layers import first_conv
+
+    example = res.probes[0].tensor[None].to(res.device) if res.probes else \
+        torch.zeros((1, *res.input_size), device=res.device)
+    names: List[str] = []
+    for pick in (lambda: [first_conv(res.model)], lambda: stage_layers(res.model, example),
+                 lambda: [_classifier(res.model)]):
+        try:
+            names += [n for n in pick() if n]
+        except (ValueError, RuntimeError):
+            continue
+    order = execution_order(res)
+    rank = {n: i for i, n in enumerate(order)}
+    return sorted(dict.fromkeys(names), key=lambda n: rank.get(n, len(rank)))
+
+
+def execution_order(res: Resolved) -> List[str]:
+    """Module names in the order their calls finish (a container after its children), first call each."""
+    from reportgen.hooks import record_calls
+
+    example = res.probes[0].tensor[None].to(res.device) if res.probes else \
+        torch.zeros((1, *res.input_size), device=res.device)
+    try:
+        calls = record_calls(res.model, example).calls
+    except Exception:  # noqa: BLE001 - TorchScript and the like: definition order instead
+        return [n for n, _ in res.model.named_modules()]
+    return list(dict.fromkeys(c.name for c in calls if c.name))
+
+
+def _classifier(model: torch.nn.Module) -> str:
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return linear[-1] if linear else ""
+
+
+def compare_dataset(new: Resolved) -> Tuple[Any, np.ndarray, Dict[str, Any]]:
+    """NEW's probes then its dataset as one dataset, true labels (or -1) and how they were read."""
+    from reportgen.analyses.agreement import UNKNOWN, folder_labels
+    from reportgen.analyses.topk import ImageDataset
+
+    pre = new.spec["preprocess"]
+    items = [(p.path, None) for p in new.probes] + [(p, c) for p, c in new.dataset]
+    data = ImageDataset(items, new.input_size, pre["resize"], pre["center_crop"], pre["mean"], pre["std"],
+                        pre.get("interpolation", "bilinear"))
+    probe_labels = [UNKNOWN if p.target is None else int(p.target) for p in new.probes]
+    found = folder_labels([c for _, c in new.dataset], new.classes)
+    labels = np.concatenate([np.asarray(probe_labels, dtype=np.int64), np.asarray(found.labels, dtype=np.int64)])
+    return data, labels, {"rule": found.rule, "note": found.note, "probes": len(new.probes),
+                          "dataset": len(new.dataset)}
+
+
+# --------------------------------------------------------------------------- explanations
+
+def explanation_similarity(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]]
+                           ) -> Dict[str, Dict[str, Any]]:
+    """Per attribution section and method: Spearman rank similarity of the two models' maps per probe."""
+    from reportgen.analyses.faithfulness import spearman
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for section in ATTRIBUTION_SECTIONS:
+        b = (base_out.get(section) or {}).get("results")
+        n = (new_out.get(section) or {}).get("results")
+        if not b or not n:
+            continue
+        methods: Dict[str, Any] = {}
+        for name, m_new in n["methods"].items():
+            m_base = b["methods"].get(name)
+            if m_base is None or m_base.get("maps") is None or m_new.get("maps") is None:
+                continue
+            mb, mn = np.asarray(m_base["maps"]), np.asarray(m_new["maps"])
+            if mb.shape != mn.shape:
+                continue
+            rho = [spearman(mb[i], mn[i]) for i in range(len(mn))]
+            methods[name] = {"spearman": [round(float(r), 4) for r in rho],
+                             "mean_spearman": round(float(np.mean(rho)), 4),
+                             "maps": (mb, mn),
+                             "sanity": (_passed(m_base), _passed(m_new)),
+                             "deletion_auc": (_mean(m_base, "deletion_auc"), _mean(m_new, "deletion_auc")),
+                             "insertion_auc": (_mean(m_base, "insertion_auc"), _mean(m_new, "insertion_auc"))}
+        if methods:
+            out[section] = methods
+    return out
+
+
+def _passed(m: Dict[str, Any]) -> Optional[bool]:
+    sanity = m.get("sanity")
+    return None if not isinstance(sanity, dict) or "passed" not in sanity else bool(sanity["passed"])
+
+
+def _mean(m: Dict[str, Any], key: str) -> Optional[float]:
+    values = m.get(key)
+    return None if values is None else round(float(np.mean(values)), 6)
+
+
+def sanity_regressions(similarity: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """A method whose randomization sanity check passed in BASE and fails in NEW: a finding."""
+    out = []
+    for section, methods in similarity.items():
+        for name, m in methods.items():
+            before, after = m["sanity"]
+            if before is True and after is False:
+                out.append({"id": f"sanity-regressed-{name}", "severity": "warning", "section": section,
+                            "title": f"{name} passes the model-randomization check in BASE but fails it in NEW",
+                            "evidence": "NEW's maps stay similar when its weights are re-initialized: they show "
+                                        "the image's structure more than what NEW learned (Adebayo et al. "
+                                        "2018); BASE's did not"})
+    return out
+
+
+# --------------------------------------------------------------------------- verdict
+
+def verdict(comparison: Dict[str, Any], findings: Sequence[Dict[str, Any]], resolved: Sequence[Dict[str, Any]],
+            flips_by_class: Dict[str, int]) -> List[str]:
+    """A few sentences drawn from the numbers, most important first."""
+    preds, layers = comparison["predictions"], comparison["layers"]
+    ckas = {k: v["cka"] for k, v in layers.items() if v["cka"] is not None}
+    changes = {k: v["weight_change"] for k, v in layers.items() if v["weight_change"] is not None}
+    out: List[str] = []
+    moved = max(changes.items(), key=lambda kv: kv[1]) if changes else None
+    same_function = (preds["n"] > 0 and preds["agreement"] == 1.0 and ckas
+                     and min(ckas.values()) >= SAME_FUNCTION_CKA)
+    if same_function:
+        tail = (f", although the weights moved (largest: {moved[0]} {moved[1]:.0%})"
+                if moved and moved[1] > 1e-6 else "")
+        out.append(f"The function did not change: all {preds['n']} predictions agree and every compared "
+                   f"layer keeps its representation (CKA ≥ {min(ckas.values()):.3f}){tail}.")
+    elif preds["n"]:
+        out.append(f"Predictions agree on {preds['agreement']:.1%} of {preds['n']} image(s).")
+    if moved and not same_function:
+        out.append(f"Largest weight change: {moved[0]} moved {moved[1]:.0%}"
+                   + (f" (median over layers {np.median(list(changes.values())):.0%})." if len(changes) > 1 else "."))
+    elif not changes and comparison["same_architecture"] is False:
+        out.append("Different architectures: weights are not compared; representations are compared "
+                   "layer by layer (CKA map).")
+    if ckas and not same_function:
+        worst = min(ckas.items(), key=lambda kv: kv[1])
+        if worst[1] < KEPT_CKA:   # ckas follow the model's order: where the change starts
+            first = next(k for k, v in ckas.items() if v < KEPT_CKA)
+            kept = [k for k in ckas if k == first or ckas[k] >= KEPT_CKA]
+            kept = kept[:kept.index(first)]
+            out.append(f"Representations change from {first} on (CKA {ckas[first]:.2f}, the first compared "
+                       f"layer below {KEPT_CKA}); lowest: {worst[0]} (CKA {worst[1]:.2f})"
+                       + (f"; {_span(kept)} kept." if kept else "."))
+        else:
+            out.append(f"Every compared layer keeps its representation (CKA ≥ {worst[1]:.2f}).")
+    if preds["negative_flips"] is not None:
+        neg, pos = preds["negative_flips"], preds["positive_flips"]
+        top = max(flips_by_class.items(), key=lambda kv: kv[1]) if flips_by_class else None
+        where = f", {top[1]} in class {top[0]}" if top and neg and top[1] * 2 >= neg else ""
+        out.append(f"{neg} negative flip(s) (right in BASE, wrong in NEW){where}; {pos} positive flip(s).")
+    new = [f for f in findings if f.get("state") == "new"]
+    if new or resolved:
+        worst = max(new, key=lambda f: ("info", "warning", "error").index(f["severity"])) if new else None
+        out.append(f"{len(new)} new finding(s)" + (f", worst: {worst['title']}" if worst else "")
+                   + (f"; {len(resolved)} resolved." if resolved else "."))
+    return out
+
+
+def _span(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}" if len(names) > 3 else ", ".join(names)
+
+
+# --------------------------------------------------------------------------- the command
+
+@dataclass
+class CompareParts:
+    """What the page needs besides report.json."""
+
+    base: Resolved
+    new: Resolved
+    base_outcomes: Dict[str, Dict[str, Any]]
+    new_outcomes: Dict[str, Dict[str, Any]]
+    similarity: Dict[str, Dict[str, Any]]
+    filters: Any = None
+    cka: Any = None
+    agreement: Any = None
+    dataset: Any = None           # the images compared (probes, then dataset), for flip thumbnails
+    timings: Dict[str, float] = field(default_factory=dict)
+    labels_note: Optional[str] = None
+
+
+def compare(base: SpecSource, new: SpecSource, out_dir: Optional[Union[str, Path]] = None,
+            only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
+            quiet: bool = True, cache_dir: Optional[Path] = None,
+            budget: Union[None, float, str] = None) -> Report:
+    """Both models on NEW's inputs; writes OUT_DIR/index.html and report.json ("kind": "compare").
+
+    ``budget`` plans each model's sections as its own build would (so a compare
+    after both builds reuses their cached sections); the cross-model passes come on top.
+    """
+    with own_random_state():
+        return _compare(base, new, out_dir, only, device, use_cache, quiet, cache_dir, budget)
+
+
+def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, use_cache, quiet,
+             cache_dir, budget) -> Report:
+    progress = Progress(quiet)
+    new_spec, base_spec = load_spec(new_src), load_spec(base_src)
+    progress.log(f"reportgen: checking {new_spec.file} and {base_spec.file}")
+    new = resolve(new_spec, device)
+    base = resolve(base_on_new_inputs(base_spec, new_spec), device or new.device.type)
+    check_compatible(base, new)
+    target = _out_dir(new_spec, out_dir)
+    names = [n for n in selected_sections(new_spec, only) if base.spec["sections"].get(n) is not False]
+    timings: Dict[str, float] = {}
+    started = time.perf_counter()
+    progress.log("reportgen: BASE sections")
+    base_computed = compute_sections(base, names, use_cache, cache_dir, progress, budget)
+    progress.log("reportgen: NEW sections")
+    new_computed = compute_sections(new, names, use_cache, cache_dir, progress, budget)
+    base_out, new_out = base_computed.outcomes, new_computed.outcomes
+    timings["sections"] = time.perf_counter() - started
+
+    parts, comparison = _cross(base, new, base_out, new_out, timings, progress)
+    base_findings = [f for o in base_out.values() for f in o["findings"]]
+    new_findings = [f for o in new_out.values() for f in o["findings"]] + sanity_regressions(parts.similarity)
+    findings, resolved = diff_findings(new_findings, base_findings)
+    flips_by_class = _negative_flips_by_class(parts.agreement)
+    sentences = verdict(comparison, findings, resolved, flips_by_class)
+    data = _report_json(base_spec, new_spec, parts, comparison, findings, resolved, sentences, timings)
+    data["budget"] = {side: computed.budget_entry(sum(o["seconds"] for o in computed.outcomes.values()), None)
+                      for side, computed in (("base", base_computed), ("new", new_computed))}
+    from reportgen.render.compare import render_compare_page
+
+    page = render_compare_page(parts, data, sentences)
+    index, json_path = write_atomically(target, page, data)
+    progress.log(f"reportgen: wrote {index}")
+    results = {"base": {n: o["results"] for n, o in base_out.items()},
+               "new": {n: o["results"] for n, o in new_out.items()}}
+    return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
+                  resolved=resolved)
+
+
+def _cross(base: Resolved, new: Resolved, base_out, new_out, timings: Dict[str, float],
+           progress: Progress) -> Tuple[CompareParts, Dict[str, Any]]:
+    from reportgen.analyses.compare_pass import compare_pass, comparison_layers
+    from reportgen.analyses.weight_diff import architecture_mismatch, filter_difference, weight_change
+
+    t = time.perf_counter()
+    mismatch = architecture_mismatch(base.model, new.model)
+    same = not mismatch
+    weights = weight_change(base.model, new.model) if same else None
+    filters = None
+    if same:
+        try:
+            filters = filter_difference(base.model, new.model)
+        except ValueError:   # no convolution
+            filters = None
+    timings["weights"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    data, labels, label_info = compare_dataset(new)
+    new_layers = cka_layers(new)
+    base_layers = new_layers if same else cka_layers(base)
+    labelled = labels if (labels >= 0).any() else None
+    result = compare_pass(base.model, new.model, data, base_layers, new.classes,
+                          new_layers=new_layers, mode="pairs" if same else "matrix", labels=labelled,
+                          output_keys=(base.output_key, new.output_key),
+                          batch_size=int((new.spec["dataset"] or {}).get("batch_size", 64)),
+                          device=new.device, progress=progress, grid=CKA_GRID, max_features=CKA_MAX_FEATURES)
+    timings["dataset_pass"] = time.perf_counter() - t
+    order = execution_order(new)
+    order += [n for n, _ in new.model.named_modules() if n not in set(order)]
+    comparison = {
+        "same_architecture": same,
+        "architecture_differences": mismatch[:10],
+        "inputs": {"probes": label_info["probes"], "dataset": label_info["dataset"],
+                   "labels": label_info["rule"], "labels_note": label_info["note"]},
+        "predictions": result.predictions.predictions_json(),
+        "layers": comparison_layers(result.cka, weights, order=order),
+        "cka": result.cka.meta(),
+    }
+    if not same:
+        comparison["cka"]["matrix"] = {"base_layers": list(result.cka.base_layers),
+                                       "new_layers": list(result.cka.new_layers),
+                                       "values": [[None if not np.isfinite(v) else round(float(v), 4) for v in row]
+                                                  for row in result.cka.cka]}
+    similarity = explanation_similarity(base_out, new_out)
+    comparison["explanations"] = {s: {m: {k: v for k, v in d.items() if k != "maps"} for m, d in ms.items()}
+                                  for s, ms in similarity.items()}
+    parts = CompareParts(base, new, base_out, new_out, similarity, filters, result.cka, result.predictions,
+                         data, timings, label_info["note"])
+    return parts, comparison
+
+
+def _negative_flips_by_class(agreement) -> Dict[str, int]:
+    if agreement is None or agreement.negative_flips is None:
+        return {}
+    names = list(agreement.class_names)
+    counts: Dict[str, int] = {}
+    for label in agreement.negative.labels:
+        key = names[int(label)] if 0 <= int(label) < len(names) else str(label)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _side(spec: Spec, res: Resolved) -> Dict[str, Any]:
+    from reportgen.render.page import model_source
+
+    return {"title": spec["title"], "spec_digest": spec.digest,
+            "model": {"source": model_source(spec), "input_size": list(res.input_size),
+                      "num_classes": res.num_classes,
+                      "audit_checkpoint": (res.checkpoints[res.audit_index].label
+                                           if res.audit_index is not None else None)}}
+
+
+def _report_json(base_spec: Spec, new_spec: Spec, parts: CompareParts, comparison: Dict[str, Any],
+                 findings, resolved, sentences: List[str], timings: Dict[str, float]) -> Dict[str, Any]:
+    from reportgen.render.page import _finite, section_summaries
+
+    sections = {}
+    for name in parts.new_outcomes:
+        sections[name] = {"base": section_summaries(parts.base_outcomes).get(name),
+                          "new": section_summaries(parts.new_outcomes)[name]}
+    data = {
+        "reportgen": __version__, "kind": "compare",
+        "base": _side(base_spec, parts.base), "new": _side(new_spec, parts.new),
+        "inputs_note": "Both models ran on NEW's probes and dataset; BASE's probes and dataset are ignored.",
+        "comparison": comparison, "verdict": sentences, "sections": sections,
+        "findings": findings, "resolved": resolved,
+        "flips_by_class": _negative_flips_by_class(parts.agreement),
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    return _finite(data)
