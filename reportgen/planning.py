@@ -138,25 +138,29 @@ def _words(section: str, option: str) -> str:
     return OPTION_WORDS.get((section, option)) or OPTION_WORDS.get(option) or option.replace("_", " ")
 
 
-def note(section: str, plan: bud.Plan) -> Optional[str]:
-    """One sentence for the section's caption: what was chosen automatically, and why.
+def note(section: str, plan: bud.Plan, actual_s: Optional[float] = None) -> Optional[str]:
+    """The caption's sentences: what was chosen automatically, why, and its estimated time.
 
-    A function of the choices and the budget only (the estimates behind them are in
-    report.json): the choices key the section cache, so a rebuild that hits it is
-    byte-identical.
+    The estimate comes from the stored throughput (kept across rebuilds within
+    its tolerance), so a rebuild on the same machine writes the same sentence;
+    the actual time changes every run and is added only when the spec asks for
+    run-specific text (``output.timestamp``). report.json always has both.
     """
     sp = plan.sections.get(section)
     if sp is None or not sp.auto:
         return None
     chosen = ", ".join(f"{_words(section, o)} {_value(sp.choices[o])}" for o in sp.auto)
     budget = bud.duration(plan.budget_s)
+    took = f", took {bud.duration(actual_s)}" if actual_s is not None else ""
+    estimate = f" Estimated {bud.duration(sp.estimated_s)} on this machine{took}."
     if not sp.scaled:
-        return f"Automatic settings: {chosen}, the full settings, which fit the build's {budget} time budget."
+        return (f"Automatic settings: {chosen}, the full settings, which fit the build's {budget} time budget."
+                + estimate)
     best = ", ".join(f"{_words(section, o)} {_value(sp.best[o])}" for o in sp.scaled)
     why = (f"as far as automatic settings go, to come as close as this machine allows to the build's {budget} "
-           "time budget (report.json has the estimates)" if sp.lowest
-           else f"so the build fits its {budget} time budget")
-    return f"Automatic settings: {chosen}, scaled down from {best}, {why}."
+           "time budget" if sp.lowest else f"so the build fits its {budget} time budget")
+    return (f"Automatic settings: {chosen}, scaled down from {best} (estimated {bud.duration(sp.full_s)}), "
+            f"{why}.{estimate}")
 
 
 def section_entry(section: str, plan: Optional[bud.Plan], seconds: float, cached: bool,
@@ -177,7 +181,8 @@ def section_entry(section: str, plan: Optional[bud.Plan], seconds: float, cached
 def annotate(outcomes: Dict[str, Dict[str, Any]], ctx: Any) -> None:
     """Each outcome's caption sentence (``budget_note``) and report.json entry (``budget``)."""
     for name, outcome in outcomes.items():
-        outcome["budget_note"] = note(name, ctx.plan) if outcome["view"] is not None and ctx.plan else None
+        actual = outcome["seconds"] if ctx.spec["output"]["timestamp"] and not outcome["cached"] else None
+        outcome["budget_note"] = note(name, ctx.plan, actual) if outcome["view"] is not None and ctx.plan else None
         outcome["budget"] = section_entry(name, ctx.plan, outcome["seconds"], outcome["cached"],
                                           ctx.page_share(name))
 

@@ -61,7 +61,7 @@ def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
     assert data["sections"]["featureviz"]["steps"] == 128
     page = Path(data and build(spec, tmp_path, only=["gradients"]).path).read_text()
     assert "Automatic settings: integrated-gradients steps 32, SmoothGrad samples 16, deletion/insertion " \
-           "steps 32, the full settings, which fit the build&#39;s 90 s time budget." in page
+           "steps 32, the full settings, which fit the build&#39;s 90 s time budget. Estimated " in page
 
 
 def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeypatch):
@@ -108,7 +108,17 @@ def test_a_slow_machine_scales_auto_settings_down_and_says_why(tmp_path, speed):
     assert report.data["sections"]["gradients"]["faithfulness"]["steps"] == grads["choices"]["faithfulness_steps"]
     assert report.data["budget"]["seconds"] == 60 and report.data["budget"]["source"] == "--budget"
     page = report.path.read_text()
-    assert "scaled down from integrated-gradients steps 32, deletion/insertion steps 32" in page
+    assert "scaled down from integrated-gradients steps 32, deletion/insertion steps 32 (estimated " in page
+    estimate = f"Estimated {bud.duration(grads['estimated_s'])} on this machine."
+    assert estimate in page and ", took " not in page   # actual time only with output.timestamp
+
+
+def test_caption_adds_the_actual_time_when_the_spec_asks_for_run_specific_text(tmp_path, speed):
+    spec = make_project(tmp_path, GOOD + "output: {timestamp: true}\n")
+    speed(SLOW)
+    report = build(spec, tmp_path, only=["gradients"], budget=60, use_cache=False)
+    took = report.data["sections"]["gradients"]["budget"]["actual_s"]
+    assert f"on this machine, took {bud.duration(took)}." in report.path.read_text()
 
 
 def test_a_written_setting_is_honoured_with_an_estimate_when_long(tmp_path, speed, capsys):
