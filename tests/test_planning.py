@@ -285,3 +285,17 @@ def test_nothing_to_plan_spends_no_pass_on_timing(tmp_path, monkeypatch):
     data = build(spec, tmp_path, only=["summary", "filters"]).data
     assert data["budget"]["throughput"]["source"] == "not measured"
     assert "budget" not in data["sections"]["summary"]
+
+
+def test_compare_plans_each_model_as_its_build_did_and_reuses_its_sections(tmp_path, speed):
+    """A compare with the builds' budget finds both models' planned sections in the cache."""
+    spec = make_project(tmp_path)
+    speed(SLOW)
+    built = build(spec, tmp_path, only=["gradients"], budget=60)
+    report = reportgen.compare(spec, spec, out_dir=tmp_path / "cmp", only=["gradients"], budget=60,
+                               cache_dir=tmp_path / "cache")
+    planned = built.data["sections"]["gradients"]["budget"]["choices"]
+    for side in ("base", "new"):
+        assert report.data["budget"][side]["seconds"] == 60 and report.data["budget"][side]["source"] == "--budget"
+        assert report.data["sections"]["gradients"][side]["budget"]["choices"] == planned
+        assert report.data["sections"]["gradients"][side]["budget"]["cached"] is True
