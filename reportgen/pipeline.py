@@ -11,7 +11,6 @@ import html
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from reportgen import __version__
+from reportgen.atomic import atomic_write
 from reportgen.baseline import diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
@@ -281,26 +281,11 @@ def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache
     return outcomes
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_atomically(out_dir: Path, page: str, data: Dict[str, Any]) -> tuple:
     """Write report.json then index.html, each by rename: readers never see half a file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "report.json"
     index = out_dir / "index.html"
-    _atomic_write(json_path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    _atomic_write(index, page)
+    atomic_write(json_path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write(index, page)
     return index, json_path
