@@ -33,7 +33,7 @@ from reportgen.spec.resolve import Resolved, resolve
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """What `reportgen.build` returns."""
 
@@ -45,9 +45,27 @@ class Report:
     resolved: List[Dict[str, Any]] = field(default_factory=list)   # baseline findings now gone
 
     def _repr_html_(self) -> str:
+        """The report inline in Jupyter: a sandboxed iframe whose ``srcdoc`` holds the whole page.
+
+        The notebook file then carries the report (it survives nbviewer, a download, a
+        review); the sandbox gives it an opaque origin, so it cannot reach the notebook.
+        """
         doc = self.path.read_text(encoding="utf-8")
-        return (f'<iframe srcdoc="{html.escape(doc, quote=True)}" '
-                'style="width:100%;height:800px;border:0"></iframe>')
+        title = html.escape(self._title(), quote=True)
+        return (f'<iframe title="{title}" sandbox="allow-scripts" srcdoc="{html.escape(doc, quote=True)}" '
+                'style="width:100%;height:80vh;min-height:480px;border:1px solid #d1d9e0;border-radius:4px">'
+                '</iframe>')
+
+    def __repr__(self) -> str:
+        """One line for a console (the dataclass default would print every result array)."""
+        counts = {s: sum(1 for f in self.findings if f["severity"] == s) for s in ("error", "warning", "info")}
+        found = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
+        return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
+
+    def _title(self) -> str:
+        from reportgen.publish import title_of
+
+        return title_of(self.data)
 
     def worst_severity(self) -> Optional[str]:
         ranks = [SEVERITY_RANK[f["severity"]] for f in self.findings]
