@@ -31,6 +31,7 @@ from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+SIZE_WARNING_BYTES = 10 * 1024 * 1024   # a site of a hundred such reports is a gigabyte
 
 
 @dataclass(repr=False)
@@ -262,17 +263,32 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     res = resolve(spec, device)
     target_dir = _out_dir(spec, out_dir)
     outcomes = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress)
-    from reportgen.render.page import render_page, report_json
+    from reportgen.render.page import page_size, render_page, report_json
 
     findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
                                        previous["findings"] if previous else None)
     page = render_page(res, outcomes, findings, resolved, previous)
     data = report_json(res, outcomes, findings, resolved, previous)
+    data["size"] = page_size(page, list(outcomes))
+    warn_if_heavy(data["size"])
     index, json_path = write_atomically(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o["results"] for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
                   resolved=resolved)
+
+
+def warn_if_heavy(size: Dict[str, Any]) -> None:
+    """On stderr, even under --quiet (it is not progress): a report over SIZE_WARNING_BYTES,
+    naming its heaviest sections. Not a finding: it must not trip --fail-on."""
+    if size["bytes"] <= SIZE_WARNING_BYTES:
+        return
+    heavy = sorted(size["sections"].items(), key=lambda kv: -kv[1])[:3]
+    names = ", ".join(f"{n} {b / 2**20:.1f} MB" for n, b in heavy)
+    print(f"reportgen: warning: index.html is {size['bytes'] / 2**20:.1f} MB, over "
+          f"{SIZE_WARNING_BYTES // 2**20} MB (a site of many such reports gets slow to load and to clone); "
+          f"heaviest sections: {names}. To shrink it see the README, \"Keeping reports small\" "
+          "(--only, fewer probes, smaller section options).", file=sys.stderr)
 
 
 def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache_dir: Optional[Path],
