@@ -38,6 +38,13 @@ def md(text: Any, limit: int = CELL_LIMIT) -> str:
     return _URI_SCHEME.sub(r"\1&#58;", s)       # shown as "data:", never a link or an image source
 
 
+def code(text: Any, limit: int = 120) -> str:
+    """A name (a layer) as a code span in a table cell: shown verbatim, so only the span's own
+    delimiter and the cell's pipe are neutralized."""
+    s = " ".join(str(text).split())[:limit].replace("`", "'").replace("|", "\\|")
+    return f"`{s}`"
+
+
 def _num(value: Any) -> str:
     from reportgen.render.site import metric_text
 
@@ -84,7 +91,7 @@ def finding_rows(data: Dict[str, Any]) -> Tuple[List[str], List[str]]:
             else ["| Severity | Finding | Evidence | Where |", "| --- | --- | --- | --- |"])
     rows = []
     for f in ordered_findings(data):
-        where = md(f.get("section", "")) + (f" · `{md(f['layer'], 120)}`" if f.get("layer") else "")
+        where = md(f.get("section", "")) + (f" · {code(f['layer'])}" if f.get("layer") else "")
         cells = ([f"**{f['state']}**" if f["state"] == "new" else f["state"]] if states else [])
         cells += [f["severity"], md(f["title"]), md(f["evidence"]), where]
         rows.append("| " + " | ".join(cells) + " |")
@@ -115,7 +122,7 @@ def change_tables(data: Dict[str, Any]) -> List[Tuple[List[str], List[str]]]:
                     if v.get("new_accuracy") is not None and v.get("base_accuracy") is not None),
                    key=lambda kv: kv[1])[:LARGEST_CHANGES]
     tables = [(["| Layer | Weight change | CKA (BASE vs NEW) |", "| --- | --: | --: |"],
-               [f"| `{md(name, 120)}` | {_pct(v.get('weight_change'))} | {_num(v.get('cka'))} |"
+               [f"| {code(name)} | {_pct(v.get('weight_change'))} | {_num(v.get('cka'))} |"
                 for name, v in top]),
               (["| Class | Accuracy change |", "| --- | --: |"],
                [f"| {md(k, 120)} | {d:+.1%} |" for k, d in drops])]
