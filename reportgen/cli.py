@@ -64,10 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a small CNN on a generated shapes task and build its report",
                        description="Generate a shapes task with known answers, train a small CNN on the "
-                       "CPU, save checkpoints, probes and a spec to OUT_DIR, then build its report. "
+                       "CPU, save checkpoints, probes and a spec to OUT_DIR, then build its report "
+                       "(OUT_DIR/site), a compare with its mid-training checkpoint (OUT_DIR/compare) and "
+                       "publish both to a site (OUT_DIR/public, whose index.html path is printed last). "
                        "A second run reuses what the first made.")
     d.add_argument("-o", "--out", dest="out_dir", default="reportgen-demo", metavar="OUT_DIR",
-                   help="folder for the demo's data, checkpoints, spec and site (default: ./reportgen-demo)")
+                   help="folder for the demo's data, checkpoints, spec, reports and site (default: ./reportgen-demo)")
     d.add_argument("--quiet", action="store_true", help="no progress on stderr")
     d.add_argument("--no-cache", action="store_true", help="recompute every section")
 
