@@ -40,10 +40,12 @@ def _svg(body: str, label: str) -> str:
 
 
 def _axis(lo: float, hi: float, name: str) -> str:
+    """The baseline and the lowest and highest values (one label when all values are equal)."""
     y0, y1 = CHART_H - PAD + 10, PAD - 14
+    ticks = [(y1 + 4, hi), (y0, lo)] if hi > lo else [((y0 + y1) / 2 + 4, hi)]
     return (f'<line x1="{PAD}" y1="{y0}" x2="{CHART_W - PAD}" y2="{y0}" class="axis"/>'
-            f'<text x="{PAD - 4}" y="{y1 + 4}" class="tick" text-anchor="end">{escape(metric_text(name, hi))}</text>'
-            f'<text x="{PAD - 4}" y="{y0}" class="tick" text-anchor="end">{escape(metric_text(name, lo))}</text>')
+            + "".join(f'<text x="{PAD - 4}" y="{y:.1f}" class="tick" text-anchor="end">'
+                      f'{escape(metric_text(name, v))}</text>' for y, v in ticks))
 
 
 def metric_chart(builds: Sequence[Dict[str, Any]], name: str) -> str:
