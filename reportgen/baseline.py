@@ -33,24 +33,33 @@ def baseline_path(path: Union[str, Path]) -> Path:
 
 def load_baseline(path: Union[str, Path]) -> Dict[str, Any]:
     """The previous report.json, checked to be one of ours; InputError (exit 2) naming the file otherwise."""
+    return load_report(path, "baseline")
+
+
+def load_report(path: Union[str, Path], role: str = "report") -> Dict[str, Any]:
+    """A report.json (or the folder holding one) checked to be one of ours: a version and findings.
+
+    ``role`` names the file in messages ("baseline", "report"); anything else is
+    an InputError (exit 2) naming the file.
+    """
     p = baseline_path(path)
     if not p.is_file():
-        raise InputError("baseline report not found (give a report.json or the folder that holds it)", p)
+        raise InputError(f"{role} report not found (give a report.json or the folder that holds it)", p)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise InputError("baseline is not UTF-8 text, so not a reportgen report.json", p) from None
+        raise InputError(f"{role} is not UTF-8 text, so not a reportgen report.json", p) from None
     except json.JSONDecodeError as e:
-        raise InputError(f"baseline is not valid JSON (line {e.lineno}: {e.msg})", p) from None
+        raise InputError(f"{role} is not valid JSON (line {e.lineno}: {e.msg})", p) from None
     if not isinstance(data, dict) or "reportgen" not in data or not isinstance(data.get("findings"), list):
-        raise InputError("baseline is not a reportgen report.json (no 'reportgen' version and 'findings' "
+        raise InputError(f"{role} is not a reportgen report.json (no 'reportgen' version and 'findings' "
                          "list)", p)
     for i, f in enumerate(data["findings"]):
         missing = [k for k in _REQUIRED_FINDING_KEYS if not isinstance(f, dict) or k not in f]
         if missing:
-            raise InputError(f"baseline findings[{i}] lacks {', '.join(missing)}: not a reportgen report.json", p)
+            raise InputError(f"{role} findings[{i}] lacks {', '.join(missing)}: not a reportgen report.json", p)
         if f["severity"] not in SEVERITIES:
-            raise InputError(f"baseline findings[{i}] has severity {f['severity']!r}, not one of "
+            raise InputError(f"{role} findings[{i}] has severity {f['severity']!r}, not one of "
                              f"{', '.join(SEVERITIES)}", p)
     return data
 

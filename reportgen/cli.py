@@ -1,4 +1,4 @@
-"""The `reportgen` command: build, validate, demo (SPEC.md, "Command line").
+"""The `reportgen` command: build, compare, validate, demo, publish, summary (SPEC.md, "Command line").
 
 Exit codes: 0 ok, 1 a bug (traceback shown, it is ours), 2 bad spec or input
 (one clear message, no traceback), 3 a --fail-on gate tripped.
@@ -67,12 +67,42 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a small CNN on a generated shapes task and build its report",
                        description="Generate a shapes task with known answers, train a small CNN on the "
-                       "CPU, save checkpoints, probes and a spec to OUT_DIR, then build its report. "
+                       "CPU, save checkpoints, probes and a spec to OUT_DIR, then build its report "
+                       "(OUT_DIR/site), a compare with its mid-training checkpoint (OUT_DIR/compare) and "
+                       "publish both to a site (OUT_DIR/public, whose index.html path is printed last). "
                        "A second run reuses what the first made.")
     d.add_argument("-o", "--out", dest="out_dir", default="reportgen-demo", metavar="OUT_DIR",
-                   help="folder for the demo's data, checkpoints, spec and site (default: ./reportgen-demo)")
+                   help="folder for the demo's data, checkpoints, spec, reports and site (default: ./reportgen-demo)")
     d.add_argument("--quiet", action="store_true", help="no progress on stderr")
     d.add_argument("--no-cache", action="store_true", help="recompute every section")
+
+    pub = sub.add_parser("publish", help="add reports to a static site (GitHub Pages): SITE/reports/<ID>/, "
+                         "manifest.json, index.html",
+                         description="Copy each REPORT_DIR's index.html and report.json to "
+                         "SITE_DIR/reports/<ID>/ and rewrite SITE_DIR/manifest.json and SITE_DIR/index.html "
+                         "(a sortable, filterable list of every published report). Other files are left "
+                         "byte-identical; publishing an existing ID replaces it.")
+    pub.add_argument("report_dirs", nargs="+", metavar="REPORT_DIR",
+                     help="a folder `reportgen build` or `reportgen compare` wrote")
+    pub.add_argument("--site", required=True, metavar="SITE_DIR", help="the site's folder (created if need be)")
+    pub.add_argument("--id", dest="report_id", metavar="ID",
+                     help="the report's ID (one REPORT_DIR only; default: a slug of the title plus the first "
+                          "8 hex digits of its spec digest)")
+    pub.add_argument("--keep", type=int, metavar="N",
+                     help="keep the N newest builds and N newest compares, and every build a kept compare "
+                          "links to; drop the rest")
+
+    s = sub.add_parser("summary", help="GitHub-flavoured Markdown of a report, for a PR comment or "
+                       "$GITHUB_STEP_SUMMARY",
+                       description="Print a report's verdict, findings with their states, key numbers and "
+                       "(for a compare) largest changes as GitHub-flavoured Markdown, under 65,536 "
+                       "characters, starting with a <!-- reportgen:ID --> marker line.")
+    s.add_argument("report", metavar="REPORT", help="a report folder or its report.json")
+    s.add_argument("-o", "--out", dest="out_file", metavar="FILE", help="write to FILE instead of stdout")
+    s.add_argument("--link", metavar="URL", help="link the full (published) report")
+    s.add_argument("--id", dest="report_id", metavar="ID",
+                   help="the marker's ID (default: the report's publish ID); a fixed one such as "
+                        "pr-review lets a workflow update one comment across pushes")
     return p
 
 
@@ -140,6 +170,43 @@ def cmd_demo(args) -> int:
     review = compare(mid_training_spec(spec_path), spec_path, out_dir=out / "compare",
                      only=list(COMPARE_SECTIONS), use_cache=not args.no_cache, quiet=args.quiet)
     print(review.path)
+    from reportgen.publish import publish
+
+    site = publish([report.path.parent, review.path.parent], out / "public")
+    print(site.index)
+    return EXIT_OK
+
+
+def cmd_publish(args) -> int:
+    from reportgen.publish import publish
+
+    done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep)
+    for rid in done.written:
+        print(f"reportgen: published {rid}", file=sys.stderr)
+    for rid in done.dropped:
+        print(f"reportgen: dropped {rid} (--keep {args.keep})", file=sys.stderr)
+    print(done.index)
+    return EXIT_OK
+
+
+def cmd_summary(args) -> int:
+    from reportgen.baseline import load_report
+    from reportgen.publish import check_id
+    from reportgen.summary import summary_markdown
+
+    data = load_report(args.report, "report")
+    text = summary_markdown(data, report_id=check_id(args.report_id) if args.report_id else None,
+                            link=args.link)
+    if args.out_file:
+        from reportgen.errors import InputError
+        from reportgen.atomic import atomic_write
+
+        out = Path(args.out_file)
+        if not out.parent.is_dir():
+            raise InputError("-o: its folder does not exist", out)
+        atomic_write(out, text)
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -150,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     handler = {"build": cmd_build, "compare": cmd_compare, "validate": cmd_validate,
-               "demo": cmd_demo}[args.command]
+               "demo": cmd_demo, "publish": cmd_publish, "summary": cmd_summary}[args.command]
     try:
         return handler(args)
     except ReportgenError as e:

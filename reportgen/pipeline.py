@@ -11,7 +11,6 @@ import html
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 
 from reportgen import __version__, planning
 from reportgen.analyses import budget as bud
+from reportgen.atomic import atomic_write
 from reportgen.baseline import diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
@@ -32,9 +32,10 @@ from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+SIZE_WARNING_BYTES = 10 * 1024 * 1024   # a site of a hundred such reports is a gigabyte
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """What `reportgen.build` returns."""
 
@@ -46,9 +47,27 @@ class Report:
     resolved: List[Dict[str, Any]] = field(default_factory=list)   # baseline findings now gone
 
     def _repr_html_(self) -> str:
+        """The report inline in Jupyter: a sandboxed iframe whose ``srcdoc`` holds the whole page.
+
+        The notebook file then carries the report (it survives nbviewer, a download, a
+        review); the sandbox gives it an opaque origin, so it cannot reach the notebook.
+        """
         doc = self.path.read_text(encoding="utf-8")
-        return (f'<iframe srcdoc="{html.escape(doc, quote=True)}" '
-                'style="width:100%;height:800px;border:0"></iframe>')
+        title = html.escape(self._title(), quote=True)
+        return (f'<iframe title="{title}" sandbox="allow-scripts" srcdoc="{html.escape(doc, quote=True)}" '
+                'style="width:100%;height:80vh;min-height:480px;border:1px solid #d1d9e0;border-radius:4px">'
+                '</iframe>')
+
+    def __repr__(self) -> str:
+        """One line for a console (the dataclass default would print every result array)."""
+        counts = {s: sum(1 for f in self.findings if f["severity"] == s) for s in ("error", "warning", "info")}
+        found = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
+        return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
+
+    def _title(self) -> str:
+        from reportgen.publish import title_of
+
+        return title_of(self.data)
 
     def worst_severity(self) -> Optional[str]:
         ranks = [SEVERITY_RANK[f["severity"]] for f in self.findings]
@@ -264,22 +283,34 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     target_dir = _out_dir(spec, out_dir)
     computed = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress, budget)
     outcomes = computed.outcomes
-    from reportgen.render.page import render_page, report_json
+    from reportgen.render.page import page_size, render_page, report_json
 
     findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
                                        previous["findings"] if previous else None)
     page = render_page(res, outcomes, findings, resolved, previous)
-    size = len(page.encode("utf-8"))
-    warning = planning.page_warning(page, size)
-    if warning:
-        planning.warn(warning)
+    size = page_size(page, list(outcomes))
+    warn_if_heavy(size)
     data = report_json(res, outcomes, findings, resolved, previous,
-                       budget=computed.budget_entry(time.perf_counter() - started, size))
+                       budget=computed.budget_entry(time.perf_counter() - started, size["bytes"]))
+    data["size"] = size
     index, json_path = write_atomically(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o["results"] for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
                   resolved=resolved)
+
+
+def warn_if_heavy(size: Dict[str, Any]) -> None:
+    """On stderr, even under --quiet (it is not progress): a report over SIZE_WARNING_BYTES,
+    naming its heaviest sections. Not a finding: it must not trip --fail-on."""
+    if size["bytes"] <= SIZE_WARNING_BYTES:
+        return
+    heavy = sorted(size["sections"].items(), key=lambda kv: -kv[1])[:3]
+    names = ", ".join(f"{n} {b / 2**20:.1f} MB" for n, b in heavy)
+    print(f"reportgen: warning: index.html is {size['bytes'] / 2**20:.1f} MB, over "
+          f"{SIZE_WARNING_BYTES // 2**20} MB (a site of many such reports gets slow to load and to clone); "
+          f"heaviest sections: {names}. To shrink it see the README, \"Keeping reports small\" "
+          "(--only, fewer probes, smaller section options).", file=sys.stderr)
 
 
 @dataclass
@@ -346,26 +377,11 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_atomically(out_dir: Path, page: str, data: Dict[str, Any]) -> tuple:
     """Write report.json then index.html, each by rename: readers never see half a file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "report.json"
     index = out_dir / "index.html"
-    _atomic_write(json_path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    _atomic_write(index, page)
+    atomic_write(json_path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write(index, page)
     return index, json_path

@@ -11,10 +11,9 @@ was chosen and why.
 from __future__ import annotations
 
 import platform
-import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -196,25 +195,6 @@ def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, 
     if page_size is not None:
         out["page"] = {"bytes": page_size, "budget_bytes": page_budget, "shares": dict(shares)}
     return out
-
-
-def section_bytes(page: str) -> List[Tuple[str, int]]:
-    """(section, bytes) of each ``<section id=...>`` of the page, heaviest first."""
-    out = []
-    for m in re.finditer(r'<section id="([^"]+)" class="section[^"]*">', page):
-        end = page.find("</section>", m.end())
-        out.append((m.group(1), len(page[m.start():end].encode("utf-8"))))
-    return sorted(out, key=lambda nb: (-nb[1], nb[0]))
-
-
-def page_warning(page: str, size: int) -> Optional[str]:
-    """The build-time warning for a page over WARN_PAGE_BYTES, naming its heaviest sections."""
-    if size <= bud.WARN_PAGE_BYTES:
-        return None
-    heavy = ", ".join(f"{name} {b / 1e6:.1f} MB" for name, b in section_bytes(page)[:3])
-    return (f"reportgen: warning: the report is {size / 1e6:.1f} MB (over {bud.WARN_PAGE_BYTES / 1e6:.0f} MB); "
-            f"heaviest sections: {heavy}. Lower output.page_budget, or show less (fewer probes, "
-            "sections.activations.max_channels)")
 
 
 def warn(message: str) -> None:

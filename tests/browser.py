@@ -142,19 +142,25 @@ def chromium_available() -> bool:
     return find_chromium() is not None and find_chromedriver() is not None
 
 
-def _chrome_options(binary: str, profile_dir: str) -> Any:
+def _chrome_options(binary: str, profile_dir: str, loopback: bool = False) -> Any:
+    """``loopback``: let 127.0.0.1 through (a page served by a local http.server); every other
+    host still goes to the dead proxy and resolves nowhere."""
     from selenium.webdriver.chrome.options import Options
 
     options = Options()
     options.binary_location = binary
-    for flag in QUIET_FLAGS + NETWORK_KILL_FLAGS:
+    kill = NETWORK_KILL_FLAGS
+    if loopback:
+        kill = [f + ", EXCLUDE 127.0.0.1" if f.startswith("--host-resolver-rules") else f
+                for f in kill if not f.startswith("--proxy-bypass-list")]
+    for flag in QUIET_FLAGS + kill:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     return options
 
 
-def _start_driver(profile_dir: str) -> Any:
+def _start_driver(profile_dir: str, loopback: bool = False) -> Any:
     """Start chromedriver+chromium without Selenium Manager ever going online."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -164,7 +170,7 @@ def _start_driver(profile_dir: str) -> Any:
     if binary is None or driver_path is None:
         raise RuntimeError("chromium/chromedriver not found; see chromium_available()")
     service = Service(executable_path=driver_path, log_output=subprocess.DEVNULL)
-    return webdriver.Chrome(service=service, options=_chrome_options(binary, profile_dir))
+    return webdriver.Chrome(service=service, options=_chrome_options(binary, profile_dir, loopback))
 
 
 def _urls_from_perf_entry(entry: Dict[str, Any]) -> List[str]:
@@ -210,10 +216,10 @@ class BrowserSession:
     when a check raises: leftover chromium processes pile up in CI otherwise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loopback: bool = False) -> None:
         self._profile_dir = tempfile.mkdtemp(prefix="reportgen-chromium-")
         try:
-            self.driver = _start_driver(self._profile_dir)
+            self.driver = _start_driver(self._profile_dir, loopback)
             self._cdp("Network.enable", {})
             self._cdp("Network.setBlockedURLs", {"urls": BLOCKED_URL_PATTERNS})
         except BaseException:
@@ -284,7 +290,12 @@ class BrowserSession:
     def check(self, html_path: Path, screenshot: Path, width: int = 1280,
               height: int = 2000) -> BrowserResult:
         """Open html_path from file:// and report requests, errors, screenshot."""
-        page_url = Path(html_path).resolve().as_uri()
+        return self.check_url(Path(html_path).resolve().as_uri(), screenshot, width, height)
+
+    def check_url(self, page_url: str, screenshot: Path, width: int = 1280,
+                  height: int = 2000) -> BrowserResult:
+        """Open page_url (file://, or http://127.0.0.1 in a ``loopback`` session) and report
+        every other URL it tries, its console errors and a screenshot."""
         self._reset(width, height)
         self.driver.get(page_url)
         entries = self._settle()

@@ -222,7 +222,8 @@ def test_python_api_accepts_a_dict(tmp_path, monkeypatch):
     assert report.path == tmp_path / "out" / "index.html" and report.path.exists()
     assert report.data["model"]["audit_checkpoint"] == "epoch_1"
     # a notebook shows the page itself, sandboxed in an iframe's srcdoc
-    frame = re.fullmatch(r'<iframe srcdoc="([^"<>]*)" style="[^"]*"></iframe>', report._repr_html_())
+    frame = re.fullmatch(r'<iframe title="tiny" sandbox="allow-scripts" srcdoc="([^"<>]*)" style="[^"]*"></iframe>',
+                         report._repr_html_())
     assert frame, report._repr_html_()[:200]
     assert htmllib.unescape(frame.group(1)) == report.path.read_text()
 

@@ -46,12 +46,13 @@ def test_demo_report_is_small_and_accurate(demo):
 
 
 @pytest.mark.slow
-def test_second_demo_run_reuses_the_model(demo):
+def test_second_demo_run_reuses_the_model(demo, capsys):
     out, first = demo
     before = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")}
     started = time.perf_counter()
     assert main(["demo", "-o", str(out), "--quiet"]) == 0
     assert time.perf_counter() - started < first
+    assert capsys.readouterr().out.splitlines()[-1] == str(out / "public" / "index.html")
     assert {p: p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*.pt")} == before
 
 
@@ -73,3 +74,17 @@ def test_demo_also_writes_a_compare_of_its_mid_training_checkpoint(demo, capsys)
     p = data["comparison"]["predictions"]
     assert p["n"] > 100 and p["negative_flips"] is not None and p["positive_flips"] >= p["negative_flips"]
     assert data["verdict"] and (out / "compare" / "index.html").stat().st_size < 3 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_demo_publishes_its_report_and_its_compare(demo):
+    out, _ = demo
+    site = out / "public"
+    reports = json.loads((site / "manifest.json").read_text())["reports"]
+    assert sorted(r["kind"] for r in reports) == ["build", "compare"]
+    build = next(r for r in reports if r["kind"] == "build")
+    compare = next(r for r in reports if r["kind"] == "compare")
+    assert compare["compares"]["new"] == build["id"]           # the compare links its NEW build
+    for r in reports:
+        assert (site / r["path"]).read_bytes() == (out / ("site" if r is build else "compare") / "index.html").read_bytes()
+    assert (site / "index.html").stat().st_size < 200_000

@@ -252,15 +252,6 @@ def test_the_page_budget_shrinks_activation_grids(tmp_path, speed):
     assert {la["channels_shown"] for la in honoured.data["sections"]["activations"]["per_layer"].values()} == {24}
 
 
-def test_a_heavy_page_warns_naming_its_heaviest_sections():
-    page = ('<section id="activations" class="section">' + "x" * 7_000_000 + "</section>"
-            '<section id="cam" class="section">' + "y" * 4_000_000 + "</section>")
-    warning = planning.page_warning(page, len(page))
-    assert warning.startswith("reportgen: warning: the report is 11.0 MB")
-    assert "activations 7.0 MB, cam 4.0 MB" in warning
-    assert planning.page_warning("small", 5) is None
-
-
 def test_gradient_batches_shrink_to_the_memory_budget(make_cnn, monkeypatch):
     """Big inputs (512 px on ResNet-50): a backward pass keeps every layer's output, per image."""
     from types import SimpleNamespace

@@ -59,9 +59,8 @@ BACKWARD_RATIO = 3.0        # a forward + backward pass over a forward pass, whe
 LONG_FRACTION = 0.25
 LONG_MIN_S = 10.0
 # Page budget: 5 MB keeps a report quick to open and under the size forges and mail
-# gateways take without complaint; above WARN_PAGE_BYTES the build names the heaviest sections.
+# gateways take without complaint (above 10 MB the build warns: pipeline.SIZE_WARNING_BYTES).
 DEFAULT_PAGE_MB = 5.0
-WARN_PAGE_BYTES = 10_000_000
 # Share of the page budget kept for what no section shrinks: text, tables, the architecture
 # graph, the theme.
 PAGE_RESERVE_FRACTION = 0.15

@@ -92,6 +92,17 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
     return env.get_template("report.html.j2").render(**context)
 
 
+def page_size(page: str, names: Sequence[str]) -> Dict[str, Any]:
+    """The page's bytes and each section's share (from its <section> tag to the next one):
+    what to trim when a report gets too heavy to publish by the hundred."""
+    found = {n: page.find(f'<section id="{n}" class="section section-{n}">') for n in names}
+    marks = sorted((i, n) for n, i in found.items() if i >= 0)
+    end = page.find("</main>", marks[-1][0]) if marks else -1
+    ends = [i for i, _ in marks[1:]] + [end if end >= 0 else len(page)]
+    sections = {n: len(page[i:j].encode("utf-8")) for (i, n), j in zip(marks, ends)}
+    return {"bytes": len(page.encode("utf-8")), "sections": dict(sorted(sections.items()))}
+
+
 def _finite(obj: Any) -> Any:
     """JSON has no NaN/Infinity: they become null so strict parsers accept the file."""
     if isinstance(obj, float):
