@@ -369,6 +369,10 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     ctx.page_shares = planning.page_shares(sections, ctx, page_bytes)
     for line in ctx.plan.long:
         planning.warn(line)
+    if ctx.plan.over:
+        planning.warn(f"reportgen: even the lowest automatic settings take about {bud.duration(ctx.plan.planned_s)}, "
+                      f"over the {bud.duration(seconds)} budget less its reserve: expect a longer build, or raise "
+                      "--budget, build fewer probes or sections (--only), or use --device cuda")
     how = {"reference": "priced from its MACs (a small model)", "stored": "as measured before",
            "not measured": "not measured (no setting to plan)"}.get(rate.source, "measured")
     progress.log(f"reportgen: budget {bud.duration(seconds)} ({source}); {rate.forward_s:.3g} s forward, "

@@ -132,6 +132,7 @@ def test_a_written_setting_is_honoured_with_an_estimate_when_long(tmp_path, spee
     assert occ["budget"]["choices"]["window"] == 4 and occ["budget"]["choices"]["stride"] == 2
     assert occ["methods"]["occlusion"]["settings"]["window"] == [4, 4]
     assert "window" not in occ["budget"]["auto"]
+    assert report.data["budget"]["over"] and "reportgen: even the lowest automatic settings take about" in err
     speed(FAST)
     build(spec, tmp_path, only=["occlusion"], use_cache=False)
     assert "occlusion with" not in capsys.readouterr().err
