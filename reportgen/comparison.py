@@ -4,9 +4,11 @@ A review asks "what changed since the last model, and is anything worse?".
 Both models run on NEW's probes and dataset (BASE's are ignored, and the
 report says so). Each model's sections come from the same cache a ``build``
 fills, so a compare after both builds computes only what crosses models: one
-dataset pass that feeds the per-layer CKA and the prediction comparison
-(``analyses.compare_pass``), the weight change (same architecture only), the
-rank similarity of the two models' explanations, and the findings diff.
+dataset pass that feeds the per-layer CKA, the prediction comparison and the
+units that changed most (``analyses.compare_pass``, ``analyses.units``; sharded
+by ``reportgen.distributed compare`` and read back with ``--pass``), the weight
+change (same architecture only), the rank similarity of the two models'
+explanations, both models' training curves, and the findings diff.
 
 (The module is ``comparison``, not ``compare``: ``reportgen.compare`` is the
 function, and a submodule of that name would shadow it once imported.)
@@ -487,6 +489,7 @@ def units_json(units: Any, same: bool, result: Any) -> Dict[str, Any]:
 
     if units is None:
         why = ("the architectures differ: a channel has no counterpart in the other model" if not same
+               else "no image was compared (the spec has no probes and no dataset)" if result.cka.n == 0
                else "no compared layer has a (N, C, H, W) map in both models" if result.units is None
                or not result.units.layers else "no layer with a defined CKA")
         return {"layer": None, "channels": [], "skipped": why}
