@@ -80,6 +80,21 @@ def _join_arrays(obj: Any, arrays: Any) -> Any:
     return obj
 
 
+def save_plain(path: Path, obj: Any) -> None:
+    """``obj`` (dataclasses, dicts, lists, numpy arrays) as one .npz: its arrays plus a JSON
+    skeleton; no pickle, so ``load_plain`` reads it back with ``allow_pickle=False``."""
+    arrays: Dict[str, np.ndarray] = {}
+    skeleton = _split_arrays(to_plain(obj), arrays)
+    np.savez_compressed(path, __skeleton__=np.array(json.dumps(skeleton)), **arrays)
+
+
+def load_plain(path: Path) -> Any:
+    """What ``save_plain`` wrote, as plain dicts, lists and arrays."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return _join_arrays(json.loads(str(arrays.pop("__skeleton__"))), arrays)
+
+
 class SectionCache:
     """get/put of (plain results, rendered view, summary, findings) by key."""
 

@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(c, out="output folder (default: ./compare next to NEW.yaml)",
                  fail_on="exit 3 when NEW has a finding of this severity or worse; new-warning/new-error: "
                          "only findings BASE did not have")
+    c.add_argument("--pass", dest="pass_file", metavar="PASS.npz",
+                   help="use the dataset pass (CKA, predictions, units) that `torchrun --nproc_per_node N "
+                        "-m reportgen.distributed compare --base BASE.yaml --new NEW.yaml --out PASS.npz` "
+                        "computed on the same specs and inputs, instead of running it here")
 
     v = sub.add_parser("validate", help="check the spec, its files, model, layers and checkpoints",
                        description="Parse SPEC and check every path, the model, layers and checkpoints. "
@@ -139,7 +143,8 @@ def cmd_compare(args) -> int:
     from reportgen.comparison import compare
 
     report = compare(args.base, args.new, out_dir=args.out_dir, only=args.only, device=args.device,
-                     use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget)
+                     use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget,
+                     pass_file=args.pass_file)
     print(report.path)
     return _gate(report.findings, args.fail_on)
 

@@ -4,9 +4,11 @@ A review asks "what changed since the last model, and is anything worse?".
 Both models run on NEW's probes and dataset (BASE's are ignored, and the
 report says so). Each model's sections come from the same cache a ``build``
 fills, so a compare after both builds computes only what crosses models: one
-dataset pass that feeds the per-layer CKA and the prediction comparison
-(``analyses.compare_pass``), the weight change (same architecture only), the
-rank similarity of the two models' explanations, and the findings diff.
+dataset pass that feeds the per-layer CKA, the prediction comparison and the
+units that changed most (``analyses.compare_pass``, ``analyses.units``; sharded
+by ``reportgen.distributed compare`` and read back with ``--pass``), the weight
+change (same architecture only), the rank similarity of the two models'
+explanations, both models' training curves, and the findings diff.
 
 (The module is ``comparison``, not ``compare``: ``reportgen.compare`` is the
 function, and a submodule of that name would shadow it once imported.)
@@ -131,6 +133,68 @@ def compare_dataset(new: Resolved) -> Tuple[Any, np.ndarray, Dict[str, Any]]:
     labels = np.concatenate([np.asarray(probe_labels, dtype=np.int64), np.asarray(found.labels, dtype=np.int64)])
     return data, labels, {"rule": found.rule, "note": found.note, "probes": len(new.probes),
                           "dataset": len(new.dataset)}
+
+
+def units_plan(base: Resolved, new: Resolved, layers: Sequence[str]) -> Optional[Any]:
+    """Which CKA layers the units track: those whose output is a plain (N, C, H, W) map in both."""
+    from reportgen.analyses.units import UnitsPlan
+    from reportgen.layers import layer_layouts
+
+    def layouts(res: Resolved) -> Dict[str, Any]:
+        example = res.probes[0].tensor[None].to(res.device) if res.probes else \
+            torch.zeros((1, *res.input_size), device=res.device)
+        try:
+            found = layer_layouts(res.model, example, layers, output_key=res.output_key, strict=False)
+        except (ValueError, RuntimeError):
+            return {}
+        return {n: lay for n, lay in found.items() if lay.kind == "nchw"}
+
+    lb, ln = layouts(base), layouts(new)
+    names = tuple(n for n in layers if n in lb and n in ln)
+    return UnitsPlan(names, lb, ln) if names else None
+
+
+def dataset_pass(base: Resolved, new: Resolved, same: bool, progress: Any = None,
+                 distributed: bool = False) -> Any:
+    """The one pass of both models over NEW's probes + dataset: CKA, predictions, units.
+
+    Shared by ``reportgen compare`` and its sharded form (``reportgen.distributed compare``).
+    """
+    from reportgen.analyses.compare_pass import compare_pass
+
+    data, labels, _ = compare_dataset(new)
+    new_layers = cka_layers(new)
+    base_layers = new_layers if same else cka_layers(base)
+    labelled = labels if (labels >= 0).any() else None
+    return compare_pass(base.model, new.model, data, base_layers, new.classes,
+                        new_layers=new_layers, mode="pairs" if same else "matrix", labels=labelled,
+                        output_keys=(base.output_key, new.output_key),
+                        batch_size=int((new.spec["dataset"] or {}).get("batch_size", 64)),
+                        device=new.device, progress=progress, grid=CKA_GRID, max_features=CKA_MAX_FEATURES,
+                        units=units_plan(base, new, new_layers) if same else None,
+                        distributed=distributed)
+
+
+# --------------------------------------------------------------------------- training curves
+
+def training_table(res: Resolved) -> Optional[Any]:
+    """One model's training curves: the spec's metrics file, else metrics stored in >= 2 checkpoints."""
+    from reportgen.analyses import metrics as mt
+
+    if res.metrics_path is not None:
+        return mt.read_metrics(res.metrics_path)
+    if len(res.checkpoints) >= 2:
+        table = mt.from_checkpoints([c.metrics for c in res.checkpoints])
+        return table if table.series else None
+    return None
+
+
+def audit_step(res: Resolved, table: Optional[Any]) -> Optional[float]:
+    """Where on ``table``'s x axis the audited checkpoint was taken (its stored epoch/step), if known."""
+    if table is None or res.audit_index is None:
+        return None
+    value = res.checkpoints[res.audit_index].metrics.get(table.x_label)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # --------------------------------------------------------------------------- explanations
@@ -261,29 +325,70 @@ class CompareParts:
     dataset: Any = None           # the images compared (probes, then dataset), for flip thumbnails
     timings: Dict[str, float] = field(default_factory=dict)
     labels_note: Optional[str] = None
+    units: Any = None             # analyses.units.UnitsResult, same architecture only
+    curves: Tuple[Any, Any] = (None, None)   # (BASE, NEW) analyses.metrics.MetricsTable or None
+    curve_marks: Tuple[Optional[float], Optional[float]] = (None, None)   # audited checkpoints' x
 
 
 def compare(base: SpecSource, new: SpecSource, out_dir: Optional[Union[str, Path]] = None,
             only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
             quiet: bool = True, cache_dir: Optional[Path] = None,
-            budget: Union[None, float, str] = None) -> Report:
+            budget: Union[None, float, str] = None, pass_file: Optional[Union[str, Path]] = None) -> Report:
     """Both models on NEW's inputs; writes OUT_DIR/index.html and report.json ("kind": "compare").
 
     ``budget`` plans each model's sections as its own build would (so a compare
     after both builds reuses their cached sections); the cross-model passes come on top.
+    ``pass_file``: the dataset pass precomputed by ``torchrun ... -m reportgen.distributed compare``
+    on the same specs and inputs (checked), used instead of running it here.
     """
     with own_random_state():
-        return _compare(base, new, out_dir, only, device, use_cache, quiet, cache_dir, budget)
+        return _compare(base, new, out_dir, only, device, use_cache, quiet, cache_dir, budget, pass_file)
 
 
-def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, use_cache, quiet,
-             cache_dir, budget) -> Report:
-    progress = Progress(quiet)
+def resolve_pair(base_src: SpecSource, new_src: SpecSource, device: Optional[str],
+                 progress: Optional[Progress] = None) -> Tuple[Spec, Spec, Resolved, Resolved]:
+    """(BASE spec, NEW spec, BASE resolved on NEW's inputs, NEW resolved), checked compatible."""
     new_spec, base_spec = load_spec(new_src), load_spec(base_src)
-    progress.log(f"reportgen: checking {new_spec.file} and {base_spec.file}")
+    if progress is not None:
+        progress.log(f"reportgen: checking {new_spec.file} and {base_spec.file}")
     new = resolve(new_spec, device)
     base = resolve(base_on_new_inputs(base_spec, new_spec), device or new.device.type)
     check_compatible(base, new)
+    return base_spec, new_spec, base, new
+
+
+def pass_header(base: Resolved, new: Resolved) -> Dict[str, Any]:
+    """What a saved dataset pass was computed on: both models' inputs (weights, images, preprocessing)."""
+    from reportgen.pipeline import inputs_digest
+
+    return {"kind": "compare-pass", "version": __version__, "base_inputs": inputs_digest(base),
+            "new_inputs": inputs_digest(new), "base_spec": str(base.spec.file), "new_spec": str(new.spec.file)}
+
+
+def load_checked_pass(path: Union[str, Path], base: Resolved, new: Resolved) -> Any:
+    """A saved pass, refused (exit 2) unless it was computed on exactly these models and inputs."""
+    from reportgen.analyses.compare_pass import load_pass
+    from reportgen.errors import InputError
+
+    try:
+        result, header = load_pass(path)
+    except ValueError as e:
+        raise InputError(str(e).replace(f"{path} ", "", 1), path) from None
+    want = pass_header(base, new)
+    stale = [side for side in ("base", "new") if header.get(f"{side}_inputs") != want[f"{side}_inputs"]]
+    if stale or header.get("version") != want["version"]:
+        what = " and ".join(s.upper() for s in stale) or "reportgen's version"
+        raise InputError(f"the pass was computed on other inputs ({what} changed since: weights, images, "
+                         "preprocessing, device or version); rerun `torchrun ... -m reportgen.distributed "
+                         "compare` or drop --pass", path)
+    return result
+
+
+def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, use_cache, quiet,
+             cache_dir, budget=None, pass_file=None) -> Report:
+    progress = Progress(quiet)
+    base_spec, new_spec, base, new = resolve_pair(base_src, new_src, device, progress)
+    precomputed = load_checked_pass(pass_file, base, new) if pass_file is not None else None
     target = _out_dir(new_spec, out_dir)
     names = [n for n in selected_sections(new_spec, only) if base.spec["sections"].get(n) is not False]
     timings: Dict[str, float] = {}
@@ -295,7 +400,8 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     base_out, new_out = base_computed.outcomes, new_computed.outcomes
     timings["sections"] = time.perf_counter() - started
 
-    parts, comparison = _cross(base, new, base_out, new_out, timings, progress)
+    parts, comparison = _cross(base, new, base_out, new_out, timings, progress, precomputed)
+    comparison["inputs"]["pass_file"] = str(pass_file) if pass_file is not None else None
     base_findings = [f for o in base_out.values() for f in o["findings"]]
     new_findings = [f for o in new_out.values() for f in o["findings"]] + sanity_regressions(parts.similarity)
     findings, resolved = diff_findings(new_findings, base_findings)
@@ -316,8 +422,8 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
 
 
 def _cross(base: Resolved, new: Resolved, base_out, new_out, timings: Dict[str, float],
-           progress: Progress) -> Tuple[CompareParts, Dict[str, Any]]:
-    from reportgen.analyses.compare_pass import compare_pass, comparison_layers
+           progress: Progress, precomputed: Any = None) -> Tuple[CompareParts, Dict[str, Any]]:
+    from reportgen.analyses.compare_pass import comparison_layers
     from reportgen.analyses.weight_diff import architecture_mismatch, filter_difference, weight_change
 
     t = time.perf_counter()
@@ -333,15 +439,8 @@ def _cross(base: Resolved, new: Resolved, base_out, new_out, timings: Dict[str, 
     timings["weights"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    data, labels, label_info = compare_dataset(new)
-    new_layers = cka_layers(new)
-    base_layers = new_layers if same else cka_layers(base)
-    labelled = labels if (labels >= 0).any() else None
-    result = compare_pass(base.model, new.model, data, base_layers, new.classes,
-                          new_layers=new_layers, mode="pairs" if same else "matrix", labels=labelled,
-                          output_keys=(base.output_key, new.output_key),
-                          batch_size=int((new.spec["dataset"] or {}).get("batch_size", 64)),
-                          device=new.device, progress=progress, grid=CKA_GRID, max_features=CKA_MAX_FEATURES)
+    data, _, label_info = compare_dataset(new)
+    result = precomputed if precomputed is not None else dataset_pass(base, new, same, progress)
     timings["dataset_pass"] = time.perf_counter() - t
     order = execution_order(new)
     order += [n for n, _ in new.model.named_modules() if n not in set(order)]
@@ -354,6 +453,15 @@ def _cross(base: Resolved, new: Resolved, base_out, new_out, timings: Dict[str, 
         "layers": comparison_layers(result.cka, weights, order=order),
         "cka": result.cka.meta(),
     }
+    t = time.perf_counter()
+    units = _units(base, new, result, comparison["layers"], data, same)
+    comparison["units"] = units_json(units, same, result)
+    timings["units"] = time.perf_counter() - t
+    curves = (training_table(base), training_table(new))
+    comparison["training"] = {side: None if table is None else
+                              {"source": table.source, "x": table.x_label, "metrics": sorted(table.series),
+                               "audited_at": audit_step(res, table)}
+                              for side, table, res in zip(("base", "new"), curves, (base, new))}
     if not same:
         comparison["cka"]["matrix"] = {"base_layers": list(result.cka.base_layers),
                                        "new_layers": list(result.cka.new_layers),
@@ -363,8 +471,38 @@ def _cross(base: Resolved, new: Resolved, base_out, new_out, timings: Dict[str, 
     comparison["explanations"] = {s: {m: {k: v for k, v in d.items() if k != "maps"} for m, d in ms.items()}
                                   for s, ms in similarity.items()}
     parts = CompareParts(base, new, base_out, new_out, similarity, filters, result.cka, result.predictions,
-                         data, timings, label_info["note"])
+                         data, timings, label_info["note"], units, curves,
+                         (audit_step(base, curves[0]), audit_step(new, curves[1])))
     return parts, comparison
+
+
+def _units(base: Resolved, new: Resolved, result: Any, layers: Dict[str, Dict[str, Any]], data: Any,
+           same: bool) -> Any:
+    """The most-changed channels of the lowest-CKA layer, with both models' top-k patches."""
+    from reportgen.analyses.units import finish_units
+
+    if not same or result.units is None:
+        return None
+    cka = {n: v["cka"] for n, v in layers.items()}
+    return finish_units(base.model, new.model, data, result.units, cka, new.device, new.input_size,
+                        batch_size=int((new.spec["dataset"] or {}).get("batch_size", 64)))
+
+
+def units_json(units: Any, same: bool, result: Any) -> Dict[str, Any]:
+    """report.json's ``comparison.units`` (an extension of the contract)."""
+    from reportgen.analyses.units import CHANNEL_RULE
+
+    if units is None:
+        why = ("the architectures differ: a channel has no counterpart in the other model" if not same
+               else "no image was compared (the spec has no probes and no dataset)" if result.cka.n == 0
+               else "no compared layer has a (N, C, H, W) map in both models" if result.units is None
+               or not result.units.layers else "no layer with a defined CKA")
+        return {"layer": None, "channels": [], "skipped": why}
+    corr = units.correlation
+    return {"layer": units.layer, "cka": round(units.cka, 4), "rule": CHANNEL_RULE,
+            "n": units.n_images, "k": units.k, "candidates": list(result.units.layers),
+            "channels": units.channels_json(),
+            "correlation_per_channel": [None if not np.isfinite(v) else round(float(v), 4) for v in corr]}
 
 
 def _negative_flips_by_class(agreement) -> Dict[str, int]:

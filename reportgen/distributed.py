@@ -2,10 +2,17 @@
 
     torchrun --standalone --nproc_per_node N -m reportgen.distributed topk \\
         --spec spec.yaml --out topk.npz [--layers a b] [--channels 16] [--k 9] [--projection guided]
+    torchrun --standalone --nproc_per_node N -m reportgen.distributed compare \\
+        --base BASE.yaml --new NEW.yaml --out pass.npz
+    reportgen compare BASE.yaml NEW.yaml --pass pass.npz
 
-Each rank resolves the spec (the same checks as ``reportgen build``), streams
-its shard of the dataset, and rank 0 writes the merged result, exactly equal
-to one process. gloo on CPU, nccl when CUDA is available (``cuda:LOCAL_RANK``).
+Each rank resolves the spec(s) (the same checks as ``reportgen build`` /
+``compare``), streams its shard of the dataset, and rank 0 writes the merged
+result, equal to one process (top-k exactly; the compare's CKA up to float64
+rounding, its counts and flips exactly). gloo on CPU, nccl when CUDA is
+available (``cuda:LOCAL_RANK``). ``reportgen compare --pass`` then uses the
+saved pass instead of running it, after checking it was made on the same
+models and inputs.
 The algorithms live in ``reportgen.analyses``; this module is only the entry.
 """
 from __future__ import annotations
@@ -41,7 +48,28 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--channels", type=int, default=None)
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--projection", choices=["none", "guided", "deconv"], default=None)
+    cp = sub.add_parser("compare", help="the dataset pass of `reportgen compare` (CKA, predictions, units)")
+    cp.add_argument("--base", required=True, help="BASE's spec (as `reportgen compare BASE NEW`)")
+    cp.add_argument("--new", required=True, help="NEW's spec: its probes and dataset are the inputs")
+    cp.add_argument("--out", required=True, help="where rank 0 writes the pass (.npz), for `reportgen "
+                                                 "compare --pass`")
     return root.parse_args(argv)
+
+
+def _compare(args: argparse.Namespace, device: torch.device) -> int:
+    """Each rank streams its shard of the compare pass; rank 0 writes the merged pass."""
+    from reportgen.analyses.compare_pass import save_pass
+    from reportgen.analyses.weight_diff import architecture_mismatch
+    from reportgen.comparison import dataset_pass, pass_header, resolve_pair
+
+    _, _, base, new = resolve_pair(args.base, args.new, device.type)
+    base.model.to(device), new.model.to(device)
+    same = not architecture_mismatch(base.model, new.model)
+    result = dataset_pass(base, new, same, distributed=True)
+    if dist.get_rank() == 0:
+        save_pass(args.out, result, pass_header(base, new))
+        print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -57,6 +85,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = _device()
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
+        if args.command == "compare":
+            try:
+                code = _compare(args, device)
+            except ReportgenError as e:
+                print(f"reportgen: {e}", file=sys.stderr)
+                return 2
+            dist.barrier()    # as below: no rank tears gloo down while a peer still uses it
+            return code
         try:
             res = resolve(load_spec(args.spec), device.type)
         except ReportgenError as e:

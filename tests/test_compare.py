@@ -80,8 +80,19 @@ def test_new_equal_to_base_changes_nothing(base_spec, tmp_path, capsys):
     assert changes and max(changes) == 0.0
     assert {f["state"] for f in data["findings"]} <= {"unchanged"} and data["resolved"] == []
     assert data["verdict"][0].startswith("The function did not change")
+    units = c["units"]                    # every channel of the shown layer kept its activations
+    assert units["layer"] in ckas_layers(c) and len(units["channels"]) == 6
+    assert min(v for v in units["correlation_per_channel"] if v is not None) > 1 - 1e-4
+    assert all(r["base_top_images"] == r["new_top_images"] for r in units["channels"])
+    assert c["training"]["base"]["metrics"] == c["training"]["new"]["metrics"] != []
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert 'id="units"' in html and "Units that changed most" in html and "BASE and NEW read the same log" in html
     assert main(["compare", str(base_spec), str(new), "-o", str(tmp_path / "cli"), "--only", *ONLY,
                  "--quiet", "--fail-on", "new-warning"]) == 0
+
+
+def ckas_layers(c: dict) -> list:
+    return [k for k, v in c["layers"].items() if v["cka"] is not None]
 
 
 def _permute_conv2(sd: dict) -> None:
@@ -205,6 +216,8 @@ def test_different_architectures_get_a_cka_map_and_no_weights(base_spec, tmp_pat
     assert len(matrix["values"]) == len(matrix["base_layers"]) and len(matrix["values"][0]) == len(matrix["new_layers"])
     html = (tmp_path / "out" / "index.html").read_text()
     assert "the architectures differ" in html and 'class="cka-matrix"' in html
+    assert c["units"]["layer"] is None and "architectures differ" in c["units"]["skipped"]
+    assert c["training"]["base"] is None and c["training"]["new"] is not None   # only the demo logs curves
     assert 0 <= c["predictions"]["agreement"] <= 1
 
 

@@ -426,6 +426,24 @@ class CKAMatrixAccumulator:
         hb, hu = zip(_hsic(x, y, self.cross[(i, j)]), _hsic(x, x, x.as_cross()), _hsic(y, y, y.as_cross()))
         return CKAValue(_ratio(*hb), _ratio(*hu), x.n, tuple(hb), tuple(hu))
 
+    def feature_moments(self, i: int, j: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per feature f of a compared pair with equal widths: (cov(x_f, y_f), var(x_f), var(y_f))
+        over the images seen, each (p,) float64 sums of centered products (not divided by n).
+
+        The diagonal of the centered cross sums, read off the same state (so it shards
+        and merges like the CKA itself): what a per-channel correlation needs.
+        """
+        if (i, j) not in self.pairs:
+            raise ValueError(f"pair ({i}, {j}) is not compared by this accumulator")
+        x, y, xy = self.xs[i], self.ys[j], self.cross[(i, j)]
+        if x.p != y.p:
+            raise ValueError(f"feature widths differ ({x.p} vs {y.p}): features have no counterpart")
+        n = max(x.n, 1)
+        cov = torch.diagonal(xy.c) - x.s * y.s / n
+        vx = torch.diagonal(x.g) - x.s * x.s / n
+        vy = torch.diagonal(y.g) - y.s * y.s / n
+        return tuple(t.cpu().numpy() for t in (cov, vx, vy))  # type: ignore[return-value]
+
     def matrices(self) -> Tuple[np.ndarray, np.ndarray]:
         """(biased, debiased) CKA, each (x layers, y layers); NaN for pairs not compared."""
         biased = np.full((self.x_layers, self.y_layers), np.nan)

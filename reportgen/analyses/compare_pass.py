@@ -14,6 +14,7 @@ order). gloo on CPU, nccl on CUDA (the sums live on the base model's device).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -23,8 +24,10 @@ import torch.distributed as dist
 from torch import nn
 
 from reportgen.analyses import cka as ck
+from reportgen.analyses import topk as tk
 from reportgen.analyses.agreement import AgreementCounter, AgreementResult
-from reportgen.analyses.topk_distributed import shard
+from reportgen.analyses.topk_distributed import gather_states, shard
+from reportgen.analyses.units import UnitsPass, UnitsPlan, units_pass
 from reportgen.analyses.weight_diff import WeightChange
 from reportgen.models import model_device
 from reportgen.outputs import OutputKey, select_output
@@ -34,24 +37,34 @@ from reportgen.outputs import OutputKey, select_output
 class ComparePassResult:
     cka: ck.CKAResult
     predictions: AgreementResult
+    units: Optional[UnitsPass] = None     # with a ``units`` plan (same architecture)
 
 
 def _local_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Dataset,
                 base_layers: Sequence[str], new_layers: Optional[Sequence[str]], mode: str,
                 class_names: Sequence[str], labels: Optional[Sequence[int]],
-                output_keys: Tuple[OutputKey, OutputKey], options: Dict[str, Any]
-                ) -> Tuple[ck.CKAPass, AgreementCounter]:
+                output_keys: Tuple[OutputKey, OutputKey], units: Optional[UnitsPlan],
+                options: Dict[str, Any]
+                ) -> Tuple[ck.CKAPass, AgreementCounter, Optional[Tuple[tk.TopKTracker, tk.TopKTracker]]]:
     device = torch.device(options.get("device", "cpu"))
     counter = AgreementCounter(class_names, model_device(base, device))
     known = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    trackers = None if units is None else (
+        tk.TopKTracker(base, units.layers, units.k, model_device(base, device), units.base_layouts),
+        tk.TopKTracker(new, units.layers, units.k, model_device(new, device), units.new_layouts))
 
     def on_batch(out_b: Any, out_n: Any, index: torch.Tensor) -> None:
         lab = None if known is None else known[index.long().cpu()]
         counter.update(select_output(out_b, output_keys[0]), select_output(out_n, output_keys[1]),
                        index, lab)
+        for t in trackers or ():
+            t.absorb(index)
 
-    run = ck.stream_cka(base, new, dataset, base_layers, new_layers, mode, on_batch=on_batch, **options)
-    return run, counter
+    with contextlib.ExitStack() as stack:
+        for t in trackers or ():
+            stack.enter_context(t)
+        run = ck.stream_cka(base, new, dataset, base_layers, new_layers, mode, on_batch=on_batch, **options)
+    return run, counter, trackers
 
 
 def compare_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Dataset,
@@ -59,7 +72,8 @@ def compare_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Data
                  new_layers: Optional[Sequence[str]] = None, mode: str = "pairs",
                  labels: Optional[Sequence[int]] = None,
                  output_keys: Tuple[OutputKey, OutputKey] = (None, None),
-                 estimator: str = "debiased", distributed: bool = False, **options) -> ComparePassResult:
+                 estimator: str = "debiased", distributed: bool = False,
+                 units: Optional[UnitsPlan] = None, **options) -> ComparePassResult:
     """CKA and prediction comparison of ``base`` and ``new`` over ``dataset`` in one pass.
 
     ``dataset`` yields (tensor, global index) (``topk.ImageDataset``, probes
@@ -70,20 +84,32 @@ def compare_pass(base: nn.Module, new: nn.Module, dataset: torch.utils.data.Data
     ``options``: grid, max_features, batch_size, workers, device,
     max_state_bytes, progress (as ``cka.stream_cka``).
 
+    ``units`` (pairs mode only): also every channel's running top-k of
+    these layers in both models, on the same forwards, and the per-channel
+    correlation terms (``analyses.units``).
+
     ``distributed``: this process streams its shard of the initialised
     process group and every rank returns the merged result (progress on
     rank 0 only); ``labels`` and indices stay global.
     """
+    if units is not None and mode != "pairs":
+        raise ValueError("units compare a channel with the same channel: pairs mode only")
     if distributed:
         rank, world = dist.get_rank(), dist.get_world_size()
         dataset = shard(dataset, rank, world)
         options = options if rank == 0 else dict(options, progress=None)
-    run, counter = _local_pass(base, new, dataset, base_layers, new_layers, mode, class_names, labels,
-                               output_keys, options)
+    run, counter, trackers = _local_pass(base, new, dataset, base_layers, new_layers, mode, class_names,
+                                         labels, output_keys, units, options)
+    states = None if trackers is None else [t.result() for t in trackers]
     if distributed:
         all_reduce_cka(run)
         all_reduce_agreement(counter)
-    return ComparePassResult(run.result(estimator), counter.result())
+        if states is not None:
+            states = [gather_states(s, units.k) for s in states]
+    found = None
+    if units is not None and run.acc.n:
+        found = units_pass(run.acc, run.base_layers, run.reductions()[0], units, *states)
+    return ComparePassResult(run.result(estimator), counter.result(), found)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -116,6 +142,53 @@ def all_reduce_agreement(counter: AgreementCounter) -> None:
     flips: List[Optional[Dict[str, np.ndarray]]] = [None] * dist.get_world_size()
     dist.all_gather_object(flips, counter.flips())
     counter.replace_flips([f for f in flips if f is not None])
+
+
+# --------------------------------------------------------------------------- a pass in a file
+
+def save_pass(path, result: ComparePassResult, header: Dict[str, Any]) -> None:
+    """Write a pass (e.g. rank 0's merged one) to ``path`` (.npz, no pickle) with a JSON ``header``
+    saying what it was computed on (checked by whoever reads it back)."""
+    from reportgen.cache import save_plain
+
+    save_plain(path, {"header": header, "result": result})
+
+
+def load_pass(path) -> Tuple[ComparePassResult, Dict[str, Any]]:
+    """(pass, header) from ``save_pass``'s file; ValueError when it is not one."""
+    from reportgen.analyses.agreement import Flips
+    from reportgen.analyses.layout import Layout
+    from reportgen.analyses.units import UnitsPass
+    from reportgen.cache import load_plain
+
+    try:
+        data = load_plain(path)
+        r, header = data["result"], data["header"]
+        c = r["cka"]
+        cka = ck.CKAResult(**{**c, "base_layers": tuple(c["base_layers"]), "new_layers": tuple(c["new_layers"]),
+                              "base_reduction": _reductions(c["base_reduction"]),
+                              "new_reduction": _reductions(c["new_reduction"])})
+        p = r["predictions"]
+        preds = AgreementResult(**{**p, "class_names": tuple(p["class_names"]),
+                                   **{k: Flips(**p[k]) for k in ("negative", "positive", "changed")}})
+        units = None
+        if r.get("units") is not None:
+            u = r["units"]
+
+            def state(s: Dict[str, Any]) -> tk.StreamState:
+                return tk.StreamState(s["layers"], {n: tuple(v) for n, v in s["shapes"].items()}, s["n_images"],
+                                      {n: Layout(**{**v, "grid": tuple(v["grid"])}) for n, v in s["layouts"].items()})
+
+            units = UnitsPass(tuple(u["layers"]), u["covariance"], u["base_variance"], u["new_variance"],
+                              state(u["base"]), state(u["new"]), int(u["k"]))
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a compare pass written by reportgen.distributed compare ({e})") from e
+    return ComparePassResult(cka, preds, units), header
+
+
+def _reductions(rows: Sequence[Dict[str, Any]]) -> Tuple[ck.Reduction, ...]:
+    return tuple(ck.Reduction(r["layer"], tuple(r["shape"]), None if r["grid"] is None else tuple(r["grid"]),
+                              r["features"]) for r in rows)
 
 
 # --------------------------------------------------------------------------- report.json

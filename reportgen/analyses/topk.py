@@ -211,6 +211,11 @@ class TopKTracker:
             self.layouts = layer_layouts(self.model, x[:1], self.layers)
         self._batch.clear()
         self.model(x)
+        self.absorb(index)
+
+    def absorb(self, index: torch.Tensor) -> None:
+        """Merge what the hooks caught in the last forward, run by someone else (``index``: its
+        (B,) global image indices). Needs ``layouts`` given up front."""
         for name in self.layers:
             if name not in self._batch:
                 raise ValueError(f"layer {name!r} was not called during the forward pass")
@@ -218,7 +223,8 @@ class TopKTracker:
             if name not in self.states:
                 self.states[name] = RunningTopK(best.shape[1], self.k, self.device)
             self.states[name].update_maxima(best, pos, index)
-        self.seen += int(x.shape[0])
+        self.seen += int(index.shape[0])
+        self._batch.clear()
 
     def result(self) -> StreamState:
         return StreamState({n: s.numpy() for n, s in self.states.items()}, dict(self.shapes), self.seen,

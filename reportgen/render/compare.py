@@ -115,6 +115,30 @@ def _explanations_view(parts) -> List[Dict[str, Any]]:
     return out
 
 
+def _units_view(parts, units_json: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """BASE and NEW top-k patches of the same channels, row for row, and each channel's numbers."""
+    from reportgen.render.topk import layer_view
+
+    u = parts.units
+    if u is None:
+        return None
+    base, new = layer_view(u.base), layer_view(u.new)
+    corr = u.correlation[np.isfinite(u.correlation)]
+    return {"layer": u.layer, "cka": u.cka, "k": u.k, "n": u.n_images, "base": base, "new": new,
+            "rows": units_json["channels"], "channels_total": int(u.correlation.size),
+            "median": float(np.median(corr)) if corr.size else None,
+            "below_half": int((corr < 0.5).sum()), "rf": base["rf"]}
+
+
+def _training_view(parts) -> List[Dict[str, Any]]:
+    from reportgen.render.evolution import overlay_view
+
+    base, new = parts.curves
+    if base is None and new is None:
+        return []
+    return overlay_view([("BASE", base), ("NEW", new)], parts.curve_marks)
+
+
 def render_compare_page(parts, data: Dict[str, Any], sentences: Sequence[str]) -> str:
     from reportgen.render.page import environment
 
@@ -130,6 +154,7 @@ def render_compare_page(parts, data: Dict[str, Any], sentences: Sequence[str]) -
         "layers": _layers_view(comparison["layers"]), "weight_rows": _weight_rows(comparison["layers"]), "matrix": _matrix_view(comparison["cka"]),
         "filters": _filters_view(parts.filters), "flips": _flips_view(parts, parts.agreement),
         "per_class": per_class, "probes": probes, "explanations": _explanations_view(parts),
+        "units": _units_view(parts, comparison["units"]), "training": _training_view(parts),
         "findings": data["findings"], "resolved": data["resolved"],
         "description_html": render_markdown(parts.new.spec["description"]),
     }

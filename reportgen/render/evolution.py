@@ -274,8 +274,12 @@ def decimate(x: np.ndarray, y: np.ndarray, limit: int = MAX_PLOT_POINTS) -> Tupl
 
 
 def line_chart_svg(series: Sequence[Tuple[str, np.ndarray, np.ndarray]], x_label: str, title: str,
-                   width: int = 640, height: int = 230) -> Tuple[str, bool]:
-    """Several series on shared axes; log y when positive values span more than two decades."""
+                   width: int = 640, height: int = 230,
+                   markers: Sequence[Tuple[float, str]] = ()) -> Tuple[str, bool]:
+    """Several series on shared axes; log y when positive values span more than two decades.
+
+    ``markers``: (x, colour) dashed vertical lines, e.g. where a checkpoint was taken.
+    """
     left, right, top, bottom = 58, 14, 10, 34
     xs = np.concatenate([s[1] for s in series])
     ys = np.concatenate([s[2] for s in series])
@@ -321,6 +325,11 @@ def line_chart_svg(series: Sequence[Tuple[str, np.ndarray, np.ndarray]], x_label
                      f"{_esc(_fmt(v))}</text>")
     parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 3}" text-anchor="middle" '
                  f'class="tick">{_esc(x_label)}</text>')
+    for v, colour in markers:
+        if x0 <= v <= x1:
+            x = float(px(v))
+            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" stroke="{colour}" '
+                         'stroke-width="1.4" stroke-dasharray="4 3"/>')
     for i, (name, x, y) in enumerate(series):
         colour = PALETTE[i % len(PALETTE)]
         dx, dy = decimate(np.asarray(x, float), np.asarray(y, float))
@@ -364,3 +373,40 @@ def _best(values: np.ndarray, kind: str) -> Optional[float]:
     if kind == "accuracy":
         return float(np.max(values))
     return None
+
+
+def overlay_view(tables: Sequence[Tuple[str, Optional[mt.MetricsTable]]],
+                 marks: Sequence[Optional[float]] = ()) -> List[Dict[str, Any]]:
+    """One chart per metric with each named table's curve of it overlaid (a compare's BASE and NEW).
+
+    Metrics in the order the tables list them; a metric only one table has is drawn alone. Colours
+    follow the tables (the first table's curves are always PALETTE[0]). ``marks[i]``: the x where
+    table i's model was taken (its audited checkpoint), drawn dashed, its value in the legend.
+    """
+    marks = list(marks) + [None] * (len(tables) - len(marks))
+    names: List[str] = []
+    for _, table in tables:
+        if table is not None:
+            names += [n for n in table.series if n not in names]
+    charts = []
+    for name in names:
+        data, legend = [], []
+        for i, (label, table) in enumerate(tables):
+            s = table.series.get(name) if table is not None else None
+            if s is None:
+                continue
+            data.append((label, s.steps, s.values))
+            at = np.flatnonzero(s.steps == marks[i]) if marks[i] is not None else np.zeros(0, int)
+            legend.append({"name": label, "color": PALETTE[i % len(PALETTE)], "points": int(s.steps.size),
+                           "last": float(s.values[-1]), "best": _best(s.values, mt.kind(name)),
+                           "x": table.x_label, "mark": marks[i],
+                           "at_mark": float(s.values[at[-1]]) if at.size else None})
+        same = len(data) > 1 and all(np.array_equal(d[1], data[0][1]) and np.array_equal(d[2], data[0][2])
+                                     for d in data[1:])
+        x_label = " / ".join(dict.fromkeys(entry["x"] for entry in legend))
+        title = f"{name}: " + " and ".join(d[0] for d in data) + f" against {x_label}"
+        drawn = [(e["mark"], e["color"]) for e in legend if e["mark"] is not None]
+        svg, log_y = line_chart_svg(data, x_label, title, markers=drawn)
+        charts.append({"metric": name, "kind": mt.kind(name), "svg": svg, "log_y": log_y, "legend": legend,
+                       "same": same, "title": title})
+    return charts

@@ -46,7 +46,7 @@ def _grid(tiles: List[np.ndarray], cols: int) -> np.ndarray:
     return grid
 
 
-def _layer_view(la: LayerTopK) -> Dict[str, Any]:
+def layer_view(la: LayerTopK) -> Dict[str, Any]:
     s, k = la.values.shape
     ph, pw = la.patches.shape[2:4]
     factor = _factor(max(ph, pw))
@@ -80,6 +80,6 @@ def _layer_view(la: LayerTopK) -> Dict[str, Any]:
 
 def render_topk(result: TopKResult) -> Dict[str, Any]:
     """The partial's view: one packed image (and optional projection image) per layer."""
-    return {"layers": [_layer_view(la) for la in result.layers], "k": result.k,
+    return {"layers": [layer_view(la) for la in result.layers], "k": result.k,
             "n_images": result.n_images, "projection": result.projection,
             "channel_rule": result.channel_rule}
