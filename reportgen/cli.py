@@ -162,11 +162,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from reportgen.pipeline import build
-    from reportgen.demo import prepare_demo
-
     from reportgen.comparison import compare
-    from reportgen.demo import COMPARE_SECTIONS, mid_training_spec
+    from reportgen.demo import COMPARE_SECTIONS, mid_training_spec, prepare_demo
+    from reportgen.pipeline import build
+    from reportgen.publish import publish
 
     out = Path(args.out_dir)
     spec_path = prepare_demo(out, quiet=args.quiet)
@@ -175,8 +174,6 @@ def cmd_demo(args) -> int:
     review = compare(mid_training_spec(spec_path), spec_path, out_dir=out / "compare",
                      only=list(COMPARE_SECTIONS), use_cache=not args.no_cache, quiet=args.quiet)
     print(review.path)
-    from reportgen.publish import publish
-
     site = publish([report.path.parent, review.path.parent], out / "public")
     print(site.index)
     return EXIT_OK
