@@ -158,3 +158,21 @@ def test_forward_macs_none_for_fixed_size_model():
     assert fv.forward_macs(model, 3, 16) is not None
     assert fv.forward_macs(model, 3, 32) is None
     assert count_hooks(model) == 0
+
+
+def test_redirected_relu_gradient_is_relus_unless_a_whole_image_is_dead():
+    """Olah et al.'s redirect: a plain ReLU gradient, except for an image whose units all
+    block it, where the gradient flows on but never pushes a negative input lower."""
+    from reportgen.analyses.featureviz import _RedirectedReLU
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 5)
+    x[1] = -x[1].abs() - 0.1                     # image 1: every unit dead
+    x.requires_grad_(True)
+    grad = torch.randn(3, 4, 5, 5)
+    (got,) = torch.autograd.grad(_RedirectedReLU.apply(x), x, grad)
+    xd = x.detach()
+    assert torch.equal(got[0], torch.where(xd[0] < 0, 0.0, grad[0]))
+    assert torch.equal(got[2], torch.where(xd[2] < 0, 0.0, grad[2]))
+    assert torch.equal(got[1], torch.where(grad[1] > 0, 0.0, grad[1]))   # only the raising part flows
+    assert (got[1] != 0).any()
