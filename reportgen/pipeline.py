@@ -22,6 +22,7 @@ import torch
 
 from reportgen import __version__, planning
 from reportgen.analyses import budget as bud
+from reportgen.analyses.throughput import cpu_threads
 from reportgen.atomic import atomic_write
 from reportgen.baseline import diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
@@ -323,8 +324,10 @@ class Computed:
 
     def budget_entry(self, actual_s: float, page_size: Optional[int]) -> Dict[str, Any]:
         """The top-level ``budget`` of report.json, once the page is rendered."""
-        return planning.build_entry(self.ctx.plan, self.planned["source"], self.planned["measure_s"], actual_s,
-                                    page_size, self.planned["page_bytes"], self.ctx.page_shares)
+        entry = planning.build_entry(self.ctx.plan, self.planned["source"], self.planned["measure_s"], actual_s,
+                                     page_size, self.planned["page_bytes"], self.ctx.page_shares)
+        entry["threads"] = self.planned["threads"] or torch.get_num_threads()
+        return entry
 
 
 def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache_dir: Optional[Path],
@@ -342,14 +345,15 @@ def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache
     planned = _plan(ctx, res.spec, names, budget, cache, progress)
     sections = registry()
     outcomes: Dict[str, Dict[str, Any]] = {}
-    for name in progress(names, desc="sections"):
-        options = res.spec["sections"].get(name) or {}
-        outcome = _run_section(name, ctx, options, cache, base_key, progress)
-        progress.log(f"reportgen: {name} done in {outcome['seconds']:.1f}s"
-                     + (" (cached)" if outcome["cached"] else ""))
-        cls = sections[name]
-        outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
-        outcomes[name] = outcome
+    with cpu_threads(planned["threads"]):
+        for name in progress(names, desc="sections"):
+            options = res.spec["sections"].get(name) or {}
+            outcome = _run_section(name, ctx, options, cache, base_key, progress)
+            progress.log(f"reportgen: {name} done in {outcome['seconds']:.1f}s"
+                         + (" (cached)" if outcome["cached"] else ""))
+            cls = sections[name]
+            outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
+            outcomes[name] = outcome
     planning.annotate(outcomes, ctx)
     return Computed(outcomes, ctx, planned)
 
@@ -360,8 +364,10 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     seconds, source = planning.budget_seconds(spec, budget, ctx.device)
     sections = {name: registry()[name](spec["sections"].get(name) or {}) for name in names}
     needs = planning.section_needs(sections, ctx)
-    if any(n.knobs for n in needs.values()):
-        rate, measure_s = planning.throughput(ctx, seconds, cache.root if cache.enabled else None)
+    knobs = any(n.knobs for n in needs.values())
+    macs = planning.forward_macs(ctx) if knobs else None   # nothing to plan: not even a MAC count
+    if knobs:
+        rate, measure_s = planning.throughput(ctx, seconds, cache.root if cache.enabled else None, macs)
     else:   # nothing to choose (e.g. --only summary): no pass is spent on timing
         rate, measure_s = bud.Throughput(0.0, 0.0, 0, ctx.device.type, "not measured"), 0.0
     ctx.plan = bud.plan(needs, rate, seconds)
@@ -378,7 +384,8 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     progress.log(f"reportgen: budget {bud.duration(seconds)} ({source}); {rate.forward_s:.3g} s forward, "
                  f"{rate.backward_s:.3g} s forward+backward per image, {how}; planned "
                  f"{bud.duration(ctx.plan.planned_s)} of section work")
-    return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes}
+    return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes,
+            "threads": planning.section_threads(ctx, macs)}
 
 
 def write_atomically(out_dir: Path, page: str, data: Dict[str, Any]) -> tuple:

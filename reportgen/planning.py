@@ -67,16 +67,18 @@ def forward_macs(ctx: Any) -> Optional[int]:
         return None
 
 
-def throughput(ctx: Any, budget_s: float, store: Optional[Path]) -> Tuple[bud.Throughput, float]:
+def throughput(ctx: Any, budget_s: float, store: Optional[Path],
+               macs: Optional[int] = None) -> Tuple[bud.Throughput, float]:
     """The model's throughput and the seconds finding it took.
 
-    A small model's comes from its MACs (``budget.reference``); a larger one's
-    is measured, and kept stable across rebuilds when ``store`` is a folder.
+    A small model's comes from its MACs (``budget.reference``; ``macs`` when
+    the caller has counted them); a larger one's is measured, and kept stable
+    across rebuilds when ``store`` is a folder.
     """
     import time
 
     started = time.perf_counter()
-    macs = forward_macs(ctx)
+    macs = forward_macs(ctx) if macs is None else macs
     if macs is not None and macs <= bud.SMALL_MODEL_MACS:
         return bud.reference(macs, ctx.device.type), time.perf_counter() - started
     new = tp.measure(ctx.model, ctx.example(), budget_s, ctx.output_key)
@@ -88,6 +90,18 @@ def throughput(ctx: Any, budget_s: float, store: Optional[Path]) -> Tuple[bud.Th
     if kept.source == "measured":
         tp.store(store, key, new)
     return kept, spent
+
+
+def section_threads(ctx: Any, macs: Optional[int]) -> Optional[int]:
+    """Intra-op CPU threads for the sections: one for a small model, else torch's own count.
+
+    A small model's kernels are too short to share: threads spend the time
+    synchronizing, and on a busy machine (a CI runner, a laptop in a call)
+    waiting for a core. The demo's model on two busy cores: CAM, gradients,
+    occlusion, top-k and embeddings took 35 s of CPU on two threads, 8.5 s on one.
+    """
+    small = macs is not None and macs <= bud.SMALL_MODEL_MACS
+    return 1 if ctx.device.type == "cpu" and small else None
 
 
 def section_needs(sections: Dict[str, Any], ctx: Any) -> Dict[str, bud.Needs]:

@@ -291,3 +291,31 @@ def test_compare_plans_each_model_as_its_build_did_and_reuses_its_sections(tmp_p
         assert report.data["budget"][side]["seconds"] == 60 and report.data["budget"][side]["source"] == "--budget"
         assert report.data["sections"]["gradients"][side]["budget"]["choices"] == planned
         assert report.data["sections"]["gradients"][side]["budget"]["cached"] is True
+
+
+def test_a_small_model_runs_its_sections_on_one_cpu_thread(tmp_path, monkeypatch):
+    """Short kernels gain nothing from sharing; the caller's thread count comes back after."""
+    import torch
+
+    from reportgen.sections.registry import registry
+
+    seen = {}
+    cls = registry()["gradients"]
+    analyze = cls.analyze
+
+    def spy(self, ctx, options):
+        seen["threads"] = torch.get_num_threads()
+        return analyze(self, ctx, options)
+
+    monkeypatch.setattr(cls, "analyze", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        report = build(make_project(tmp_path), tmp_path, only=["gradients"])
+        assert seen["threads"] == 1 and report.data["budget"]["threads"] == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(bud, "SMALL_MODEL_MACS", 0)       # now "large": torch's own count
+        report = build(make_project(tmp_path), tmp_path, only=["gradients"], use_cache=False)
+        assert seen["threads"] == 2 and report.data["budget"]["threads"] == 2
+    finally:
+        torch.set_num_threads(before)

@@ -435,22 +435,6 @@ def visualize(model: nn.Module, objectives: Sequence[Objective], channels: int,
 SMALL_WORK_MACS = 1e9
 
 
-@contextlib.contextmanager
-def cpu_threads(n: Optional[int]) -> Iterator[None]:
-    """Run the block with ``n`` intra-op CPU threads (None: unchanged), then restore the count.
-
-    Tiny models (tests, toy nets) spend more time synchronizing threads than
-    computing; on a busy machine one thread is ten times faster for them.
-    """
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def top_channels(mean_activation: np.ndarray, k: int) -> List[int]:
     """The k channels with the highest mean activation over images (ties: lower index first).
 

@@ -11,6 +11,7 @@ from reportgen.analyses import budget as bud
 from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
 from reportgen.analyses.layout import Layout
+from reportgen.analyses.throughput import cpu_threads
 from reportgen.layers import layer_layouts
 from reportgen.render.featureviz import render_featureviz
 from reportgen.models import require_hooks
@@ -204,7 +205,7 @@ class FeatureVizSection(Section):
                                      decorrelate=bool(opts["decorrelate"]),
                                      batch_size=int(opts["batch_size"]), seed=ctx.seed)
         pre = ctx.spec["preprocess"]
-        with fv.cpu_threads(budget["threads"]):
+        with cpu_threads(budget["threads"]):
             result = fv.visualize(ctx.model, objectives, ctx.input_size[0], pre["mean"], pre["std"], params,
                                   ctx.output_key, reference=refs["probes"] + refs["dataset"], device=ctx.device,
                                   layouts=layouts)
