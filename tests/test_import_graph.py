@@ -139,3 +139,31 @@ def test_layers_import_only_downwards(layer, forbidden):
                  if m == layer or m.startswith(layer + ".")
                  for d in deps if any(d == f or d.startswith(f + ".") for f in forbidden))
     assert not bad, "\n".join(bad)
+
+
+# What `pip install reportgen` brings (pyproject's dependencies, by import name), the
+# standard library, and the optional packages each used behind a documented fallback or extra.
+DECLARED = {"torch", "torchvision", "jinja2", "markdown", "matplotlib", "numpy", "yaml", "PIL", "tqdm",
+            "safetensors", "nh3", "grandalf"}
+OPTIONAL = {"timm": "the timm extra", "sklearn": "t-SNE (falls back to PCA)",
+            "threadpoolctl": "scikit-learn's own dependency, with it", "openTSNE": "t-SNE (falls back to PCA)",
+            "tensorboard": "the tensorboard extra (metrics from event files)"}
+
+
+def test_every_third_party_import_is_a_dependency_or_a_documented_option():
+    """A plain install must run everything but the extras: scipy once crept into the
+    compare's rank correlation, and `reportgen demo` failed outside the test venv."""
+    import sys
+
+    found: Dict[str, Set[str]] = {}
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(module)
+    third_party = {top: mods for top, mods in found.items()
+                   if top != "reportgen" and top not in sys.stdlib_module_names and top != "__future__"}
+    undeclared = {top: sorted(mods) for top, mods in third_party.items() if top not in DECLARED | set(OPTIONAL)}
+    assert not undeclared, undeclared

@@ -175,9 +175,13 @@ def random_saliency(shape: Tuple[int, int], seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------- similarity
 
 def _ranks(a: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), as scipy.stats.rankdata."""
-    from scipy.stats import rankdata
-    return rankdata(a, method="average")
+    """Average ranks from 1 (ties share their mean rank), as scipy.stats.rankdata's default.
+
+    numpy only: scipy is no dependency of reportgen (a plain install runs the demo's compare).
+    """
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)                       # the rank of each distinct value's last copy
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -239,3 +239,21 @@ def test_border_flag_needs_far_more_than_the_band_area():
     assert not fa.border_flag([share, share], 64, 64)
     assert not fa.border_flag([0.6], 64, 64)            # above half but not 2x the area share
     assert not fa.border_flag([], 64, 64)
+
+
+def test_spearman_needs_no_scipy_and_ranks_ties_as_scipy_does(monkeypatch):
+    """A plain install has no scipy: the demo's compare ranks maps with numpy alone."""
+    import sys
+
+    from reportgen.analyses.faithfulness import _ranks, spearman
+
+    scipy_stats = pytest.importorskip("scipy.stats")          # the reference (a test extra's dependency)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, size=(7, 9)).astype(np.float32)   # many ties
+    b = rng.random((7, 9))
+    expected = scipy_stats.spearmanr(a.ravel(), b.ravel()).statistic
+    np.testing.assert_array_equal(_ranks(a.ravel()), scipy_stats.rankdata(a.ravel()))
+    monkeypatch.setitem(sys.modules, "scipy", None)            # any import of scipy now fails
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    assert spearman(a, b) == pytest.approx(expected, abs=1e-12)
+    assert spearman(a, a) == pytest.approx(1.0)
