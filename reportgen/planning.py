@@ -165,7 +165,8 @@ def note(section: str, plan: bud.Plan, actual_s: Optional[float] = None) -> Opti
     chosen = ", ".join(f"{_words(section, o)} {_value(sp.choices[o])}" for o in sp.auto)
     budget = bud.duration(plan.budget_s)
     took = f", took {bud.duration(actual_s)}" if actual_s is not None else ""
-    estimate = f" Estimated {bud.duration(sp.estimated_s)} on this machine{took}."
+    where = "on this machine" if plan.throughput.source != "reference" else "at the small-model reference speed"
+    estimate = f" Estimated {bud.duration(sp.estimated_s)} {where}{took}."
     if not sp.scaled:
         return (f"Automatic settings: {chosen}, the full settings, which fit the build's {budget} time budget."
                 + estimate)
