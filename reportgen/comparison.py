@@ -28,9 +28,13 @@ from reportgen import __version__
 from reportgen.baseline import diff_findings
 from reportgen.errors import SpecError
 from reportgen.pipeline import (Progress, Report, own_random_state, selected_sections, compute_sections,
-                                write_atomically)
+                                warn_if_heavy, write_atomically)
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
+
+# The compare page's parts, by their <section> ids: report.json's "size" counts each.
+COMPARE_PARTS = ("verdict", "predictions", "representations", "units", "weights", "explanations", "training",
+                 "findings")
 
 SpecSource = Union[str, Path, Dict[str, Any], Spec]
 ATTRIBUTION_SECTIONS = ("cam", "gradients", "occlusion")
@@ -411,8 +415,11 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     data["budget"] = {side: computed.budget_entry(sum(o["seconds"] for o in computed.outcomes.values()), None)
                       for side, computed in (("base", base_computed), ("new", new_computed))}
     from reportgen.render.compare import render_compare_page
+    from reportgen.render.page import page_size
 
     page = render_compare_page(parts, data, sentences)
+    data["size"] = page_size(page, COMPARE_PARTS)
+    warn_if_heavy(data["size"])
     index, json_path = write_atomically(target, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {"base": {n: o["results"] for n, o in base_out.items()},

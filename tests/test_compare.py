@@ -242,3 +242,7 @@ def test_report_json_keys_follow_the_contract(base_spec, tmp_path):
         assert set(v) >= {"cka", "weight_change"}
     for key in ("sections", "findings", "resolved", "timings"):
         assert key in data
+    size = data["size"]                                   # as a build's: the page and each part's share
+    assert size["bytes"] == (tmp_path / "o" / "index.html").stat().st_size
+    assert {"verdict", "predictions", "findings"} <= set(size["sections"])
+    assert 0 < sum(size["sections"].values()) < size["bytes"]

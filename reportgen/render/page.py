@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -95,7 +96,10 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
 def page_size(page: str, names: Sequence[str]) -> Dict[str, Any]:
     """The page's bytes and each section's share (from its <section> tag to the next one):
     what to trim when a report gets too heavy to publish by the hundred."""
-    found = {n: page.find(f'<section id="{n}" class="section section-{n}">') for n in names}
+    found = {}
+    for n in names:     # a build's sections carry "section section-NAME", a compare's plain "section"
+        m = re.search(f'<section id="{re.escape(n)}" class="section[^"]*">', page)
+        found[n] = m.start() if m else -1
     marks = sorted((i, n) for n, i in found.items() if i >= 0)
     end = page.find("</main>", marks[-1][0]) if marks else -1
     ends = [i for i, _ in marks[1:]] + [end if end >= 0 else len(page)]
