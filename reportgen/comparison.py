@@ -537,10 +537,8 @@ def _report_json(base_spec: Spec, new_spec: Spec, parts: CompareParts, compariso
                  findings, resolved, sentences: List[str], timings: Dict[str, float]) -> Dict[str, Any]:
     from reportgen.render.page import _finite, section_summaries
 
-    sections = {}
-    for name in parts.new_outcomes:
-        sections[name] = {"base": section_summaries(parts.base_outcomes).get(name),
-                          "new": section_summaries(parts.new_outcomes)[name]}
+    base, new = section_summaries(parts.base_outcomes), section_summaries(parts.new_outcomes)
+    sections = {name: {"base": base.get(name), "new": new[name]} for name in new}
     data = {
         "reportgen": __version__, "kind": "compare",
         "base": _side(base_spec, parts.base), "new": _side(new_spec, parts.new),

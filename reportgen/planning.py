@@ -68,17 +68,16 @@ def forward_macs(ctx: Any) -> Optional[int]:
 
 
 def throughput(ctx: Any, budget_s: float, store: Optional[Path],
-               macs: Optional[int] = None) -> Tuple[bud.Throughput, float]:
+               macs: Optional[int]) -> Tuple[bud.Throughput, float]:
     """The model's throughput and the seconds finding it took.
 
-    A small model's comes from its MACs (``budget.reference``; ``macs`` when
-    the caller has counted them); a larger one's is measured, and kept stable
-    across rebuilds when ``store`` is a folder.
+    A small model's comes from its MACs (``macs``, from :func:`forward_macs`;
+    None when they cannot be counted); a larger one's is measured, and kept
+    stable across rebuilds when ``store`` is a folder.
     """
     import time
 
     started = time.perf_counter()
-    macs = forward_macs(ctx) if macs is None else macs
     if macs is not None and macs <= bud.SMALL_MODEL_MACS:
         return bud.reference(macs, ctx.device.type), time.perf_counter() - started
     new = tp.measure(ctx.model, ctx.example(), budget_s, ctx.output_key)

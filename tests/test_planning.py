@@ -85,7 +85,7 @@ def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeyp
     ctx = make_context(resolve(spec, "cpu"))
     sections = {n: registry()[n](spec["sections"].get(n) or {}) for n in selected_sections(spec, None)}
     monkeypatch.setattr(tp, "measure", lambda *a, **k: pytest.fail("a small model must not be timed"))
-    rate, _ = planning.throughput(ctx, 90, tmp_path / "store")
+    rate, _ = planning.throughput(ctx, 90, tmp_path / "store", planning.forward_macs(ctx))
     assert rate.source == "reference" and rate == bud.reference(planning.forward_macs(ctx))
     plan = bud.plan(planning.section_needs(sections, ctx), rate, 90)
     assert not plan.long and not plan.over
@@ -189,9 +189,9 @@ def test_a_close_measurement_keeps_the_stored_one(tmp_path, monkeypatch):
     seen = iter([bud.Throughput(0.10, 0.30, 1, "cpu", "measured"), bud.Throughput(0.12, 0.27, 1, "cpu", "measured"),
                  bud.Throughput(0.50, 0.90, 1, "cpu", "measured")])
     monkeypatch.setattr(tp, "measure", lambda *a, **k: next(seen))
-    first, _ = planning.throughput(ctx, 90, tmp_path)
-    second, _ = planning.throughput(ctx, 90, tmp_path)
-    third, _ = planning.throughput(ctx, 90, tmp_path)
+    first, _ = planning.throughput(ctx, 90, tmp_path, None)
+    second, _ = planning.throughput(ctx, 90, tmp_path, None)
+    third, _ = planning.throughput(ctx, 90, tmp_path, None)
     assert (first.forward_s, first.source) == (0.10, "measured")
     assert (second.forward_s, second.source) == (0.10, "stored")
     assert (third.forward_s, third.source) == (0.50, "measured")
