@@ -88,9 +88,12 @@ def diff_findings(findings: Sequence[Dict[str, Any]], baseline: Optional[Sequenc
     return order(out), order(resolved)
 
 
-def order(findings: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """New first, then updated, then unchanged; within each, worst severity first."""
-    return sorted(findings, key=lambda f: (STATES.index(f.get("state", "new")),
+def order(findings: Sequence[Dict[str, Any]], states: Sequence[str] = STATES) -> List[Dict[str, Any]]:
+    """In the order of ``states`` (new, updated, unchanged; a state not listed comes first);
+    within each, worst severity first."""
+    def rank(state: str) -> int:
+        return states.index(state) if state in states else 0
+    return sorted(findings, key=lambda f: (rank(f.get("state", "new")),
                                            -SEVERITIES.index(f["severity"]), f.get("section", ""), f["id"]))
 
 

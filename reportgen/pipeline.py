@@ -24,7 +24,7 @@ from reportgen import __version__, planning
 from reportgen.analyses import budget as bud
 from reportgen.analyses.throughput import cpu_threads
 from reportgen.atomic import atomic_write
-from reportgen.baseline import diff_findings, load_baseline
+from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.sections.base import BuildContext, Finding
@@ -32,7 +32,6 @@ from reportgen.sections.registry import registry
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
-SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 SIZE_WARNING_BYTES = 10 * 1024 * 1024   # a site of a hundred such reports is a gigabyte
 
 
@@ -61,8 +60,10 @@ class Report:
 
     def __repr__(self) -> str:
         """One line for a console (the dataclass default would print every result array)."""
-        counts = {s: sum(1 for f in self.findings if f["severity"] == s) for s in ("error", "warning", "info")}
-        found = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
+        from reportgen.publish import finding_counts
+
+        counts = finding_counts(self.findings)
+        found = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]) or "no findings"
         return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
 
     def _title(self) -> str:
@@ -71,10 +72,7 @@ class Report:
         return title_of(self.data)
 
     def worst_severity(self) -> Optional[str]:
-        ranks = [SEVERITY_RANK[f["severity"]] for f in self.findings]
-        if not ranks:
-            return None
-        return {v: k for k, v in SEVERITY_RANK.items()}[max(ranks)]
+        return max((f["severity"] for f in self.findings), key=SEVERITIES.index, default=None)
 
 
 class Progress:

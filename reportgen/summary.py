@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from reportgen.baseline import SEVERITIES
+from reportgen.baseline import SEVERITIES, order
 from reportgen.publish import default_id, finding_counts, key_metrics, title_of
 
 GITHUB_LIMIT = 65_536
@@ -55,8 +55,7 @@ def ordered_findings(data: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Findings (with states) and resolved ones, most important first."""
     rows = [dict(f, state=f.get("state", "new")) for f in data["findings"]]
     rows += [dict(f, state="resolved") for f in data.get("resolved") or []]
-    return sorted(rows, key=lambda f: (STATE_ORDER.index(f["state"]) if f["state"] in STATE_ORDER else 0,
-                                       -SEVERITIES.index(f["severity"]), f.get("section", ""), f["id"]))
+    return order(rows, STATE_ORDER)
 
 
 def _has_states(data: Dict[str, Any]) -> bool:
