@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--keep", type=int, metavar="N",
                      help="keep the N newest builds and N newest compares, and every build a kept compare "
                           "links to; drop the rest")
+    pub.add_argument("--force", action="store_true",
+                     help="adopt a non-empty SITE_DIR that has no manifest.json (it is refused otherwise: "
+                          "its index.html would be overwritten)")
 
     s = sub.add_parser("summary", help="GitHub-flavoured Markdown of a report, for a PR comment or "
                        "$GITHUB_STEP_SUMMARY",
@@ -182,7 +185,7 @@ def cmd_demo(args) -> int:
 def cmd_publish(args) -> int:
     from reportgen.publish import publish
 
-    done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep)
+    done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep, force=args.force)
     for rid in done.written:
         print(f"reportgen: published {rid}", file=sys.stderr)
     for rid in done.dropped:
@@ -192,11 +195,10 @@ def cmd_publish(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from reportgen.baseline import load_report
-    from reportgen.publish import check_id
+    from reportgen.report import check_id, read_report
     from reportgen.summary import summary_markdown
 
-    data = load_report(args.report, "report")
+    data = read_report(args.report, "report")
     text = summary_markdown(data, report_id=check_id(args.report_id) if args.report_id else None,
                             link=args.link)
     if args.out_file:
