@@ -251,7 +251,7 @@ def publish(report_dirs: Sequence[PathLike], site: PathLike, report_id: Optional
     site = Path(site)
     _check_arguments(report_dirs, report_id, keep)
     sources = [read_report_dir(d) for d in report_dirs]
-    ids = [check_id(report_id, sources[0].folder) if report_id else default_id(s.data) for s in sources]
+    ids = [default_id(s.data) if report_id is None else check_id(report_id, sources[0].folder) for s in sources]
     clash = [i for i in ids if ids.count(i) > 1]
     if clash:
         raise InputError(f"two REPORT_DIRs would be published as the same ID {clash[0]!r}; publish them one "
