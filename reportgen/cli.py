@@ -193,12 +193,10 @@ def cmd_publish(args) -> int:
 
 def cmd_summary(args) -> int:
     from reportgen.baseline import load_report
-    from reportgen.publish import check_id
     from reportgen.summary import summary_markdown
 
     data = load_report(args.report, "report")
-    text = summary_markdown(data, report_id=check_id(args.report_id) if args.report_id else None,
-                            link=args.link)
+    text = summary_markdown(data, report_id=args.report_id, link=args.link)     # it checks the ID
     if args.out_file:
         from reportgen.errors import InputError
         from reportgen.atomic import atomic_write
