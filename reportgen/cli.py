@@ -105,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", dest="out_file", metavar="FILE", help="write to FILE instead of stdout")
     s.add_argument("--link", metavar="URL", help="link the full (published) report")
     s.add_argument("--id", dest="report_id", metavar="ID",
-                   help="the marker's ID (default: the report's publish ID); a fixed one such as "
-                        "pr-review lets a workflow update one comment across pushes")
+                   help="the marker's ID: lower-case letters, digits, '.', '_', '-' (default: the report's "
+                        "publish ID); a fixed one such as pr-review lets a workflow update one comment across pushes")
     return p
 
 

@@ -13,7 +13,7 @@ third-party upload leaks the model; ``--link`` points at the published report.
 
 The text is safe on GitHub (SPEC.md, "Trust"), whatever the report.json says:
 every text from the report is escaped, so it cannot inject Markdown, HTML or an
-image; URLs, ``www.`` names, e-mail addresses, ``@login`` and ``#123`` get an
+image; URLs, ``www.`` names, e-mail addresses, ``@login``, ``#123`` and ``GH-123`` get an
 invisible WORD JOINER so GitHub neither links them nor notifies anyone; ``kind``,
 ``state`` and ``severity`` are their own words or are shown escaped; the marker
 holds only a checked ID, and no field can write ``-->``.
@@ -45,8 +45,8 @@ _HEX = re.compile(r"[0-9a-f]+")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|!~#])")
 _URI_SCHEME = re.compile(r"(?i)\b(data|javascript):")
 # what GitHub turns into a link or a notification: cmark-gfm's autolinks (scheme://, www., e-mail
-# addresses, mailto: and xmpp: ones), @login and @org/team mentions, #123 issue references
-_LINK_BAIT = re.compile(r"(?i)@|:(?=//)|www(?=\.)|#(?=\d)")
+# addresses, mailto: and xmpp: ones), @login and @org/team mentions, #123 and GH-123 issue references
+_LINK_BAIT = re.compile(r"(?i)@|:(?=//)|www(?=\.)|#(?=\d)|gh(?=-\d)")
 
 
 def _str(value: Any) -> str:
@@ -58,7 +58,7 @@ def _str(value: Any) -> str:
 
 def plain(text: str) -> str:
     """``text`` as GitHub shows it but links and notifies nothing: a WORD JOINER after each ``@``,
-    ``:`` of ``://``, ``www`` of ``www.`` and ``#`` of ``#1``."""
+    ``:`` of ``://``, ``www`` of ``www.``, ``#`` of ``#1`` and ``GH`` of ``GH-1``."""
     return _LINK_BAIT.sub(lambda m: m.group() + WORD_JOINER, text)
 
 

@@ -76,6 +76,7 @@ def test_report_text_cannot_inject_markup_or_images(reports):
     row = next(line for line in text.splitlines() if line.startswith("| warning"))
     assert row.count("|") - row.count("\\|") == 5                 # as many cells as the header
     assert md("a|b_c*d") == "a\\|b\\_c\\*d"
+    assert md("@me www.x.y http://x.y #1 GH-2") == "@\u2060me www\u2060.x.y http:\u2060//x.y \\#\u20601 GH\u2060-2"
 
 
 def test_out_file_and_bad_input(reports, tmp_path, capsys):
