@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", dest="out_file", metavar="FILE", help="write to FILE instead of stdout")
     s.add_argument("--link", metavar="URL", help="link the full (published) report")
     s.add_argument("--id", dest="report_id", metavar="ID",
-                   help="the marker's ID (default: the report's publish ID); a fixed one such as "
-                        "pr-review lets a workflow update one comment across pushes")
+                   help="the marker's ID: lower-case letters, digits, '.', '_', '-' (default: the report's "
+                        "publish ID); a fixed one such as pr-review lets a workflow update one comment across pushes")
     return p
 
 
@@ -195,12 +195,11 @@ def cmd_publish(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from reportgen.report import check_id, read_report
+    from reportgen.report import read_report
     from reportgen.summary import summary_markdown
 
     data = read_report(args.report, "report")
-    text = summary_markdown(data, report_id=check_id(args.report_id) if args.report_id else None,
-                            link=args.link)
+    text = summary_markdown(data, report_id=args.report_id, link=args.link)     # it checks the ID
     if args.out_file:
         from reportgen.errors import InputError
         from reportgen.atomic import atomic_write
