@@ -221,10 +221,10 @@ def summary_markdown(data: Dict[str, Any], report_id: Optional[str] = None, link
         raise ValueError(f"limit must be at least {MIN_LIMIT} characters, not {limit}")
     rid = default_marker_id(data) if report_id is None else check_marker_id(report_id)
     top = [f"<!-- reportgen:{rid} -->",
-           f"### reportgen {shown(data.get('kind', 'build'), KINDS)}: {md(title_of(data), TITLE_LIMIT)}", "",
-           verdict_line(data)]
-    if link:
-        top += ["", f"[Full report]({_url(link)})"]
+           f"### reportgen {shown(data.get('kind', 'build'), KINDS)}: {md(title_of(data), TITLE_LIMIT)}", ""]
+    if link:      # before the verdict: a cut summary keeps the way to the full report
+        top += [_link_line(link), ""]
+    top.append(verdict_line(data))
     tables = [t for t in [finding_table(data), number_table(data), *change_tables(data)] if t.rows]
     for keep in _shrinking([len(t.rows) for t in tables]):
         lines = _compose(top, tables, keep)
@@ -262,6 +262,8 @@ def _cut(lines: List[str], limit: int) -> str:
     (MIN_LIMIT), and a cut line keeps its escapes harmless: a prefix of escaped text shows as text."""
     out, room = [], limit
     for line in lines:
+        if len(line) + 1 > room and line.startswith(LINK_TEXT):
+            continue                         # a link cut short would point elsewhere: none at all
         if len(line) + 1 > room:
             if room > 2:
                 out.append(line[:room - 2] + "…")
@@ -269,6 +271,13 @@ def _cut(lines: List[str], limit: int) -> str:
         out.append(line)
         room -= len(line) + 1
     return "\n".join(out) + "\n"
+
+
+LINK_TEXT = "[Full report]("
+
+
+def _link_line(link: str) -> str:
+    return f"{LINK_TEXT}{_url(link)})"
 
 
 def _url(link: str) -> str:
