@@ -27,6 +27,7 @@ import torch
 from reportgen import __version__
 from reportgen.baseline import diff_findings
 from reportgen.errors import SpecError
+from reportgen.paths import public_path
 from reportgen.pipeline import (Progress, Report, own_random_state, selected_sections, compute_sections,
                                 warn_if_heavy, write_atomically)
 from reportgen.spec import Spec, load_spec
@@ -405,7 +406,8 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     timings["sections"] = time.perf_counter() - started
 
     parts, comparison = _cross(base, new, base_out, new_out, timings, progress, precomputed)
-    comparison["inputs"]["pass_file"] = str(pass_file) if pass_file is not None else None
+    comparison["inputs"]["pass_file"] = (public_path(Path(pass_file).resolve(), new_spec.base_dir)
+                                         if pass_file is not None else None)     # --pass: from the cwd
     base_findings = [f for o in base_out.values() for f in o["findings"]]
     new_findings = [f for o in new_out.values() for f in o["findings"]] + sanity_regressions(parts.similarity)
     findings, resolved = diff_findings(new_findings, base_findings)

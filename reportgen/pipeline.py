@@ -27,6 +27,7 @@ from reportgen.atomic import atomic_write
 from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
+from reportgen.paths import public_text
 from reportgen.sections.base import BuildContext, Finding
 from reportgen.sections.registry import registry
 from reportgen.spec import Spec, load_spec
@@ -226,8 +227,9 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
                 "seconds": time.perf_counter() - started, "cached": False, "error": None,
                 "skipped": e.reason, "hint": e.hint}
     except Exception as e:  # a bug or an unsupported model: report it, keep the rest
-        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-        progress.log(f"reportgen: section {name!r} failed: {detail}")
+        raw = "".join(traceback.format_exception_only(type(e), e)).strip()
+        progress.log(f"reportgen: section {name!r} failed: {raw}")   # this machine's log: paths in full
+        detail = public_text(raw, ctx.spec.base_dir)     # the report may be published: public paths
         finding = Finding(id=f"section-failed-{name}", severity="error",
                           title=f"Section {section.title or name} could not be computed",
                           evidence=detail, section=name).to_json()

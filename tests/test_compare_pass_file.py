@@ -132,3 +132,16 @@ def test_save_pass_replaces_the_file_whole(project, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_pass(target, result, header)
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["pass"]
+
+
+def test_a_pass_outside_the_spec_folder_is_shown_by_its_name(project, tmp_path):
+    """report.json and the page name the pass the way they name every file (``paths.public_path``)."""
+    elsewhere = tmp_path / "home" / "alice-private" / "pass.npz"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes((project / "pass.npz").read_bytes())
+    out = tmp_path / "out"
+    assert main(["compare", str(project / "base.yaml"), str(project / "new.yaml"), "-o", str(out),
+                 "--pass", str(elsewhere), "--only", "summary", "--quiet", "--no-cache"]) == 0
+    assert json.loads((out / "report.json").read_text())["comparison"]["inputs"]["pass_file"] == "pass.npz"
+    for page in ("report.json", "index.html"):
+        assert "alice-private" not in (out / page).read_text()
