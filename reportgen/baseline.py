@@ -14,54 +14,15 @@ Findings of the baseline that are gone are ``resolved``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from reportgen.errors import InputError
-
-STATES = ("new", "updated", "unchanged")
-SEVERITIES = ("info", "warning", "error")
-_REQUIRED_FINDING_KEYS = ("id", "severity", "title", "evidence")
-
-
-def baseline_path(path: Union[str, Path]) -> Path:
-    """A report.json, or a folder holding one."""
-    p = Path(path)
-    return p / "report.json" if p.is_dir() else p
+from reportgen.report import SEVERITIES, STATES, read_report
 
 
 def load_baseline(path: Union[str, Path]) -> Dict[str, Any]:
-    """The previous report.json, checked to be one of ours; InputError (exit 2) naming the file otherwise."""
-    return load_report(path, "baseline")
-
-
-def load_report(path: Union[str, Path], role: str = "report") -> Dict[str, Any]:
-    """A report.json (or the folder holding one) checked to be one of ours: a version and findings.
-
-    ``role`` names the file in messages ("baseline", "report"); anything else is
-    an InputError (exit 2) naming the file.
-    """
-    p = baseline_path(path)
-    if not p.is_file():
-        raise InputError(f"{role} report not found (give a report.json or the folder that holds it)", p)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{role} is not UTF-8 text, so not a reportgen report.json", p) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{role} is not valid JSON (line {e.lineno}: {e.msg})", p) from None
-    if not isinstance(data, dict) or "reportgen" not in data or not isinstance(data.get("findings"), list):
-        raise InputError(f"{role} is not a reportgen report.json (no 'reportgen' version and 'findings' "
-                         "list)", p)
-    for i, f in enumerate(data["findings"]):
-        missing = [k for k in _REQUIRED_FINDING_KEYS if not isinstance(f, dict) or k not in f]
-        if missing:
-            raise InputError(f"{role} findings[{i}] lacks {', '.join(missing)}: not a reportgen report.json", p)
-        if f["severity"] not in SEVERITIES:
-            raise InputError(f"{role} findings[{i}] has severity {f['severity']!r}, not one of "
-                             f"{', '.join(SEVERITIES)}", p)
-    return data
+    """The previous report.json, validated; InputError (exit 2) naming the file and key otherwise."""
+    return read_report(path, "baseline")
 
 
 def _plain(f: Dict[str, Any]) -> Dict[str, Any]:

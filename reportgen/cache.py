@@ -6,6 +6,7 @@ is data, never code, so a planted file cannot run anything on load.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,15 @@ def default_dir() -> Path:
     return Path(base) / "reportgen"
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+def file_digest(path: Path) -> str:
+    """A file's sha256, hashed once per process while its size and mtime stay (checkpoints are big,
+    and the cache key and report.json's inputs_digest both need them)."""
+    st = os.stat(path)
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):

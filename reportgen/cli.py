@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--keep", type=int, metavar="N",
                      help="keep the N newest builds and N newest compares, and every build a kept compare "
                           "links to; drop the rest")
+    pub.add_argument("--force", action="store_true",
+                     help="adopt a non-empty SITE_DIR that has no manifest.json (it is refused otherwise: "
+                          "its index.html would be overwritten)")
 
     s = sub.add_parser("summary", help="GitHub-flavoured Markdown of a report, for a PR comment or "
                        "$GITHUB_STEP_SUMMARY",
@@ -105,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", dest="out_file", metavar="FILE", help="write to FILE instead of stdout")
     s.add_argument("--link", metavar="URL", help="link the full (published) report")
     s.add_argument("--id", dest="report_id", metavar="ID",
-                   help="the marker's ID (default: the report's publish ID); a fixed one such as "
-                        "pr-review lets a workflow update one comment across pushes")
+                   help="the marker's ID: lower-case letters, digits, '.', '_', '-' (default: the report's "
+                        "publish ID); a fixed one such as pr-review lets a workflow update one comment across pushes")
     return p
 
 
@@ -182,7 +185,7 @@ def cmd_demo(args) -> int:
 def cmd_publish(args) -> int:
     from reportgen.publish import publish
 
-    done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep)
+    done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep, force=args.force)
     for rid in done.written:
         print(f"reportgen: published {rid}", file=sys.stderr)
     for rid in done.dropped:
@@ -192,13 +195,11 @@ def cmd_publish(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from reportgen.baseline import load_report
-    from reportgen.publish import check_id
+    from reportgen.report import read_report
     from reportgen.summary import summary_markdown
 
-    data = load_report(args.report, "report")
-    text = summary_markdown(data, report_id=check_id(args.report_id) if args.report_id else None,
-                            link=args.link)
+    data = read_report(args.report, "report")
+    text = summary_markdown(data, report_id=args.report_id, link=args.link)     # it checks the ID
     if args.out_file:
         from reportgen.errors import InputError
         from reportgen.atomic import atomic_write

@@ -28,8 +28,9 @@ from reportgen import __version__
 from reportgen.baseline import diff_findings
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
-from reportgen.pipeline import (Progress, Report, own_random_state, selected_sections, compute_sections,
-                                warn_if_heavy, write_atomically)
+from reportgen.pipeline import (Progress, Report, audit_inputs_digest, own_random_state, selected_sections,
+                                compute_sections, warn_if_heavy)
+from reportgen.report import write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
@@ -364,21 +365,23 @@ def resolve_pair(base_src: SpecSource, new_src: SpecSource, device: Optional[str
 
 def pass_header(base: Resolved, new: Resolved) -> Dict[str, Any]:
     """What a saved dataset pass was computed on: both models' inputs (weights, images, preprocessing)."""
-    from reportgen.pipeline import inputs_digest
+    from reportgen.pipeline import cache_inputs_key
 
-    return {"kind": "compare-pass", "version": __version__, "base_inputs": inputs_digest(base),
-            "new_inputs": inputs_digest(new), "base_spec": str(base.spec.file), "new_spec": str(new.spec.file)}
+    return {"kind": "compare-pass", "version": __version__, "base_inputs": cache_inputs_key(base),
+            "new_inputs": cache_inputs_key(new), "base_spec": str(base.spec.file), "new_spec": str(new.spec.file)}
 
 
 def load_checked_pass(path: Union[str, Path], base: Resolved, new: Resolved) -> Any:
     """A saved pass, refused (exit 2) unless it was computed on exactly these models and inputs."""
     from reportgen.analyses.compare_pass import load_pass
     from reportgen.errors import InputError
+    from reportgen.report import validate_pass_header
 
     try:
         result, header = load_pass(path)
     except ValueError as e:
         raise InputError(str(e).replace(f"{path} ", "", 1), path) from None
+    validate_pass_header(header, path)
     want = pass_header(base, new)
     stale = [side for side in ("base", "new") if header.get(f"{side}_inputs") != want[f"{side}_inputs"]]
     if stale or header.get("version") != want["version"]:
@@ -421,8 +424,9 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
 
     page = render_compare_page(parts, data, sentences)
     data["size"] = page_size(page, COMPARE_PARTS)
+    _add_inputs_digests(data, base, new)
     warn_if_heavy(data["size"])
-    index, json_path = write_atomically(target, page, data)
+    index, json_path = write_pair(target, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {"base": {n: o["results"] for n, o in base_out.items()},
                "new": {n: o["results"] for n, o in new_out.items()}}
@@ -512,6 +516,17 @@ def units_json(units: Any, same: bool, result: Any) -> Dict[str, Any]:
             "n": units.n_images, "k": units.k, "candidates": list(result.units.layers),
             "channels": units.channels_json(),
             "correlation_per_channel": [None if not np.isfinite(v) else round(float(v), 4) for v in corr]}
+
+
+def _add_inputs_digests(data: Dict[str, Any], base: Resolved, new: Resolved) -> None:
+    """Each side's audited inputs (SPEC.md, "Trust"), and the pair's: a new model compared from
+    unchanged specs is a new entry on a published site."""
+    from reportgen.cache import digest_of
+
+    sides = {"base": audit_inputs_digest(base), "new": audit_inputs_digest(new)}
+    for side, digest in sides.items():
+        data[side]["inputs_digest"] = digest
+    data["inputs_digest"] = digest_of(sides)
 
 
 def _negative_flips_by_class(agreement) -> Dict[str, int]:

@@ -80,7 +80,7 @@ def _without_downloads(kwargs: Dict[str, Any], keys: Tuple[str, ...]) -> Dict[st
     return kw
 
 
-TIMM_EXTRA = "needs the timm package: pip install 'reportgen[timm]'"
+TIMM_EXTRA = "needs the timm package: pip install 'timm>=0.9' (reportgen's timm extra)"
 # What reportgen reads from a timm model's pretrained_cfg: preprocessing only. Its
 # download addresses (url, hf_hub_id, ...) are never read, so they never reach a report.
 TIMM_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import os
 import sys
 import time
@@ -23,11 +22,11 @@ import torch
 from reportgen import __version__, planning
 from reportgen.analyses import budget as bud
 from reportgen.analyses.throughput import cpu_threads
-from reportgen.atomic import atomic_write
 from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
-from reportgen.paths import public_text
+from reportgen.paths import public_path, public_text
+from reportgen.report import write_pair
 from reportgen.sections.base import BuildContext, Finding
 from reportgen.sections.registry import registry
 from reportgen.spec import Spec, load_spec
@@ -103,8 +102,8 @@ def _out_dir(spec: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
     return spec.base_dir / "site"
 
 
-def inputs_digest(res: Resolved) -> str:
-    """Everything a section's numbers depend on, hashed: the cache key's base."""
+def cache_inputs_key(res: Resolved) -> str:
+    """Everything a section's numbers depend on, hashed (versions and device too): the cache key's base."""
     spec = res.spec
     model_src: Dict[str, Any] = dict(spec["model"])
     if model_src.get("torchscript"):
@@ -135,6 +134,27 @@ def inputs_digest(res: Resolved) -> str:
         "findings": spec["findings"],
     }
     return digest_of(parts)
+
+
+def audit_inputs_digest(res: Resolved) -> str:
+    """report.json's ``inputs_digest``: what the audited model is (SPEC.md, "Trust").
+
+    The spec, the audited weights, the probe bytes, the dataset listing and the
+    preprocessing; not reportgen's or torch's version nor the device, so the same
+    model on another machine keeps its ID on a published site, and a new model
+    trained from an unchanged spec gets its own.
+    """
+    spec = res.spec
+    audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
+    weights = file_digest(audit.path) if audit is not None else None
+    if spec["model"].get("torchscript"):
+        weights = [weights, file_digest(spec.path(spec["model"]["torchscript"]))]
+    return digest_of({
+        "spec": spec.digest, "weights": weights, "checkpoint_weights": spec["checkpoint_weights"],
+        "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
+        "dataset": [(public_path(p, spec.base_dir), c) for p, c in res.dataset],
+        "preprocess": spec["preprocess"], "input_size": list(res.input_size),
+    })
 
 
 def _path_digest(path: Optional[Path]) -> Optional[str]:
@@ -294,7 +314,8 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     data = report_json(res, outcomes, findings, resolved, previous,
                        budget=computed.budget_entry(time.perf_counter() - started, size["bytes"]))
     data["size"] = size
-    index, json_path = write_atomically(target_dir, page, data)
+    data["inputs_digest"] = audit_inputs_digest(res)
+    index, json_path = write_pair(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o["results"] for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
@@ -341,7 +362,7 @@ def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache
     ctx = make_context(res)
     ctx.progress = progress
     cache = SectionCache(cache_dir, enabled=use_cache)
-    base_key = inputs_digest(res)
+    base_key = cache_inputs_key(res)
     planned = _plan(ctx, res.spec, names, budget, cache, progress)
     sections = registry()
     outcomes: Dict[str, Dict[str, Any]] = {}
@@ -386,13 +407,3 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
                  f"{bud.duration(ctx.plan.planned_s)} of section work")
     return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes,
             "threads": planning.section_threads(ctx, macs)}
-
-
-def write_atomically(out_dir: Path, page: str, data: Dict[str, Any]) -> tuple:
-    """Write report.json then index.html, each by rename: readers never see half a file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "report.json"
-    index = out_dir / "index.html"
-    atomic_write(json_path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    atomic_write(index, page)
-    return index, json_path

@@ -63,6 +63,6 @@ def variant(src: Path, dest: Path, title: Optional[str] = None, digest: Optional
     if title is not None:
         changes["title"] = title
     if digest is not None:
-        changes["spec_digest"] = digest
+        changes["spec_digest"] = changes["inputs_digest"] = digest
     edit(dest, **changes)
     return dest

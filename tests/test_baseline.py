@@ -49,9 +49,9 @@ def test_gates(level, ids):
     ("{not json", "not valid JSON (line 1"),
     ('{"name": "left-pad", "version": "1.0.0"}', "not a reportgen report.json"),
     ('[1, 2]', "not a reportgen report.json"),
-    ('{"reportgen": "0.1.0", "findings": [{"id": "x"}]}', "findings[0] lacks severity, title, evidence"),
+    ('{"reportgen": "0.1.0", "findings": [{"id": "x"}]}', "key findings[0].severity: missing"),
     ('{"reportgen": "0.1.0", "findings": [{"id": "x", "severity": "fatal", "title": "", "evidence": ""}]}',
-     "severity 'fatal'"),
+     "key findings[0].severity: 'fatal' is not one of info, warning, error"),
 ])
 def test_bad_baseline_names_the_file(tmp_path, content, message):
     path = tmp_path / "report.json"

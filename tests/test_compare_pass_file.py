@@ -84,6 +84,8 @@ BAD: Dict[str, Callable[[Path], bytes]] = {
     "missing array": lambda good: _zip({k: v for k, v in _members(good).items() if k != "a0.npy"}),
     "header a list": lambda good: _with_skeleton(good, _set("header", [1, 2])),
     "header digest a number": lambda good: _with_skeleton(good, _set("header.base_inputs", 7)),
+    "header digest not hex": lambda good: _with_skeleton(good, _set("header.base_inputs", "../../x")),
+    "header of another kind": lambda good: _with_skeleton(good, _set("header.kind", "<img src=x>")),
     "no result": lambda good: _with_skeleton(good, lambda s: s.pop("result")),
     "cka a string": lambda good: _with_skeleton(good, _set("result.cka", "x")),
     "cka layers a number": lambda good: _with_skeleton(good, _set("result.cka.base_layers", 3)),

@@ -141,7 +141,7 @@ def test_layers_import_only_downwards(layer, forbidden):
     assert not bad, "\n".join(bad)
 
 
-# What `pip install reportgen` brings (pyproject's dependencies, by import name), the
+# What installing reportgen (the cnn-reportgen distribution) brings (pyproject's dependencies, by import name), the
 # standard library, and the optional packages each used behind a documented fallback or extra.
 DECLARED = {"torch", "torchvision", "jinja2", "markdown", "matplotlib", "numpy", "yaml", "PIL", "tqdm",
             "safetensors", "nh3", "grandalf"}

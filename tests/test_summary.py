@@ -8,6 +8,7 @@ import pytest
 
 from reportgen.cli import main
 from reportgen.summary import GITHUB_LIMIT, md, summary_markdown
+from tests.github_markdown import assert_safe_on_github
 from tests.published import FINDINGS, build_reports
 
 
@@ -75,6 +76,7 @@ def test_report_text_cannot_inject_markup_or_images(reports):
     row = next(line for line in text.splitlines() if line.startswith("| warning"))
     assert row.count("|") - row.count("\\|") == 5                 # as many cells as the header
     assert md("a|b_c*d") == "a\\|b\\_c\\*d"
+    assert md("@me www.x.y http://x.y #1 GH-2") == "@\u2060me www\u2060.x.y http:\u2060//x.y \\#\u20601 GH\u2060-2"
 
 
 def test_out_file_and_bad_input(reports, tmp_path, capsys):
@@ -87,3 +89,83 @@ def test_out_file_and_bad_input(reports, tmp_path, capsys):
     assert str(foreign) in capsys.readouterr().err
     assert main(["summary", str(reports.builds[1]), "--id", "a/b"]) == 2
     assert main(["summary", str(reports.builds[1]), "-o", str(tmp_path / "nope" / "x.md")]) == 2
+
+
+# --------------------------------------------------------------------------- safe on GitHub (issue 15, item 4)
+
+BAIT = "see https://evil.example, www.evil.example or mail a@evil.example; cc @octocat and @org/team #12"
+
+
+def _metrics(data: dict) -> dict:
+    model = data["model"]
+    return next(c for c in model["checkpoints"] if c["label"] == model["audit_checkpoint"])["metrics"]
+
+
+def test_report_fields_make_no_link_and_no_mention_on_github(reports):
+    data = _data(reports.builds[0])
+    data["title"] = BAIT
+    data["findings"] = [dict(FINDINGS[0], title=BAIT, evidence=BAIT, section=BAIT, layer=BAIT)]
+    _metrics(data)[BAIT] = 1.0
+    link = "https://me.github.io/repo/reports/x/"
+    html = assert_safe_on_github(summary_markdown(data, link=link), link)
+    assert "https:" in html and "evil.example" in html and "octocat" in html   # still readable
+    compare = _data(reports.compare)
+    compare["comparison"]["predictions"]["per_class"] = {BAIT: {"base_accuracy": 0.9, "new_accuracy": 0.5}}
+    compare["comparison"]["layers"][BAIT] = {"cka": 0.5, "weight_change": 9.0}
+    compare["verdict"] = [BAIT]
+    compare["base"]["title"] = BAIT
+    assert_safe_on_github(summary_markdown(compare))
+
+
+def test_kind_and_state_show_only_their_own_words(reports):
+    data = _data(reports.builds[2])
+    data["kind"] = "<img src=x onerror=alert(1)>"
+    data["baseline"] = {"title": "tiny v2", "findings": 2}
+    data["findings"] = [dict(FINDINGS[0], state="**x** <b>y</b>")]
+    text = summary_markdown(data, report_id="pr-review")
+    html = assert_safe_on_github(text)
+    assert "<strong>x</strong>" not in html
+    assert "\\*\\*x\\*\\*" in text                # shown, escaped
+
+
+def test_a_crafted_digest_cannot_break_out_of_the_marker(reports):
+    data = _data(reports.builds[0])
+    data["spec_digest"] = data["inputs_digest"] = "--> <img src=x onerror=alert(1)> <!--"
+    text = summary_markdown(data)
+    assert text.startswith("<!-- reportgen:tiny-v1 -->\n")           # a digest that is not hex adds nothing
+    assert_safe_on_github(text)
+    data["spec_digest"] = "abcdef12zz"
+    assert summary_markdown(data).startswith("<!-- reportgen:tiny-v1 -->\n")
+    data["spec_digest"] = "ABCDEF1234"
+    assert summary_markdown(data).startswith("<!-- reportgen:tiny-v1 -->\n")
+    data["spec_digest"] = "0123456789abcdef"
+    assert summary_markdown(data).startswith("<!-- reportgen:tiny-v1-01234567 -->\n")
+
+
+@pytest.mark.parametrize("bad", ["PR-7", "a/b", "", ".x", "-x", "x" * 101, "a -->", "a\nb"])
+def test_a_bad_id_exits_2(reports, bad, capsys):
+    assert main(["summary", str(reports.builds[1]), f"--id={bad}"]) == 2
+    assert "--id" in capsys.readouterr().err
+
+
+def test_hundreds_of_long_metric_names_shrink_the_key_numbers(reports, tmp_path, capsys):
+    data = _data(reports.builds[0])
+    _metrics(data).update({f"metric {i} " + "m" * 1000: i for i in range(300)})
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    assert main(["summary", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert len(text) <= GITHUB_LIMIT and "row(s) left out" in text
+    assert "| metric 0 " in text and "| metric 299 " not in text         # the first rows stay
+    assert_safe_on_github(text)
+
+
+def test_every_line_is_capped_so_even_a_small_limit_holds(reports):
+    data = _data(reports.compare)
+    data["base"]["title"] = "t" * 100_000
+    data["verdict"] = ["v" * 100_000]
+    data["findings"] = [dict(FINDINGS[0], evidence="e" * 100_000) for _ in range(50)]
+    for limit in (GITHUB_LIMIT, 5000, 1000):
+        text = summary_markdown(data, limit=limit, link="https://x.example/" + "l" * 100_000)
+        assert len(text) <= limit
+        assert text.startswith("<!-- reportgen:")

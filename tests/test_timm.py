@@ -126,7 +126,7 @@ def test_missing_timm_names_the_extra(tmp_path, monkeypatch, capsys):
     spec = project(tmp_path)
     assert main(["validate", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert f"{spec}:3: model.timm: needs the timm package: pip install 'reportgen[timm]'" in err
+    assert f"{spec}:3: model.timm: needs the timm package: pip install 'timm>=0.9' (reportgen's timm extra)" in err
     assert "Traceback" not in err
 
 
