@@ -6,7 +6,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import BinaryIO, Callable, Dict, Optional
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -14,10 +14,21 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, content: bytes, mode: int = 0o644) -> None:
+    atomic_write_with(path, lambda f: f.write(content), mode)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """``write(f)`` fills a temp file beside ``path``, which then replaces ``path`` in one rename.
+
+    A callback, not bytes, so an .npz streams into the file (numpy adds ".npz"
+    to a name without it, never to a file object); on any failure the temp
+    file goes and ``path`` is untouched.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(content)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

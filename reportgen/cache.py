@@ -82,10 +82,14 @@ def _join_arrays(obj: Any, arrays: Any) -> Any:
 
 def save_plain(path: Path, obj: Any) -> None:
     """``obj`` (dataclasses, dicts, lists, numpy arrays) as one .npz: its arrays plus a JSON
-    skeleton; no pickle, so ``load_plain`` reads it back with ``allow_pickle=False``."""
+    skeleton; no pickle, so ``load_plain`` reads it back with ``allow_pickle=False``. Written by
+    rename (``atomic_write_with``): a reader never finds half a file."""
+    from reportgen.atomic import atomic_write_with
+
     arrays: Dict[str, np.ndarray] = {}
     skeleton = _split_arrays(to_plain(obj), arrays)
-    np.savez_compressed(path, __skeleton__=np.array(json.dumps(skeleton)), **arrays)
+    atomic_write_with(Path(path), lambda f: np.savez_compressed(f, __skeleton__=np.array(json.dumps(skeleton)),
+                                                                **arrays))
 
 
 def load_plain(path: Path) -> Any:

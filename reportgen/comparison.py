@@ -27,6 +27,7 @@ import torch
 from reportgen import __version__
 from reportgen.baseline import diff_findings
 from reportgen.errors import SpecError
+from reportgen.paths import public_path
 from reportgen.pipeline import (Progress, Report, audit_inputs_digest, own_random_state, selected_sections,
                                 compute_sections, warn_if_heavy)
 from reportgen.report import write_pair
@@ -374,11 +375,13 @@ def load_checked_pass(path: Union[str, Path], base: Resolved, new: Resolved) -> 
     """A saved pass, refused (exit 2) unless it was computed on exactly these models and inputs."""
     from reportgen.analyses.compare_pass import load_pass
     from reportgen.errors import InputError
+    from reportgen.report import validate_pass_header
 
     try:
         result, header = load_pass(path)
     except ValueError as e:
         raise InputError(str(e).replace(f"{path} ", "", 1), path) from None
+    validate_pass_header(header, path)
     want = pass_header(base, new)
     stale = [side for side in ("base", "new") if header.get(f"{side}_inputs") != want[f"{side}_inputs"]]
     if stale or header.get("version") != want["version"]:
@@ -406,7 +409,8 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     timings["sections"] = time.perf_counter() - started
 
     parts, comparison = _cross(base, new, base_out, new_out, timings, progress, precomputed)
-    comparison["inputs"]["pass_file"] = str(pass_file) if pass_file is not None else None
+    comparison["inputs"]["pass_file"] = (public_path(Path(pass_file).resolve(), new_spec.base_dir)
+                                         if pass_file is not None else None)     # --pass: from the cwd
     base_findings = [f for o in base_out.values() for f in o["findings"]]
     new_findings = [f for o in new_out.values() for f in o["findings"]] + sanity_regressions(parts.similarity)
     findings, resolved = diff_findings(new_findings, base_findings)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from reportgen.analyses.topk_distributed import distributed_topk_patches, result_arrays
+from reportgen.atomic import atomic_write_with
 
 
 def _device() -> torch.device:
@@ -115,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.k or options["k"], data["batch_size"], data["workers"], device, res.input_size,
             args.projection or options["projection"], layouts=layouts)
         if result is not None:
-            np.savez_compressed(args.out, **result_arrays(result))
+            atomic_write_with(Path(args.out), lambda f: np.savez_compressed(f, **result_arrays(result)))
             print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
         # the other ranks wait for rank 0's second step: tearing gloo down while a peer
         # still holds the group aborts the process ("terminate called without an active exception")

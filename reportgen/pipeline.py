@@ -25,6 +25,7 @@ from reportgen.analyses.throughput import cpu_threads
 from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
+from reportgen.paths import public_path, public_text
 from reportgen.report import write_pair
 from reportgen.sections.base import BuildContext, Finding
 from reportgen.sections.registry import registry
@@ -148,8 +149,6 @@ def audit_inputs_digest(res: Resolved) -> str:
     weights = file_digest(audit.path) if audit is not None else None
     if spec["model"].get("torchscript"):
         weights = [weights, file_digest(spec.path(spec["model"]["torchscript"]))]
-    from reportgen.render.page import public_path
-
     return digest_of({
         "spec": spec.digest, "weights": weights, "checkpoint_weights": spec["checkpoint_weights"],
         "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
@@ -248,8 +247,9 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
                 "seconds": time.perf_counter() - started, "cached": False, "error": None,
                 "skipped": e.reason, "hint": e.hint}
     except Exception as e:  # a bug or an unsupported model: report it, keep the rest
-        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-        progress.log(f"reportgen: section {name!r} failed: {detail}")
+        raw = "".join(traceback.format_exception_only(type(e), e)).strip()
+        progress.log(f"reportgen: section {name!r} failed: {raw}")   # this machine's log: paths in full
+        detail = public_text(raw, ctx.spec.base_dir)     # the report may be published: public paths
         finding = Finding(id=f"section-failed-{name}", severity="error",
                           title=f"Section {section.title or name} could not be computed",
                           evidence=detail, section=name).to_json()

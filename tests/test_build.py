@@ -174,15 +174,23 @@ def test_hostile_spec_cannot_inject_script(tmp_path):
 
 def test_user_theme_css_is_inlined_and_defanged(tmp_path):
     css = tmp_path / "brand.css"
-    css.write_text("@import url(https://fonts.example/x.css);\n"
-                   "body { background: url('https://img.example/bg.png'); --accent: #c00; }\n"
+    css.write_text("body { background: url('data:image/png;base64,AAAA'); --accent: #c00; }\n"
                    "</style><script>alert(1)</script>\n")
     spec = make_project(tmp_path, GOOD + "output: {theme: brand.css}\n")
     html = build(spec, tmp_path).path.read_text()
     assert "--accent: #c00" in html
-    assert "fonts.example" not in html and "img.example" not in html
     assert "</style><script>alert(1)" not in html
     assert not EXTERNAL.search(html)
+
+
+def test_a_theme_that_would_fetch_is_refused(tmp_path, capsys):
+    """Refused, not quietly edited (the issue's word): exit 2 naming the theme file and line."""
+    (tmp_path / "brand.css").write_text("body { --accent: #c00; }\n@import url(https://fonts.example/x.css);\n")
+    spec = make_project(tmp_path, GOOD + "output: {theme: brand.css}\n")
+    assert main(["build", str(spec), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "output.theme" in err and "brand.css: line 2: @import" in err
+    assert not (tmp_path / "site").exists()
 
 
 def test_dark_theme(tmp_path):

@@ -51,17 +51,22 @@ def _spec(seed: int) -> str:
             "dataset: {root: data, batch_size: 1}\n")
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dcompare")
+def write_pair(root: Path, per_class: int) -> Path:
+    """BASE (seed 0) and NEW (seed 1) specs in ``root``, with ``per_class`` 8x8 images in classes a and b."""
     (root / "twonet.py").write_text(NET)
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
         (root / "data" / cls).mkdir(parents=True)
-        for i in range(7):
+        for i in range(per_class):
             Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(root / "data" / cls / f"{i}.png")
     (root / "base.yaml").write_text(_spec(0))
     (root / "new.yaml").write_text(_spec(1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = write_pair(tmp_path_factory.mktemp("dcompare"), 7)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

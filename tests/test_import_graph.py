@@ -167,3 +167,8 @@ def test_every_third_party_import_is_a_dependency_or_a_documented_option():
                    if top != "reportgen" and top not in sys.stdlib_module_names and top != "__future__"}
     undeclared = {top: sorted(mods) for top, mods in third_party.items() if top not in DECLARED | set(OPTIONAL)}
     assert not undeclared, undeclared
+
+
+def test_paths_is_low_level():
+    """Every layer names files through ``reportgen.paths``: it must import nothing of ours."""
+    assert import_graph()["reportgen.paths"] == set()

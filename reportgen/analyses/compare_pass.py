@@ -15,8 +15,12 @@ order). gloo on CPU, nccl on CUDA (the sums live on the base model's device).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import typing
+import zipfile
+import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ from reportgen.analyses.agreement import AgreementCounter, AgreementResult
 from reportgen.analyses.topk_distributed import gather_states, shard
 from reportgen.analyses.units import UnitsPass, UnitsPlan, units_pass
 from reportgen.analyses.weight_diff import WeightChange
+from reportgen.cache import load_plain
 from reportgen.models import model_device
 from reportgen.outputs import OutputKey, select_output
 
@@ -155,35 +160,151 @@ def save_pass(path, result: ComparePassResult, header: Dict[str, Any]) -> None:
 
 
 def load_pass(path) -> Tuple[ComparePassResult, Dict[str, Any]]:
-    """(pass, header) from ``save_pass``'s file; ValueError when it is not one."""
-    from reportgen.analyses.agreement import Flips
-    from reportgen.analyses.layout import Layout
-    from reportgen.analyses.units import UnitsPass
-    from reportgen.cache import load_plain
+    """(pass, header) from ``save_pass``'s file; ValueError when it is not one.
 
+    The file may come from anywhere (a shared disk, another job), so nothing in
+    it is trusted: it is read without pickle, every field must have its declared
+    type and the arrays their shapes, or the whole file is refused here, before
+    a wrong value can fail the compare later as if it were our bug.
+    """
     try:
         data = load_plain(path)
-        r, header = data["result"], data["header"]
-        c = r["cka"]
-        cka = ck.CKAResult(**{**c, "base_layers": tuple(c["base_layers"]), "new_layers": tuple(c["new_layers"]),
-                              "base_reduction": _reductions(c["base_reduction"]),
-                              "new_reduction": _reductions(c["new_reduction"])})
-        p = r["predictions"]
-        preds = AgreementResult(**{**p, "class_names": tuple(p["class_names"]),
-                                   **{k: Flips(**p[k]) for k in ("negative", "positive", "changed")}})
-        units = None
-        if r.get("units") is not None:
-            u = r["units"]
+        header = data["header"]
+        _check_type(header, Dict[str, str], "header")
+        result = _pass_from_plain(data["result"])
+        _check_type(result, ComparePassResult, "result")
+        _check_shapes(result)
+    except _NOT_A_PASS as e:
+        raise ValueError(f"{path} is not a compare pass written by reportgen.distributed compare "
+                         f"({_reason(e)})") from e
+    return result, header
 
-            def state(s: Dict[str, Any]) -> tk.StreamState:
-                return tk.StreamState(s["layers"], {n: tuple(v) for n, v in s["shapes"].items()}, s["n_images"],
-                                      {n: Layout(**{**v, "grid": tuple(v["grid"])}) for n, v in s["layouts"].items()})
 
-            units = UnitsPass(tuple(u["layers"]), u["covariance"], u["base_variance"], u["new_variance"],
-                              state(u["base"]), state(u["new"]), int(u["k"]))
-    except (KeyError, TypeError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a compare pass written by reportgen.distributed compare ({e})") from e
-    return ComparePassResult(cka, preds, units), header
+def _reason(e: BaseException) -> str:
+    """The reader's error in the file's terms (numpy's pickle advice is not ours to give)."""
+    if isinstance(e, KeyError):
+        return f"no {e.args[0]!r} in it" if e.args else "a key is missing"
+    if "pickle" in str(e):
+        return "not an .npz of plain arrays: pickled data is never loaded"
+    return str(e)
+
+
+# What a file that is not a pass can raise while read: a zip cut short or not a zip at all,
+# an inflated member that fails its CRC, JSON that is not a skeleton, fields of the wrong kind.
+_NOT_A_PASS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError, EOFError,
+               zipfile.BadZipFile, zlib.error)
+
+
+def _pass_from_plain(r: Dict[str, Any]) -> ComparePassResult:
+    """The dataclasses back from ``to_plain``'s dicts (lists become the tuples they were)."""
+    from reportgen.analyses.agreement import Flips
+    from reportgen.analyses.layout import Layout
+
+    c = r["cka"]
+    cka = ck.CKAResult(**{**c, "base_layers": tuple(c["base_layers"]), "new_layers": tuple(c["new_layers"]),
+                          "base_reduction": _reductions(c["base_reduction"]),
+                          "new_reduction": _reductions(c["new_reduction"])})
+    p = r["predictions"]
+    preds = AgreementResult(**{**p, "class_names": tuple(p["class_names"]),
+                               **{k: Flips(**p[k]) for k in ("negative", "positive", "changed")}})
+    if r.get("units") is None:
+        return ComparePassResult(cka, preds, None)
+    u = r["units"]
+
+    def state(s: Dict[str, Any]) -> tk.StreamState:
+        return tk.StreamState(s["layers"], {n: tuple(v) for n, v in s["shapes"].items()}, s["n_images"],
+                              {n: Layout(**{**v, "grid": tuple(v["grid"])}) for n, v in s["layouts"].items()})
+
+    units = UnitsPass(tuple(u["layers"]), u["covariance"], u["base_variance"], u["new_variance"],
+                      state(u["base"]), state(u["new"]), u["k"])
+    return ComparePassResult(cka, preds, units)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """TypeError unless ``value`` is what the type ``hint`` declares, all the way down
+    (dataclass fields, tuples, dicts, Optional; arrays must hold numbers)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return
+    if origin is Union:
+        if not any(_is_type(value, a, where) for a in args):
+            raise TypeError(f"{where}: not {hint}")
+    elif dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            raise TypeError(f"{where}: not a {hint.__name__}")
+        hints = typing.get_type_hints(hint)
+        for f in dataclasses.fields(hint):
+            _check_type(getattr(value, f.name), hints[f.name], f"{where}.{f.name}")
+    elif origin is tuple:
+        _check_tuple(value, args, where)
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: not a mapping")
+        for k, v in value.items():
+            _check_type(k, args[0], f"{where} key")
+            _check_type(v, args[1], f"{where}[{k!r}]")
+    elif not _is_leaf(value, hint):
+        raise TypeError(f"{where}: not {getattr(hint, '__name__', hint)}")
+
+
+def _is_type(value: Any, hint: Any, where: str) -> bool:
+    try:
+        _check_type(value, hint, where)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_tuple(value: Any, args: Tuple[Any, ...], where: str) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"{where}: not a list")
+    items = args[:1] * len(value) if args[-1:] == (Ellipsis,) else args
+    if len(items) != len(value):
+        raise TypeError(f"{where}: {len(value)} items, not {len(items)}")
+    for i, (v, a) in enumerate(zip(value, items)):
+        _check_type(v, a, f"{where}[{i}]")
+
+
+def _is_leaf(value: Any, hint: Any) -> bool:
+    """int is not bool, float accepts an int (JSON writes 2.0 as 2), arrays hold numbers."""
+    if hint is np.ndarray:
+        return isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+def _check_shapes(result: ComparePassResult) -> None:
+    """ValueError unless the arrays fit the names they go with (what the page indexes by)."""
+    c, p = result.cka, result.predictions
+    if c.mode not in ("pairs", "matrix") or c.estimator not in ("debiased", "biased"):
+        raise ValueError(f"cka: unknown mode {c.mode!r} or estimator {c.estimator!r}")
+    grid = (len(c.base_layers), len(c.new_layers))
+    if c.biased.shape != grid or c.debiased.shape != grid or grid != (len(c.base_reduction), len(c.new_reduction)):
+        raise ValueError(f"cka: values of shape {c.biased.shape} for {grid[0]} x {grid[1]} layers")
+    k = (len(p.class_names),)
+    if any(a.shape != k for a in (p.class_count, p.base_correct, p.new_correct)):
+        raise ValueError(f"predictions: per-class counts that are not one per class ({k[0]})")
+    for kind in ("negative", "positive", "changed"):
+        flips = getattr(p, kind)
+        if len({a.shape for a in dataclasses.astuple(flips)} | {(len(flips),)}) != 1:
+            raise ValueError(f"predictions.{kind}: columns of different lengths")
+    if min(c.n, p.n, p.agree, p.n_labelled) < 0 or p.agree > p.n:
+        raise ValueError("negative or impossible counts")
+    if result.units is not None:
+        _check_units(result.units)
+
+
+def _check_units(u: UnitsPass) -> None:
+    for name in u.layers:
+        for side in (u.covariance, u.base_variance, u.new_variance, u.base.layers, u.new.layers, u.base.shapes,
+                     u.new.shapes):
+            if name not in side:
+                raise KeyError(f"units: no {name!r} in every table")
 
 
 def _reductions(rows: Sequence[Dict[str, Any]]) -> Tuple[ck.Reduction, ...]:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import jinja2
 
 from reportgen import __version__
+from reportgen.paths import public_path, public_text
 from reportgen.render.markdown import render_markdown
 
 
@@ -51,11 +52,18 @@ def si_number(value: Any) -> str:
 
 
 def model_source(spec) -> str:
+    """Where the model came from, as the page and report.json show it (a file by ``public_path``)."""
     m = spec["model"]
     for key in ("torchvision", "factory", "torchscript", "timm"):
         if m.get(key):
-            return f"{key}: {m[key]}"
+            value = public_path(spec.path(m[key]), spec.base_dir) if key == "torchscript" else m[key]
+            return f"{key}: {value}"
     return "?"
+
+
+def public_notes(res) -> List[str]:
+    """The resolve step's notes, any path in them in its public form."""
+    return [public_text(n, res.spec.base_dir) for n in res.notes]
 
 
 def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
@@ -83,7 +91,7 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
         "audit_checkpoint": audit,
         "n_checkpoints": len(res.checkpoints),
         "n_probes": len(res.probes),
-        "notes": res.notes,
+        "notes": public_notes(res),
         "sections": entries,
         "findings": findings,
         "resolved": list(resolved),
@@ -118,18 +126,6 @@ def _finite(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return _finite(obj.tolist())
     return obj
-
-
-def public_path(path: Path, base_dir: Path) -> str:
-    """A path as a published report may show it: relative to the spec's folder, else the file name.
-
-    Reports go public (GitHub Pages, review attachments); the absolute paths of
-    the machine that built them (user names, folder layout) stay out.
-    """
-    try:
-        return Path(path).resolve().relative_to(Path(base_dir).resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
 
 
 def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -174,7 +170,7 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
             "preprocess": {key: spec["preprocess"][key] for key in sorted(spec["preprocess"])},
             "preprocess_source": res.preprocess_source,
         },
-        "notes": res.notes,
+        "notes": public_notes(res),
         "sections": section_summaries(outcomes),
         "findings": findings,
         "resolved": list(resolved),

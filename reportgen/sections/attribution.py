@@ -29,6 +29,7 @@ from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.errors import NotApplicable
 from reportgen.layers import last_spatial_call, layer_layouts
+from reportgen.paths import public_text
 from reportgen.render import attribution as ra
 from reportgen.render.activations import LAYOUT_WORDS
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
@@ -139,7 +140,8 @@ class AttributionSection(Section):
             output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
             layer=plan.get("layer"), layer_auto=bool(plan.get("layer_auto", False)),
             extras={k: v for k, v in plan.items() if k not in ("layer", "layer_auto")})
-        return replace(result, steps_auto=steps_auto)    # a planned number is still an automatic choice
+        result = replace(result, steps_auto=steps_auto)    # a planned number is still an automatic choice
+        return public_errors(result, ctx.spec.base_dir)
 
     def _method(self, name: str, ctx: BuildContext, options: Dict[str, Any], plan: Dict[str, Any],
                 refused: Optional[NotApplicable]) -> ae.Method:
@@ -665,3 +667,16 @@ class OcclusionSection(AttributionSection):
                              "stride": "×".join(map(str, meta["stride"])),
                              "baseline": _baseline_words(meta["baseline_option"], meta["baseline"]),
                              "grid": "×".join(map(str, meta["grid"])), "passes": meta["forward_passes"]}}
+
+
+def public_errors(result: AttributionResult, base_dir: Any) -> AttributionResult:
+    """``result`` with the exception texts it carries (a method's, its sanity check's) in public
+    form: they become findings and page text, and an exception may name an absolute path."""
+    def scrub(text: Optional[str]) -> Optional[str]:
+        return None if text is None else public_text(text, base_dir)
+
+    methods = {n: replace(m, error=scrub(m.error), sanity_error=scrub(m.sanity_error),
+                          extras=({**m.extras, "topk_error": scrub(m.extras["topk_error"])}
+                                  if "topk_error" in m.extras else m.extras))
+               for n, m in result.methods.items()}
+    return replace(result, methods=methods, sanity_error=scrub(result.sanity_error))

@@ -8,7 +8,6 @@ the spec gives fewer than two checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -18,6 +17,7 @@ from reportgen.analyses import evolution as evo
 from reportgen.analyses import metrics as mt
 from reportgen.layers import first_conv
 from reportgen.options import Float, Int, layer, layout
+from reportgen.paths import public_path
 from reportgen.render import evolution as rev
 from reportgen.sections.base import REQUIREMENTS, BuildContext, Finding, Section, register_section
 
@@ -217,7 +217,7 @@ class CurvesSection(Section):
             if table is None:
                 continue
             sources.append({"key": key, "source": table.source, "x_label": table.x_label,
-                            "path": Path(table.path).name if table.path else None,
+                            "path": public_path(table.path, ctx.spec.base_dir) if table.path else None,
                             "ignored": table.ignored, "charts": rev.curves_view(table)})
         return {"sources": sources, "n_checkpoints": result.n_checkpoints,
                 "too_few": REQUIREMENTS["checkpoint_series"][0].format(n=result.n_checkpoints)}

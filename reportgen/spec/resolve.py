@@ -310,8 +310,8 @@ def resolve_theme(spec: Spec) -> str:
 
     try:
         return load_theme(spec["output"]["theme"], spec.base_dir)
-    except InputError as e:
-        raise _as_spec_error(spec, "output.theme", e) from None
+    except InputError as e:     # str(e), not e.message: it names the CSS file where one is at fault
+        raise spec.error("output.theme", str(e)) from None
 
 
 def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName, str]]:

@@ -17,12 +17,43 @@ from reportgen.options import join_path
 
 Lines = Dict[str, int]
 
+ALIAS_REFUSED = "YAML aliases (*name) are not supported in specs"
+
+
+class _AliasNode(yaml.ScalarNode):
+    """Where an alias (``*name``) stood: kept as a leaf so the walk below can refuse it there.
+
+    An alias makes the node tree a graph; nine levels of nine aliases each
+    (a "billion laughs" of 300 bytes) would take our path-recording walk
+    9**9 steps. Refusing aliases keeps the walk linear in the file's size.
+    """
+
+    def __init__(self, event: yaml.AliasEvent):
+        super().__init__("!alias", event.anchor, event.start_mark, event.end_mark)
+
+
+class _Composer(yaml.SafeLoader):
+    """SafeLoader's composer, except that an alias becomes an ``_AliasNode`` instead of
+    the anchored node itself (so no node is reached twice)."""
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            return _AliasNode(self.get_event())
+        return super().compose_node(parent, index)
+
+
+def _refuse_alias(node: yaml.Node, path: str, file: str) -> None:
+    if isinstance(node, _AliasNode):
+        raise SpecError(f"{ALIAS_REFUSED}: *{node.value}", file, path or None, node.start_mark.line + 1)
+
 
 def _construct(node: yaml.Node, path: str, lines: Lines, file: str) -> Any:
+    _refuse_alias(node, path, file)
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: Dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            _refuse_alias(key_node, path, file)
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("mapping keys must be plain scalars", file, path or None,
                                 key_node.start_mark.line + 1)
@@ -56,8 +87,8 @@ def _scalar(node: yaml.ScalarNode) -> Any:
 def load_yaml(path: Path) -> Tuple[Any, Lines, str]:
     """Parse ``path``; return (data, key-path -> line, raw text).
 
-    Syntax errors become SpecError with the parser's line. Aliases and tags
-    beyond the safe set are refused by SafeLoader.
+    Syntax errors become SpecError with the parser's line. Aliases are refused
+    (``_AliasNode``), tags beyond the safe set by SafeLoader.
     """
     file = str(path)
     try:
@@ -73,7 +104,7 @@ def load_yaml(path: Path) -> Tuple[Any, Lines, str]:
 
 def parse_yaml(text: str, file: str) -> Tuple[Any, Lines]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Composer)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None

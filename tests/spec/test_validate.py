@@ -173,3 +173,38 @@ def test_exponent_without_a_dot_is_a_number():
 
     data, _ = parse_yaml("a: 1e-3\nb: -5E+2\nc: '1e-3'\nd: 1.0e-3\ne: 1e\nf: [2e0]\n", "x.yaml")
     assert data == {"a": 0.001, "b": -500.0, "c": "1e-3", "d": 0.001, "e": "1e", "f": [2.0]}
+
+
+def _alias_bomb() -> str:
+    """A "billion laughs": nine levels of nine aliases each, 9**9 leaves from ~450 bytes."""
+    rows = ["a0: &a0 [x,x,x,x,x,x,x,x,x]"]
+    rows += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return "\n".join(rows) + "\n"
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    """Aliases are refused where they stand, before anything walks the 9**9 leaves
+    (validate was busy for minutes). The bound is a guard, not a benchmark."""
+    import time
+
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(_alias_bomb())
+    start = time.perf_counter()
+    code = main(["validate", str(spec)])
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert code == 2 and f"{spec}:2: a1[0]:" in err and "YAML aliases (*name) are not supported" in err
+
+
+@pytest.mark.parametrize("text, where", [
+    ("a: &x 1\nb: *x\n", "x.yaml:2: b:"),
+    ("a: &x 1\nb: [1, *x]\n", "x.yaml:2: b[1]:"),
+    ("? *x\n: 1\n", "x.yaml:1:"),
+])
+def test_alias_is_refused_with_its_key_and_line(text, where):
+    from reportgen.errors import SpecError
+    from reportgen.spec.yamlload import parse_yaml
+
+    with pytest.raises(SpecError, match="YAML aliases") as e:
+        parse_yaml(text, "x.yaml")
+    assert str(e.value).startswith(where)
