@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.paths import public_path, public_text
+from reportgen.progress import Progress
 from reportgen.report import write_pair
 from reportgen.sections.base import BuildContext, Finding
 from reportgen.sections.registry import registry
@@ -73,25 +74,6 @@ class Report:
 
     def worst_severity(self) -> Optional[str]:
         return max((f["severity"] for f in self.findings), key=SEVERITIES.index, default=None)
-
-
-class Progress:
-    """tqdm on stderr, or nothing under --quiet; stdout stays clean."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def __call__(self, iterable: Iterable, desc: str, total: Optional[int] = None) -> Iterable:
-        if self.quiet:
-            return iterable
-        from tqdm.auto import tqdm
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
-                    dynamic_ncols=True, mininterval=0.5)
-
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            from tqdm.auto import tqdm
-            tqdm.write(message, file=sys.stderr)
 
 
 def _out_dir(spec: Spec, out_dir: Optional[Union[str, Path]]) -> Path:

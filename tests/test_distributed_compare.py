@@ -91,15 +91,15 @@ def test_two_processes_equal_one(project):
         for f in ("indices", "labels", "base", "new"):
             np.testing.assert_array_equal(getattr(getattr(g, kind), f), getattr(getattr(w, kind), f))
     assert got.cka.n == want.cka.n == 14 and got.cka.base_layers == want.cka.base_layers
-    np.testing.assert_allclose(got.cka.biased, want.cka.biased, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(got.cka.debiased, want.cka.debiased, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.cka.biased, want.cka.biased, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(got.cka.debiased, want.cka.debiased, rtol=1e-5, atol=1e-9)
     assert got.cka.base_reduction == want.cka.base_reduction
 
     gu, wu = got.units, want.units
     assert gu.layers == wu.layers and "relu2" in gu.layers and gu.base.n_images == 14
     for name in gu.layers:
         for terms in ("covariance", "base_variance", "new_variance"):
-            np.testing.assert_allclose(getattr(gu, terms)[name], getattr(wu, terms)[name], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(getattr(gu, terms)[name], getattr(wu, terms)[name], rtol=1e-5, atol=1e-9)
         for side in ("base", "new"):
             for f in ("values", "images", "positions"):
                 np.testing.assert_array_equal(getattr(gu, side).layers[name][f], getattr(wu, side).layers[name][f])
@@ -116,7 +116,7 @@ def test_compare_uses_the_pass_and_refuses_a_stale_one(project, tmp_path, capsys
     assert a["predictions"] == b["predictions"]
     assert a["units"]["layer"] == b["units"]["layer"] and a["units"]["channels"] == b["units"]["channels"]
     ckas = {layer: v["cka"] for layer, v in a["layers"].items() if v["cka"] is not None}
-    assert ckas and all(b["layers"][layer]["cka"] == pytest.approx(v, rel=1e-9) for layer, v in ckas.items())
+    assert ckas and all(b["layers"][layer]["cka"] == pytest.approx(v, rel=1e-5) for layer, v in ckas.items())
     capsys.readouterr()
     # BASE and NEW swapped: not what the pass was computed on
     assert main(["compare", str(project / "new.yaml"), str(project / "base.yaml"), "-o", str(tmp_path / "c"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from reportgen.demo import shapes
 from reportgen.demo.net import ShapesNet
+from reportgen.progress import bars_wanted
 
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "train_acc"]
 
@@ -169,12 +171,15 @@ def _fit(model: nn.Module, data: DemoData, config: TrainConfig, ckpt_dir: Path,
     train_loss0, train_acc0 = evaluate(model, data.x_train[:n0], data.y_train[:n0], data)
     history = [_record(model, 0, train_loss0, train_acc0, data, ckpt_dir)]
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="training demo ShapesNet",
-               unit="step", disable=quiet, leave=False)
+               unit="step", disable=not bars_wanted(quiet), leave=False)
     with bar:
         for epoch in range(1, config.epochs + 1):
             loss, acc = _train_epoch(model, data, config, optimizer, scheduler, gen, bar)
             history.append(_record(model, epoch, loss, acc, data, ckpt_dir))
             bar.set_postfix(val_acc=f"{history[-1]['val_acc']:.3f}")
+            if not quiet and not bars_wanted(quiet):       # a CI log: one line per epoch
+                print(f"reportgen: demo epoch {epoch}/{config.epochs}: val_acc {history[-1]['val_acc']:.3f}",
+                      file=sys.stderr, flush=True)
     return history
 
 

@@ -229,8 +229,10 @@ def test_pass_equals_reference_on_the_pooled_features(make_cnn, data):
     res = ck.layer_pairs_cka(base, new, data, LAYERS, batch_size=5)
     fb, fn = pooled(base, data.x, LAYERS), pooled(new, data.x, LAYERS)
     for i, name in enumerate(LAYERS):
-        assert res.biased[i, i] == pytest.approx(ref_biased(fb[i], fn[i]), rel=1e-7), name
-        assert res.debiased[i, i] == pytest.approx(ref_debiased(fb[i], fn[i]), rel=1e-6), name
+        # float32 features from batches of 5 against one batch of all: the kernels (and so the last
+        # bits) differ with the batch and the CPU, so 1e-5 relative, as fits float32 sums
+        assert res.biased[i, i] == pytest.approx(ref_biased(fb[i], fn[i]), rel=1e-5), name
+        assert res.debiased[i, i] == pytest.approx(ref_debiased(fb[i], fn[i]), rel=1e-5), name
     assert res.n == 24 and res.estimator == "debiased" and res.estimator_note is None
     assert np.isnan(res.biased[0, 1])
     assert [r.features for r in res.base_reduction] == [24, 24, 20, 20, 4]

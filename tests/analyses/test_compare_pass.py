@@ -136,8 +136,9 @@ def assert_same(got: cp.ComparePassResult, want: cp.ComparePassResult) -> None:
                                           getattr(getattr(want.predictions, kind), f))
     np.testing.assert_array_equal(got.predictions.class_count, want.predictions.class_count)
     assert got.cka.n == want.cka.n and got.cka.estimator == want.cka.estimator
-    np.testing.assert_allclose(got.cka.biased, want.cka.biased, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(got.cka.debiased, want.cka.debiased, rtol=1e-9, atol=1e-12)
+    # shards run other batch sizes than one process: float32 forwards agree to ~1e-6, not to the last bit
+    np.testing.assert_allclose(got.cka.biased, want.cka.biased, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(got.cka.debiased, want.cka.debiased, rtol=1e-5, atol=1e-9)
     assert got.cka.base_reduction == want.cka.base_reduction
     assert got.cka.new_reduction == want.cka.new_reduction
 
