@@ -364,6 +364,20 @@ def _r(a: Optional[np.ndarray], digits: int = 6) -> Optional[List[float]]:
 
 # --------------------------------------------------------------------------- CAM family
 
+def cam_plan(ctx: BuildContext, layer_option: Any, layout_option: Any) -> Dict[str, Any]:
+    """A CAM method's layer (``auto``: the last spatial layer the score depends on) and its layout."""
+    if layer_option == AUTO:
+        name, found = last_spatial_call(ctx.model, ctx.example(), ctx.output_key)
+        return {"layer": name, "layer_auto": True, "layout": found.kind}
+    plan = {"layer": layer_option, "layer_auto": False}
+    if isinstance(ctx.model, torch.jit.ScriptModule):
+        return plan      # no hooks to read it with: each method says so itself
+    read = layer_layouts(ctx.model, ctx.example(), [layer_option], layout_option, ctx.output_key, strict=False)
+    if layer_option in read or layout_option != AUTO:   # a stated layout that does not fit fails in the method
+        plan["layout"] = read[layer_option].kind if layer_option in read else layout_option
+    return plan
+
+
 @register_section("cam")
 class CamSection(AttributionSection):
     title = "Class activation maps"
@@ -384,17 +398,7 @@ class CamSection(AttributionSection):
 
     def plan(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
         """The layer and how its map is laid out, decided once for every method (and the sanity check)."""
-        if options["layer"] == AUTO:
-            name, found = last_spatial_call(ctx.model, ctx.example(), ctx.output_key)
-            return {"layer": name, "layer_auto": True, "layout": found.kind}
-        name = options["layer"]
-        plan = {"layer": name, "layer_auto": False}
-        if isinstance(ctx.model, torch.jit.ScriptModule):
-            return plan      # no hooks to read it with: each method says so itself
-        read = layer_layouts(ctx.model, ctx.example(), [name], options["layout"], ctx.output_key, strict=False)
-        if name in read or options["layout"] != AUTO:   # a stated layout that does not fit fails in the method
-            plan["layout"] = read[name].kind if name in read else options["layout"]
-        return plan
+        return cam_plan(ctx, options["layer"], options["layout"])
 
     def compute(self, name, model, images, targets, ctx, options, plan):
         from reportgen.attribution import explain

@@ -1,0 +1,82 @@
+"""Known answers for the shortcuts section, on tiny models trained here (tests/shortcut_task.py).
+
+A planted watermark is found, localized and proven by the transplant; the same
+task without it raises nothing over several seeds; a watermark that moves is
+never a suspect.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import reportgen
+from reportgen.errors import NotApplicable
+from reportgen.sections.base import BuildContext
+from reportgen.sections.shortcuts import ShortcutsSection
+from tests import shortcut_task as st
+
+
+def _build(tmp_path_factory, name, watermark, seed=0):
+    root = tmp_path_factory.mktemp(name)
+    spec = st.write_project(root, watermark, seed)
+    reportgen.build(str(spec), out_dir=str(root / "site"), only=["shortcuts"], use_cache=False)
+    return json.loads((root / "site" / "report.json").read_text()), (root / "site" / "index.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _build(tmp_path_factory, "planted", "fixed")
+
+
+def test_a_planted_watermark_is_suspected_localized_and_proven(planted):
+    report, page = planted
+    s = report["sections"]["shortcuts"]
+    assert s["method"] == "gradcam" and s["layer"] == "features" and s["layer_auto"]
+    assert [x["class"] for x in s["suspected"]] == ["circle"]
+    hit = s["suspected"][0]
+    y0, x0, y1, x1 = hit["region"]
+    patch = [v / st.SIZE for v in (st.CORNER[0], st.CORNER[1], st.CORNER[0] + st.PATCH, st.CORNER[1] + st.PATCH)]
+    assert y0 <= patch[0] and x0 <= patch[1] and y1 >= patch[2] and x1 >= patch[3]   # the region holds the patch
+    assert (y1 - y0) * (x1 - x0) <= s["criteria"]["region_area"] + 1e-9
+    assert hit["transplant_flip_rate"] >= 0.5
+    assert hit["control_flip_rate"] <= 0.05
+    assert hit["p_value"] < 1e-6
+    ids = [f["id"] for f in report["findings"]]
+    assert "shortcut-suspected-circle" in ids
+    finding = next(f for f in report["findings"] if f["id"] == "shortcut-suspected-circle")
+    assert finding["severity"] == "warning" and finding["section"] == "shortcuts"
+    circle = s["classes"]["circle"]
+    assert circle["images"] == 100 and 1 <= circle["k"] <= 4 and len(circle["eigenvalues"]) == 5
+    keys = {"size", "region", "mass_in_region", "location_spread", "transplant_flip_rate", "control_flip_rate",
+            "transplanted", "p_value"}
+    for cls in s["classes"].values():
+        assert sum(c["size"] for c in cls["clusters"]) == cls["images"]
+        for c in cls["clusters"]:
+            assert keys <= set(c)
+    assert "Proven by intervention:</span> the model relies on a small fixed region for circle" in page
+    assert page.count('class="sc-spectrum"') == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_same_task_without_the_watermark_raises_nothing(tmp_path_factory, seed):
+    report, page = _build(tmp_path_factory, f"clean{seed}", None, seed)
+    s = report["sections"]["shortcuts"]
+    assert s["suspected"] == []
+    assert not [f for f in report["findings"] if f["id"].startswith("shortcut-suspected")]
+    assert "Proven by intervention: no shortcut" in page
+
+
+def test_a_watermark_that_moves_is_not_a_suspect(tmp_path_factory):
+    report, _ = _build(tmp_path_factory, "moving", "moving")
+    s = report["sections"]["shortcuts"]
+    assert s["suspected"] == []
+    spreads = [c["location_spread"] for c in s["classes"]["circle"]["clusters"] if c["size"] >= 3]
+    assert min(spreads) > s["criteria"]["max_spread"]
+
+
+def test_without_class_folders_it_says_why(tmp_path):
+    ctx = BuildContext(model=None, device=None, input_size=(3, 8, 8), probes=[], classes=["a", "b"],
+                       checkpoints=[], spec={}, dataset=[(tmp_path / "x.png", None)])
+    with pytest.raises(NotApplicable, match="labelled dataset"):
+        ShortcutsSection({}).analyze(ctx, ShortcutsSection({}).options)
