@@ -1,0 +1,136 @@
+"""Pictures of the audit sections: heat-table cells, the reliability diagram (inline SVG), overlays.
+
+Heat cells carry their colour inline (a colour map sampled at the value), with
+black or white text by luminance, so a table reads in print and without CSS
+classes per level. The reliability diagram is hand-built SVG like the site's
+charts: per equal-width bin, the accuracy as a bar, the gap to the bin's mean
+confidence as a hatched bar (red above the bar: overconfident; blue: under),
+the diagonal of perfect calibration, and the share of images per bin as a
+histogram under it.
+"""
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from reportgen.render.colormap import apply_cmap
+from reportgen.render.heatmap import overlay
+from reportgen.render.images import thumbnail_uri, webp_uri
+
+HEAT_CMAP = "Blues"
+DROP_CMAP = "Reds"
+
+
+def heat_cell(value: Optional[float], vmin: float, vmax: float, cmap: str = HEAT_CMAP) -> Dict[str, str]:
+    """{"bg", "fg"} CSS colours of a cell showing ``value`` (None: no colour)."""
+    if value is None or not np.isfinite(value):
+        return {"bg": "transparent", "fg": "inherit"}
+    r, g, b = (int(v) for v in apply_cmap(np.array([[float(value)]]), cmap, vmin, vmax)[0, 0])
+    light = 0.2126 * r + 0.7152 * g + 0.0722 * b > 140
+    return {"bg": f"#{r:02x}{g:02x}{b:02x}", "fg": "#111" if light else "#fff"}
+
+
+def cam_overlay_uri(display: np.ndarray, cam: np.ndarray, side: int = 128) -> str:
+    """A CAM over its image, as a small WebP data URI."""
+    return webp_uri(_fit(overlay(display, cam, alpha=0.5), side))
+
+
+def picture_uri(display: np.ndarray, side: int = 128) -> str:
+    return webp_uri(_fit(display, side))
+
+
+def _fit(pic: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = pic.shape[:2]
+    if max(h, w) == side:
+        return pic
+    s = side / max(h, w)
+    return np.asarray(Image.fromarray(pic).resize((max(1, round(w * s)), max(1, round(h * s))), Image.NEAREST
+                                                  if s > 1 else Image.BILINEAR))
+
+
+def thumb(pic: np.ndarray, side: int = 96) -> str:
+    return thumbnail_uri(pic, side)
+
+
+# --------------------------------------------------------------------------- reliability diagram
+
+W, H = 320, 300
+LEFT, RIGHT, TOP = 40, 10, 10
+PLOT = 200                 # height of the reliability plot
+HIST = 50                  # height of the histogram under it
+GAP = 20
+
+
+def reliability_svg(reliability: Dict[str, List[Any]], label: str, after: Optional[Dict[str, List[Any]]] = None) -> str:
+    """The diagram of one model: bars, gaps, diagonal, histogram; ``after``: the same after temperature, as dots."""
+    count = np.asarray(reliability["count"], dtype=np.float64)
+    bins = count.size
+    pw = W - LEFT - RIGHT
+    bw = pw / bins
+
+    def x(v: float) -> float:
+        return LEFT + pw * v
+
+    def y(v: float) -> float:
+        return TOP + PLOT * (1 - v)
+
+    parts = [f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{PLOT}" class="rd-frame"/>']
+    for i in range(bins):
+        acc, conf = reliability["accuracy"][i], reliability["confidence"][i]
+        if acc is None:
+            continue
+        x0 = LEFT + i * bw
+        parts.append(f'<rect x="{x0 + 1:.1f}" y="{y(acc):.1f}" width="{bw - 2:.1f}" height="{PLOT * acc:.1f}" '
+                     f'class="rd-acc"><title>confidence {i / bins:.2f}–{(i + 1) / bins:.2f}: {int(count[i])} '
+                     f'image(s), accuracy {acc:.3f}, mean confidence {conf:.3f}</title></rect>')
+        top, bottom = max(acc, conf), min(acc, conf)
+        kind = "rd-over" if conf > acc else "rd-under"
+        parts.append(f'<rect x="{x0 + 1:.1f}" y="{y(top):.1f}" width="{bw - 2:.1f}" '
+                     f'height="{PLOT * (top - bottom):.1f}" class="{kind}"/>')
+    parts.append(f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" class="rd-diag"/>')
+    if after is not None:
+        for i in range(bins):
+            acc, conf = after["accuracy"][i], after["confidence"][i]
+            if acc is not None:
+                parts.append(f'<circle cx="{x(conf):.1f}" cy="{y(acc):.1f}" r="3" class="rd-after">'
+                             f'<title>after temperature: confidence {conf:.3f}, accuracy {acc:.3f}</title></circle>')
+    for v in (0, 0.5, 1):
+        parts.append(f'<text x="{LEFT - 4}" y="{y(v) + 4:.1f}" class="tick" text-anchor="end">{v:g}</text>')
+        parts.append(f'<text x="{x(v):.1f}" y="{TOP + PLOT + 12}" class="tick" text-anchor="middle">{v:g}</text>')
+    top_h = TOP + PLOT + GAP
+    share = count / max(count.sum(), 1)
+    peak = max(float(share.max()), 1e-9)
+    for i in range(bins):
+        if count[i]:
+            h = HIST * share[i] / peak
+            parts.append(f'<rect x="{LEFT + i * bw + 1:.1f}" y="{top_h + HIST - h:.1f}" width="{bw - 2:.1f}" '
+                         f'height="{h:.1f}" class="rd-hist"><title>{int(count[i])} image(s) '
+                         f'({share[i]:.1%})</title></rect>')
+    parts.append(f'<line x1="{LEFT}" y1="{top_h + HIST}" x2="{W - RIGHT}" y2="{top_h + HIST}" class="axis"/>')
+    parts.append(f'<text x="{LEFT - 4}" y="{top_h + 8}" class="tick" text-anchor="end">{peak:.0%}</text>')
+    total = top_h + HIST + 16
+    parts.append(f'<text x="{LEFT + pw / 2}" y="{total - 2}" class="tick" text-anchor="middle">top-1 confidence</text>')
+    return (f'<svg class="rd" viewBox="0 0 {W} {total}" width="{W}" height="{total}" role="img" '
+            f'aria-label="{escape(label)}">{"".join(parts)}</svg>')
+
+
+RELIABILITY_CSS = """
+.rd .rd-frame { fill: none; stroke: var(--border); }
+.rd .rd-acc { fill: #4c78a8; }
+.rd .rd-over { fill: #e45756; fill-opacity: 0.55; }
+.rd .rd-under { fill: #72b7b2; fill-opacity: 0.7; }
+.rd .rd-diag { stroke: var(--muted); stroke-dasharray: 4 3; }
+.rd .rd-after { fill: #f58518; stroke: #fff; stroke-width: 0.5; }
+.rd .rd-hist { fill: var(--muted); }
+.rd .tick { font-size: 10px; fill: var(--muted); }
+.rd .axis { stroke: var(--border); }
+"""
+
+
+def severity_cells(values: Optional[Sequence[float]], vmin: float = 0.0, vmax: float = 1.0,
+                   cmap: str = HEAT_CMAP) -> List[Dict[str, Any]]:
+    return [dict(value=v, **heat_cell(v, vmin, vmax, cmap)) for v in (values or [])]
