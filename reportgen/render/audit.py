@@ -134,3 +134,52 @@ RELIABILITY_CSS = """
 def severity_cells(values: Optional[Sequence[float]], vmin: float = 0.0, vmax: float = 1.0,
                    cmap: str = HEAT_CMAP) -> List[Dict[str, Any]]:
     return [dict(value=v, **heat_cell(v, vmin, vmax, cmap)) for v in (values or [])]
+
+
+# --------------------------------------------------------------------------- compare
+
+def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]],
+                 audit: Dict[str, Any]) -> Dict[str, Any]:
+    """The compare page's audit part: headline numbers, both reliability diagrams, robustness BASE | NEW | Δ."""
+    def summary(out: Dict[str, Dict[str, Any]], name: str) -> Dict[str, Any]:
+        found = (out.get(name) or {}).get("summary") or {}
+        return {} if "skipped" in found or "error" in found else found
+
+    rows = []
+    for key, label, scale in (("accuracy", "accuracy", 100), ("ece", "ECE", 1),
+                              ("mean_accuracy_drop", "mean accuracy drop under corruptions", 100)):
+        b, n = audit[key]["base"], audit[key]["new"]
+        if b is None and n is None:
+            continue
+        rows.append({"label": label, "base": b, "new": n, "scale": scale,
+                     "delta": None if b is None or n is None else n - b})
+    diagrams = []
+    for side, out in (("BASE", base_out), ("NEW", new_out)):
+        cal = summary(out, "calibration")
+        if cal.get("reliability"):
+            diagrams.append({"side": side, "ece": cal["ece"], "temperature": cal["temperature"],
+                             "svg": reliability_svg(cal["reliability"], f"Reliability diagram of {side}")})
+    accuracy = audit["robustness_metric"] == "accuracy"
+    sev = audit["severities"]
+    robust = []
+    if sev["base"] and sev["base"] == sev["new"]:
+        for name, row in audit["robustness"].items():
+            if row["base"] is None or row["new"] is None:
+                continue
+            deltas = [n - b for b, n in zip(row["base"], row["new"])]
+            # worse is red: lower accuracy, or a higher flip rate
+            robust.append({"name": name,
+                           "base": severity_cells(row["base"], 0, 1, HEAT_CMAP if accuracy else DROP_CMAP),
+                           "new": severity_cells(row["new"], 0, 1, HEAT_CMAP if accuracy else DROP_CMAP),
+                           "delta": [dict(value=d, **heat_cell(-d if accuracy else d, 0, 0.5, DROP_CMAP))
+                                     for d in deltas],
+                           "relative_error": _relative_error(row["base"], row["new"]) if accuracy else None})
+    return {"rows": rows, "diagrams": diagrams, "robustness": robust, "severities": sev["new"] or [],
+            "metric": "accuracy" if accuracy else "flip rate", "css": RELIABILITY_CSS,
+            "shortcuts": audit["shortcuts"], "mismatch": bool(sev["base"] and sev["base"] != sev["new"])}
+
+
+def _relative_error(base: Sequence[float], new: Sequence[float]) -> Optional[float]:
+    """Hendrycks & Dietterich's relative corruption error of NEW over BASE: summed errors, NEW / BASE."""
+    b = sum(1 - v for v in base)
+    return (sum(1 - v for v in new) / b) if b > 0 else None
