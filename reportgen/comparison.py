@@ -28,6 +28,7 @@ from reportgen import __version__
 from reportgen.baseline import diff_findings
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
+from reportgen.comparison_audit import audit_json, audit_sentences
 from reportgen.pipeline import (Progress, Report, audit_inputs_digest, own_random_state, selected_sections,
                                 compute_sections, warn_if_heavy)
 from reportgen.report import write_pair
@@ -35,7 +36,7 @@ from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
 # The compare page's parts, by their <section> ids: report.json's "size" counts each.
-COMPARE_PARTS = ("verdict", "predictions", "representations", "units", "weights", "explanations", "training",
+COMPARE_PARTS = ("verdict", "predictions", "audit", "representations", "units", "weights", "explanations", "training",
                  "findings")
 
 SpecSource = Union[str, Path, Dict[str, Any], Spec]
@@ -302,6 +303,8 @@ def verdict(comparison: Dict[str, Any], findings: Sequence[Dict[str, Any]], reso
         top = max(flips_by_class.items(), key=lambda kv: kv[1]) if flips_by_class else None
         where = f", {top[1]} in class {top[0]}" if top and neg and top[1] * 2 >= neg else ""
         out.append(f"{neg} negative flip(s) (right in BASE, wrong in NEW){where}; {pos} positive flip(s).")
+    if "audit" in comparison:
+        out.extend(audit_sentences(comparison["audit"]))
     new = [f for f in findings if f.get("state") == "new"]
     if new or resolved:
         worst = max(new, key=lambda f: ("info", "warning", "error").index(f["severity"])) if new else None
@@ -415,6 +418,7 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     new_findings = [f for o in new_out.values() for f in o["findings"]] + sanity_regressions(parts.similarity)
     findings, resolved = diff_findings(new_findings, base_findings)
     flips_by_class = _negative_flips_by_class(parts.agreement)
+    comparison["audit"] = audit_json(base_out, new_out)
     sentences = verdict(comparison, findings, resolved, flips_by_class)
     data = _report_json(base_spec, new_spec, parts, comparison, findings, resolved, sentences, timings)
     data["budget"] = {side: computed.budget_entry(sum(o["seconds"] for o in computed.outcomes.values()), None)

@@ -5,3 +5,4 @@ from reportgen.sections import topk  # noqa: F401
 from reportgen.sections import embeddings, featureviz  # noqa: F401
 from reportgen.sections import attribution  # noqa: F401
 from reportgen.sections import shortcuts  # noqa: F401
+from reportgen.sections import calibration, errors, robustness  # noqa: F401

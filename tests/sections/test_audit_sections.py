@@ -1,0 +1,95 @@
+"""The audit sections in a build: labelled dataset -> SPEC's keys; no labels -> said in place."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reportgen.pipeline import build
+from tests.project import GOOD, make_project
+
+LABELLED = GOOD + """dataset:
+  root: data
+sections:
+  robustness: {images: 6, severities: [1, 2], corruptions: [gaussian_noise, brightness]}
+"""
+
+
+def _dataset(root, labelled: bool = True):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog", "bird"):
+        folder = root / "data" / cls if labelled else root / "data"   # unlabelled: no class folders
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{cls}{i}.png")
+
+
+@pytest.fixture(scope="module")
+def labelled_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    spec = make_project(root, LABELLED)
+    _dataset(root)
+    return build(spec, out_dir=root / "site", only=["errors", "calibration", "robustness"], use_cache=False)
+
+
+def test_errors_keys_are_specs(labelled_report):
+    e = labelled_report.data["sections"]["errors"]
+    assert {"n", "accuracy", "accuracy_ci", "classes", "confusion", "per_class", "top_confusions",
+            "confident_errors"} <= set(e)
+    assert e["n"] == 12 and e["classes"] == ["cat", "dog", "bird"]
+    assert np.array(e["confusion"]).sum() == 12 and np.array(e["confusion"]).shape == (3, 3)
+    assert e["accuracy_ci"][0] <= e["accuracy"] <= e["accuracy_ci"][1]
+    assert set(e["per_class"]["cat"]) >= {"n", "precision", "recall", "recall_ci"}
+    for m in e["confident_errors"]:
+        assert set(m) >= {"image", "true", "predicted", "confidence"} and m["image"].startswith("data/")
+
+
+def test_calibration_keys_are_specs(labelled_report):
+    c = labelled_report.data["sections"]["calibration"]
+    assert {"n", "bins", "ece", "ece_ci", "adaptive_ece", "nll", "brier", "temperature",
+            "ece_after_temperature", "reliability"} <= set(c)
+    assert c["bins"] == 15 and len(c["reliability"]["count"]) == 15 and sum(c["reliability"]["count"]) == 12
+
+
+def test_robustness_keys_are_specs(labelled_report):
+    r = labelled_report.data["sections"]["robustness"]
+    assert {"severities", "images", "clean_accuracy", "corruptions", "mean_accuracy_drop", "worst"} <= set(r)
+    assert r["severities"] == [1, 2] and r["images"] == 6
+    assert set(r["corruptions"]) == {"gaussian_noise", "brightness"}
+    assert all(len(v["accuracy"]) == 2 and len(v["flip_rate"]) == 2 for v in r["corruptions"].values())
+    page = labelled_report.path.read_text()
+    for anchor in ('id="errors"', 'id="calibration"', 'id="robustness"', "class-underperforms", "fragile-"):
+        assert anchor in page
+
+
+def test_thresholds_are_findings_options(tmp_path):
+    from reportgen.sections.registry import findings_options
+
+    found = findings_options()
+    assert {"class_gap", "ece", "robustness_drop"} <= set(found)
+
+
+def test_without_labels_errors_and_calibration_say_why_and_robustness_reports_flips(tmp_path):
+    spec = make_project(tmp_path, LABELLED)
+    _dataset(tmp_path, labelled=False)
+    report = build(spec, out_dir=tmp_path / "site", only=["errors", "calibration", "robustness"], use_cache=False)
+    s = report.data["sections"]
+    assert "labelled" in s["errors"]["skipped"] and "labelled" in s["calibration"]["skipped"]
+    r = s["robustness"]
+    assert r["clean_accuracy"] is None and r["mean_accuracy_drop"] is None
+    assert all(v["accuracy"] is None for v in r["corruptions"].values())
+    assert r["worst"]["flip_rate"] >= 0
+
+
+def test_errors_and_calibration_share_one_dataset_pass(tmp_path, monkeypatch):
+    from reportgen.analyses import predictions
+
+    calls = []
+    real = predictions.prediction_pass
+    monkeypatch.setattr(predictions, "prediction_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = make_project(tmp_path, LABELLED)
+    _dataset(tmp_path)
+    build(spec, out_dir=tmp_path / "site", only=["errors", "calibration"], use_cache=False)
+    assert len(calls) == 1
