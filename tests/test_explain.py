@@ -260,8 +260,8 @@ def _not_applicable_cases(make_cnn, make_images):
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()
     scripted = _scripted(make_cnn(), x)
     return x, [(flat_head, "cam", {}, "global-average-pool"),
-               (gelu, "guided_backprop", {}, "called no ReLU"),
-               (gelu, "deconvnet", {}, "called no ReLU"),
+               (gelu, "guided_backprop", {}, "does not apply"),
+               (gelu, "deconvnet", {}, "does not apply"),
                (tokens, "gradcam", {"layer": "1"}, "reshape"),
                (mlp, "gradcam", {}, "no layer of the model has a spatial"),
                (scripted, "gradcam", {}, "TorchScript"),

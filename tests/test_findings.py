@@ -187,8 +187,22 @@ def test_random_init_resnet_conv1_is_noisy_and_smooth_banks_are_not():
             conv.weight.copy_(torch.from_numpy(smooth_bank(64, k)))
         smooth = flt.first_layer_filters(nn.Sequential(conv), "0")
         assert not smooth.noisy.any(), (k, smooth.noise.round(2))
-        conv_random = nn.Conv2d(3, 64, k)
-        assert flt.first_layer_filters(nn.Sequential(conv_random), "0").noisy.mean() > 0.85
+        conv_random = flt.first_layer_filters(nn.Sequential(nn.Conv2d(3, 64, k)), "0")
+        if k >= flt.MIN_NOISE_KERNEL:
+            assert conv_random.noisy.mean() > 0.85 and conv_random.noise_note == ""
+        else:   # under the floor: nothing is judged, and the result says why
+            assert not conv_random.noisy.any() and "3x3 kernels are not judged" in conv_random.noise_note
+
+
+def test_noise_test_has_a_floor_kernel_side_and_filter_count():
+    """Below 5x5 kernels, or under 8 filters, random filters are not called noisy: the rule
+    cannot tell them from trained ones there, so it stays silent and says why."""
+    torch.manual_seed(0)
+    for conv, judged in ((nn.Conv2d(3, 32, 3), False), (nn.Conv2d(3, 32, (5, 3)), False),
+                         (nn.Conv2d(3, 7, 7), False), (nn.Conv2d(3, 8, 5), True)):
+        res = flt.first_layer_filters(nn.Sequential(conv), "0")
+        assert (res.noise_note == "") is judged, (conv, res.noise_note)
+        assert bool(res.noisy.any()) == judged
 
 
 # --------------------------------------------------------------------------- noisy-filters / dead-filters
@@ -197,6 +211,12 @@ def test_noisy_filters_fire_on_random_7x7_filters(tmp_path):
     found = findings(conv_project(tmp_path, random_conv(16, 7)), ["filters"])
     assert found["noisy-filters"]["severity"] == "warning" and found["noisy-filters"]["layer"] == "conv1"
     assert "dead-filters" not in found
+
+
+def test_noisy_filters_stay_quiet_on_random_3x3_filters(tmp_path):
+    """Under the evidence floor: no finding, and the section says why in report.json."""
+    found = findings(conv_project(tmp_path, random_conv(32, 3)), ["filters"])
+    assert "noisy-filters" not in found
 
 
 def test_noisy_filters_stay_quiet_on_a_smooth_bank(tmp_path):

@@ -227,11 +227,12 @@ def _contains(obj: Any, pred: Callable[[Any], bool]) -> bool:
 # ----------------------------------------------------------------------------- torch.fx tracer
 
 
-class _LeafTracer(torch.fx.Tracer):
-    """fx tracer whose leaves match :func:`_is_leaf` (so the hooks fallback agrees)."""
+class _LeafTracer(fxops.Tracer):
+    """fx tracer whose leaves match :func:`_is_leaf` (so the hooks fallback agrees), plus
+    timm's own fx leaves on a timm model (``Conv2dSame``, ``BatchNormAct2d``)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _is_leaf(m)
+        return _is_leaf(m) or type(m) in self.extra_leaves
 
 
 def _meta_shapes(meta: Any) -> List[Tuple[int, ...]]:
@@ -254,7 +255,7 @@ def _trace_fx(model: nn.Module, inputs: Tuple) -> Tuple[List[ArchNode], List[Arc
     """Symbolic trace + ShapeProp, turned into ArchNodes (getitem on tuples folded away)."""
     from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-    tracer = _LeafTracer()
+    tracer = _LeafTracer(model)
     graph = tracer.trace(model)
     gm = torch.fx.GraphModule(tracer.root, graph)
     ShapeProp(gm).propagate(*inputs)

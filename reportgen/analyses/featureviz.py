@@ -22,6 +22,13 @@ readable without hand-tuned image penalties; this module implements those:
   so a channel that is silent at the start would stay silent. While
   optimizing, an ``nn.ReLU`` whose gradient is zero for a whole image passes
   the gradient through where that raises its input. Values are unchanged.
+  Clipped ReLUs (``nn.ReLU6``, ``nn.Hardtanh(0, c)``, timm's
+  ``BatchNormAct2d`` with a ReLU6) follow the same rule, a saturated unit
+  counting as off.
+* **Objectives on a clipped output use the pre-activation.** A ReLU6 output
+  stops at 6, so maximizing it saturates (or, off at the start, stays flat
+  grey); a channel objective on a clipped ReLU, or on a ``BatchNormAct2d``
+  whose act is one, reads the clip's input instead (probe maxima alike).
 
 The image is optimized in [0, 1] image space (a sigmoid keeps it there) and
 normalized with the spec's mean/std before the model sees it, so the model
@@ -44,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reportgen.analyses import fxops
 from reportgen.analyses.layout import Layout, refit
 from reportgen.hooks import ActivationRecorder, eval_mode, hooks
 from reportgen.layers import layer_layouts
@@ -199,29 +207,50 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- redirected ReLU
 
 class _RedirectedReLU(torch.autograd.Function):
-    """relu(x) forward; backward passes the gradient through dead units when a whole image is dead."""
+    """(Clipped) relu(x) forward; backward passes the gradient through dead (or saturated) units
+    when a whole image gets none."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, cap: Optional[float] = None) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return x.clamp_min(0)
+        ctx.cap = cap
+        return x.clamp(min=0, max=cap)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         dead = x < 0
-        relu_grad = grad.masked_fill(dead, 0)
+        over = (x > ctx.cap) if ctx.cap is not None else torch.zeros_like(dead)
+        relu_grad = grad.masked_fill(dead | over, 0)
         alive = relu_grad.reshape(len(x), -1).norm(dim=1) > 0
         if bool(alive.all()):       # the usual case: a plain ReLU gradient, nothing to redirect
-            return relu_grad
-        # never push an already negative input lower (grad > 0: descent lowers x)
-        redirected = grad.masked_fill(dead & (grad > 0), 0)
-        return torch.where(alive.view(-1, *([1] * (x.ndim - 1))), relu_grad, redirected)
+            return relu_grad, None
+        # never push an already negative input lower (grad > 0: descent lowers x), nor a
+        # saturated one higher
+        redirected = grad.masked_fill((dead & (grad > 0)) | (over & (grad < 0)), 0)
+        return torch.where(alive.view(-1, *([1] * (x.ndim - 1))), relu_grad, redirected), None
+
+
+def clipped_relu_cap(module: nn.Module) -> Optional[float]:
+    """The upper bound of a clipped ReLU module (ReLU6, Hardtanh(0, c)); None for anything else."""
+    if isinstance(module, nn.Hardtanh) and float(module.min_val) == 0.0 and float(module.max_val) > 0:
+        return float(module.max_val)     # nn.ReLU6 is a Hardtanh(0, 6)
+    return None
+
+
+def _relu_cap(module: nn.Module) -> Tuple[bool, Optional[float]]:
+    """(is a ReLU or clipped ReLU, its cap)."""
+    if isinstance(module, nn.ReLU):
+        return True, None
+    cap = clipped_relu_cap(module)
+    return cap is not None, cap
 
 
 @contextlib.contextmanager
 def redirected_relus(model: nn.Module) -> Iterator[None]:
-    """Swap every nn.ReLU's output for the redirected-gradient version, for the ``with`` block.
+    """Swap every nn.ReLU's, nn.ReLU6's and nn.Hardtanh(0, c)'s output for the redirected-gradient
+    version, for the ``with`` block (timm's ``BatchNormAct2d`` calls its act as a module, so its
+    ReLU6 is covered too).
 
     In-place ReLUs overwrite their input, so a pre-hook keeps a copy of it.
     """
@@ -235,15 +264,36 @@ def redirected_relus(model: nn.Module) -> Iterator[None]:
         x = saved.pop(id(module), None)
         x = x if x is not None else (args[0] if args else None)
         if torch.is_tensor(x) and torch.is_grad_enabled():
-            return _RedirectedReLU.apply(x)
+            return _RedirectedReLU.apply(x, _relu_cap(module)[1])
         return output
 
     with hooks() as hs:
         for m in model.modules():
-            if isinstance(m, nn.ReLU):
+            if _relu_cap(m)[0]:
                 hs.append(m.register_forward_pre_hook(pre))
                 hs.append(m.register_forward_hook(post))
         yield
+
+
+def preactivation_module(model: nn.Module, layer: str) -> Optional[str]:
+    """The clipped ReLU whose input stands in for ``layer``'s output in a channel objective.
+
+    A clipped output stops growing at its cap (6 for ReLU6), so maximizing it saturates
+    instead of showing what drives the channel: the objective reads the clip's input (the
+    pre-activation) instead. ``layer`` itself may be the clip, or a timm ``BatchNormAct2d``
+    whose ``act`` is one (its output is that act's output).
+    """
+    modules = dict(model.named_modules())
+    module = modules.get(layer)
+    if module is None:
+        return None
+    if clipped_relu_cap(module) is not None:
+        return layer
+    act = getattr(module, "act", None)
+    if fxops.module_kind(module) == fxops.NORM and isinstance(act, nn.Module) \
+            and clipped_relu_cap(act) is not None:
+        return f"{layer}.act"
+    return None
 
 
 # --------------------------------------------------------------------------- objectives
@@ -276,9 +326,23 @@ def objective_values(model: nn.Module, batch: torch.Tensor, objectives: Sequence
     """
     layouts = layouts or {}
     layers = sorted({o.layer for o in objectives if o.kind == "channel"})
-    with ActivationRecorder(model, layers, keep_graph=True) as rec:
+    pre = {name: preactivation_module(model, name) for name in layers}
+    pre = {name: src for name, src in pre.items() if src}
+    inputs: Dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(module: nn.Module, args):
+            if args and torch.is_tensor(args[0]):   # a copy: an in-place clip overwrites it next
+                inputs[name] = args[0].clone() if getattr(module, "inplace", False) else args[0]
+        return hook
+
+    modules = dict(model.named_modules())
+    with hooks() as hs, ActivationRecorder(model, [n for n in layers if n not in pre], keep_graph=True) as rec:
+        for name, src in pre.items():
+            hs.append(modules[src].register_forward_pre_hook(keep_input(name)))
         logits = select_output(model(batch), output_key)
         outputs = dict(rec.outputs)
+        outputs.update(inputs)
     columns = []
     for j, o in enumerate(objectives):
         if o.kind == "class":

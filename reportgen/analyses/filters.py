@@ -9,6 +9,13 @@ few neighbour pairs that pure noise scores anywhere in 0.6-1.4, while an
 11x11 one pins noise near 1. A filter is called noisy only when it is rough
 (above the user's threshold) *and* its roughness lies inside the band that
 random filters of the same shape reach (not significantly smoother than noise).
+
+The test has a floor, below which no filter is called noisy and the result
+says why (``noise_note``): kernels under 5x5 (a 3x3 kernel has 12 neighbour
+pairs, and i.i.d. noise scores anywhere in 0.6-1.4, so half of the trained 3x3
+stem filters of an ImageNet EfficientNet-Lite0 fall inside the noise band),
+and layers of fewer than 8 filters (the finding's share cannot be read off a
+handful).
 """
 from __future__ import annotations
 
@@ -35,12 +42,15 @@ class FilterResult:
     order: np.ndarray        # display order (indices into O)
     noise_threshold: float
     noise_band: float = 0.0  # roughness that NOISE_ALPHA of i.i.d. filters of this shape stay below
+    noise_note: str = ""     # why no filter is judged noisy (under the evidence floor); "" when judged
 
 
 NOISE_ALPHA = 0.05       # a filter smoother than 95% of random filters of its shape is structured
 NULL_SAMPLES = 2000      # random filters drawn per shape: the 5% quantile to about +-0.01
 _NULL_TAPS = 1 << 22     # at most this many random taps per shape (deep layers: fewer filters)
 _NULL_CHUNK = 1 << 21    # taps drawn at once (16 MB of float64), whatever the shape
+MIN_NOISE_KERNEL = 5     # smallest kernel side the noise test judges: 3x3 noise spans 0.6-1.4
+MIN_NOISE_FILTERS = 8    # fewest filters whose noisy share is judged
 
 
 def roughness(weights: np.ndarray) -> np.ndarray:
@@ -109,7 +119,8 @@ def first_layer_filters(model: nn.Module, layer: str, noise_threshold: float = 0
     dead = norms <= max(1e-8, 1e-3 * scale)
     noise = roughness(w)
     band = noise_band(w.shape[1:])
-    noisy = (noise > noise_threshold) & (noise > band) & ~dead & (w.shape[-1] * w.shape[-2] > 1)
+    note = noise_floor_note(w.shape)
+    noisy = (noise > noise_threshold) & (noise > band) & ~dead & (w.shape[-1] * w.shape[-2] > 1) & (not note)
     if sort == "noise":
         order = np.lexsort((np.arange(len(w)), noise))
     elif sort == "index":
@@ -118,4 +129,16 @@ def first_layer_filters(model: nn.Module, layer: str, noise_threshold: float = 0
         order = np.lexsort((np.arange(len(w)), -norms))
     return FilterResult(layer=layer, weights=w, norms=norms, noise=noise, dead=dead, noisy=noisy,
                         order=order.astype(np.int64), noise_threshold=noise_threshold,
-                        noise_band=band)
+                        noise_band=band, noise_note=note)
+
+
+def noise_floor_note(shape: Tuple[int, ...]) -> str:
+    """Why the noise test cannot judge a (O, I, kh, kw) weight, or "" when it can."""
+    kh, kw = int(shape[-2]), int(shape[-1])
+    if min(kh, kw) < MIN_NOISE_KERNEL:
+        return (f"{kh}x{kw} kernels are not judged noisy: under {MIN_NOISE_KERNEL}x{MIN_NOISE_KERNEL}, "
+                "i.i.d. noise scores anywhere from about 0.6 to 1.4, so trained filters fall inside its band")
+    if int(shape[0]) < MIN_NOISE_FILTERS:
+        return (f"{int(shape[0])} filters are not judged noisy: the noisy share needs at least "
+                f"{MIN_NOISE_FILTERS} filters")
+    return ""

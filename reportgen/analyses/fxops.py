@@ -31,11 +31,19 @@ The kinds say what an op *is*; each walker decides what it can do with one
 (receptive fields need exact windows, incremental inference exact per-pixel
 locality, the diagram only dataflow). :func:`is_inplace` says whether an op
 overwrites its first argument.
+
+:class:`Tracer` is the one ``torch.fx`` tracer the walkers share: for a timm
+model it keeps timm's own fx leaf modules (``Conv2dSame``, ``BatchNormAct2d``,
+...) whole and autowraps timm's functions, as ``timm.models._features_fx``
+does, so TF-"same" padding (a pad computed from the input size) traces.
+:func:`tf_same` says whether a module pads that way; :func:`same_padding`
+computes the leading pad from the size.
 """
 from __future__ import annotations
 
+import math
 import operator
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +149,8 @@ _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itru
 
 def module_kind(module: nn.Module) -> str:
     """The kind of a module call (see the module docstring)."""
+    if _from_timm(module) and type(module).__name__ in _TIMM_NORM_ACT:
+        return NORM
     for classes, kind in _MODULE_KINDS:
         if isinstance(module, classes):
             return kind
@@ -185,3 +195,60 @@ def is_inplace(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return bool(getattr(modules.get(node.target), "inplace", False))
     return False
+
+
+# ------------------------------------------------------------------ timm-aware tracing
+
+# timm's modules that pad TF-"same" at run time: padding depends on the input size
+_TF_SAME = ("Conv2dSame", "StdConv2dSame", "ScaledStdConv2dSame", "MaxPool2dSame", "AvgPool2dSame")
+# timm's leaves that are a batch norm plus a pointwise activation (and dropout)
+_TIMM_NORM_ACT = ("BatchNormAct2d", "FrozenBatchNormAct2d", "SyncBatchNormAct", "InplaceAbn")
+
+
+def _from_timm(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("timm.")
+
+
+def is_timm_model(model: nn.Module) -> bool:
+    """Whether any of the model's modules is one of timm's classes."""
+    return any(_from_timm(m) for m in model.modules())
+
+
+def timm_notrace(model: nn.Module) -> Tuple[frozenset, Tuple[Callable, ...]]:
+    """timm's fx leaf module classes and autowrap functions, for a timm model; empty otherwise."""
+    if not is_timm_model(model):
+        return frozenset(), ()
+    try:
+        import timm.models._features_fx  # noqa: F401 - registers the model-specific leaves
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - a timm model without timm importable
+        return frozenset(), ()
+    return frozenset(get_notrace_modules()), tuple(f for f in get_notrace_functions() if callable(f))
+
+
+class Tracer(fx.Tracer):
+    """``fx.Tracer`` that also treats timm's registered leaves as leaves (timm models only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        leaves, functions = timm_notrace(model)
+        super().__init__(autowrap_functions=functions)
+        self.extra_leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:  # noqa: D102 - fx hook
+        return type(m) in self.extra_leaves or super().is_leaf_module(m, module_qualified_name)
+
+
+def tf_same(module: nn.Module) -> bool:
+    """A timm conv/pool whose padding TF-"same" computes from the input size at run time."""
+    return _from_timm(module) and type(module).__name__ in _TF_SAME
+
+
+def same_padding(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                 dilation: Sequence[int]) -> Tuple[int, int]:
+    """Leading (top, left) TF-"same" padding for an input of ``size`` (H, W): the total pad
+    makes ceil(size / stride) outputs, its smaller half goes first (timm's ``pad_same``)."""
+    lead = []
+    for n, k, s, d in zip(size, kernel, stride, dilation):
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        lead.append(total // 2)
+    return lead[0], lead[1]

@@ -15,7 +15,7 @@ are shared with the CAM family in ``reportgen.analyses.cam``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -117,73 +117,107 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None, *,
 # --------------------------------------------------------------------------- modified ReLU backward
 
 class _GuidedReLU(torch.autograd.Function):
-    """ReLU whose backward passes grad only where input > 0 AND grad > 0."""
+    """(Clipped) ReLU whose backward passes grad only where the unit passes its input
+    (0 < x, and x < cap for a clipped ReLU) AND grad > 0."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, cap: Optional[float] = None) -> torch.Tensor:
         # save a fresh mask, not x: an in-place caller overwrites x right after
-        mask = (x > 0).to(x.dtype)
-        ctx.save_for_backward(mask)
-        return x.clamp(min=0)
+        passes = (x > 0) if cap is None else (x > 0) & (x < cap)
+        ctx.save_for_backward(passes.to(x.dtype))
+        return x.clamp(min=0, max=cap)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return grad.clamp(min=0) * mask
+        return grad.clamp(min=0) * mask, None
 
 
 class _DeconvReLU(torch.autograd.Function):
-    """ReLU whose backward is relu(grad), ignoring the forward mask (Zeiler & Fergus 2014)."""
+    """(Clipped) ReLU whose backward is relu(grad), ignoring the forward mask (Zeiler & Fergus 2014)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
+    def forward(ctx, x: torch.Tensor, cap: Optional[float] = None) -> torch.Tensor:
+        return x.clamp(min=0, max=cap)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
+    def backward(ctx, grad: torch.Tensor):
+        return grad.clamp(min=0), None
 
 
+# function -> in place? (None: read F.relu's inplace argument)
 _RELU_FUNCS = {torch.relu: False, torch.nn.functional.relu: None, torch.Tensor.relu: False,
                torch.relu_: True, torch.Tensor.relu_: True}
+_F = torch.nn.functional
+# clipped ReLUs: relu6 (nn.ReLU6) and hardtanh with a lower bound of 0 (nn.Hardtanh(0, c))
+_CLIPPED = {_F.relu6, _F.hardtanh, _F.hardtanh_}
+# smooth or non-gating nonlinearities: the modified-ReLU methods have no rule for them
+_OTHER_ACTIVATIONS = {
+    _F.silu: "SiLU (x·sigmoid(x))", _F.hardswish: "Hardswish", _F.gelu: "GELU", _F.mish: "Mish",
+    _F.elu: "ELU", _F.selu: "SELU", _F.celu: "CELU", _F.leaky_relu: "LeakyReLU", _F.softplus: "Softplus",
+    _F.prelu: "PReLU", torch.sigmoid: "sigmoid", torch.tanh: "tanh", _F.hardsigmoid: "Hardsigmoid"}
+
+
+def _clip_args(func, args, kwargs) -> Optional[Tuple[float, bool]]:
+    """(cap, inplace) of a clipped-ReLU call, or None when the call is not one (hardtanh(-1, 1))."""
+    if func is _F.relu6:
+        return 6.0, bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+    lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+    hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+    if float(lo) != 0.0 or float(hi) <= 0.0:
+        return None
+    inplace = func is _F.hardtanh_ or bool(kwargs.get("inplace", args[3] if len(args) > 3 else False))
+    return float(hi), inplace
 
 
 class _ReluOverride(TorchFunctionMode):
-    """Routes every ReLU the forward pass calls through a modified-backward Function.
+    """Routes every ReLU and clipped ReLU the forward pass calls through a modified-backward Function.
 
     A ``__torch_function__`` mode sees ``nn.ReLU`` (it calls ``F.relu``),
     ``nn.ReLU(inplace=True)``, ``F.relu``, ``torch.relu``, ``x.relu()`` and
-    ``x.relu_()`` alike. Module backward hooks (Captum's way) see only
-    ``nn.ReLU`` modules and break on in-place ones, silently degrading to
-    plain gradients for functional ReLUs.
+    ``x.relu_()`` alike, and ``nn.ReLU6`` / ``nn.Hardtanh(0, c)`` (``F.relu6``,
+    ``F.hardtanh``), whose positive part follows the same rule. Module backward
+    hooks (Captum's way) see only ``nn.ReLU`` modules and break on in-place ones,
+    silently degrading to plain gradients for functional ReLUs. Other
+    activations (SiLU, GELU, Hardswish, ...) are counted by name in ``others``.
     """
 
     def __init__(self, rule: type):
         super().__init__()
         self.rule = rule
         self.calls = 0
+        self.others: Dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELU_FUNCS and args and torch.is_tensor(args[0]):
+        if not (args and torch.is_tensor(args[0])):
+            return func(*args, **kwargs)
+        cap = None
+        if func in _RELU_FUNCS:
             inplace = _RELU_FUNCS[func]
             if inplace is None:  # F.relu(x, inplace=...)
                 inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-            self.calls += 1
-            x = args[0]
-            y = self.rule.apply(x)
-            if inplace:
-                # keep in-place semantics for callers that ignore the return value;
-                # autograd routes the gradient of x's new version through y
-                x.copy_(y)
-                return x
-            return y
-        return func(*args, **kwargs)
+        elif func in _CLIPPED and _clip_args(func, args, kwargs) is not None:
+            cap, inplace = _clip_args(func, args, kwargs)
+        else:
+            if func in _OTHER_ACTIVATIONS:
+                name = _OTHER_ACTIVATIONS[func]
+                self.others[name] = self.others.get(name, 0) + 1
+            return func(*args, **kwargs)
+        self.calls += 1
+        x = args[0]
+        y = self.rule.apply(x, cap)
+        if inplace:
+            # keep in-place semantics for callers that ignore the return value;
+            # autograd routes the gradient of x's new version through y
+            x.copy_(y)
+            return x
+        return y
 
 
 @contextlib.contextmanager
 def relu_backward_override(rule: str) -> Iterator[_ReluOverride]:
-    """Inside this block every ReLU's backward follows ``rule`` ("guided" or "deconv")."""
+    """Inside this block every (clipped) ReLU's backward follows ``rule`` ("guided" or "deconv")."""
     mode = _ReluOverride({"guided": _GuidedReLU, "deconv": _DeconvReLU}[rule])
     with mode:
         yield mode
@@ -199,8 +233,12 @@ def _modified_relu_gradients(model: nn.Module, images: torch.Tensor, target: Tar
             grad, _ = _input_gradients(model, images, target, output_key)
     if mode.calls == 0:
         # never hand back plain gradients under another method's name
-        raise MethodNotApplicable(f"{name} needs ReLU nonlinearities, but the model called no ReLU "
-                                  "(nn.ReLU, F.relu, torch.relu, Tensor.relu) during its forward pass")
+        found = ", ".join(sorted(mode.others)) or "no ReLU"
+        raise MethodNotApplicable(
+            f"{name} does not apply: it is defined by a rule for ReLU's gate (and clipped ReLUs such as "
+            f"ReLU6), and this model's nonlinearities are {found}, which have none (nn.ReLU, F.relu, "
+            "torch.relu, Tensor.relu, ReLU6 or Hardtanh(0, c) were never called); saliency, integrated "
+            "gradients and SmoothGrad apply to any model")
     return _numpy(grad)
 
 

@@ -30,6 +30,10 @@ Conventions (``receptive_field`` returns ``{"size", "jump", "start"}``, each a
   identity when equal, a k = stride = in/out pool otherwise); for other sizes
   every unit is reported to see the whole input (a safe over-estimate, with
   ``jump`` 0: all units then share one window).
+* timm's TF-"same" convolutions and pools (``Conv2dSame``, ``MaxPool2dSame``,
+  ...) pad by what the input size needs: ``ceil(n / stride)`` outputs, the
+  smaller half of the pad first; the pad is computed from the traced size.
+  A timm model is traced with timm's own fx leaves and autowrapped functions.
 * A module called several times (torchvision's BasicBlock reuses ``relu``)
   is measured at its last call, as ``reportgen.hooks.ActivationRecorder``
   records it.
@@ -353,6 +357,8 @@ _KEEPS_WINDOW = (fxops.POINTWISE, fxops.NORM, fxops.STAT_NORM)
 def _module_rule(m: nn.Module, w: Window, in_shape: Shape, out_shape: Shape) -> State:
     """The window after module ``m``; _Unsupported for modules of unknown geometry."""
     kind = fxops.module_kind(m)
+    if fxops.tf_same(m) and kind in (fxops.CONV, fxops.POOL):
+        return _tf_same(m, w, in_shape)
     if kind == fxops.CONV:
         return _conv(w, in_shape, m.kernel_size, m.stride, m.padding, m.dilation)
     if kind == fxops.POOL:
@@ -377,17 +383,27 @@ def _module_rule(m: nn.Module, w: Window, in_shape: Shape, out_shape: Shape) -> 
     raise _Unsupported(type(m).__name__)
 
 
+def _tf_same(m: nn.Module, w: Window, in_shape: Shape) -> Window:
+    """timm's TF-"same" conv/pool: the pad its forward adds comes from the input size."""
+    _require_last_axes(w, in_shape, "a TF-'same' convolution or pooling")
+    kernel = _pair(m.kernel_size)
+    stride = kernel if getattr(m, "stride", None) in (None, (), []) else _pair(m.stride)
+    dilation = _pair(getattr(m, "dilation", 1))
+    pad = fxops.same_padding(in_shape[-2:], kernel, stride, dilation)
+    return _slide(w, kernel, stride, pad, dilation)
+
+
 def _pad_tuple(padding: Any) -> Tuple[int, ...]:
     return (padding,) * 4 if isinstance(padding, int) else tuple(padding)
 
 
 # ------------------------------------------------------- graph (fx) engine
 
-class _Tracer(fx.Tracer):
+class _Tracer(fxops.Tracer):
     """Records the node each module call returns, so containers ('layer3') can be targets."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
         self.outputs: Dict[str, fx.Node] = {}
 
     def call_module(self, m, forward, args, kwargs):  # noqa: D102 - fx hook
@@ -402,7 +418,7 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(model: nn.Module) -> Tuple[fx.GraphModule, Dict[str, fx.Node]]:
-    tracer = _Tracer()
+    tracer = _Tracer(model)
     graph = tracer.trace(model)
     return fx.GraphModule(model, graph), tracer.outputs
 

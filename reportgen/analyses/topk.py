@@ -418,6 +418,7 @@ class LayerTopK:
     projections: Optional[np.ndarray]  # (S, k, ph, pw, C_in) float32 raw projections, or None
     sources: List[List[str]]      # (S, k) image labels (class/file)
     layout: str = "nchw"          # how the layer's output was read: nchw | nhwc | tokens
+    rf_note: str = ""             # why rf is the whole input, when the field could not be traced
 
 
 @dataclass
@@ -469,8 +470,9 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
         proj = (_project_layer(model, dataset, name, rf, chosen, sel["images"], ys, xs,
                                projection, torch.device(device), batch_size, lay)
                 if projection != "none" and k_eff else None)
-        out.append(LayerTopK(layer=name, shape=list(state.shapes[name]),
-                             rf={key: list(v) for key, v in rf.items()}, channels=chosen, score=score,
+        out.append(LayerTopK(layer=name, shape=list(state.shapes[name]), rf_note=rf.get("note", ""),
+                             rf={key: list(v) for key, v in rf.items() if key != "note"},
+                             channels=chosen, score=score,
                              channel_max=st["values"][:, 0].astype(np.float32),
                              values=sel["values"].astype(np.float32), images=sel["images"],
                              ys=ys, xs=xs, projections=proj, layout=lay.kind if lay else "nchw", **layer))
@@ -479,25 +481,30 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
 
 
 def unit_field(model: nn.Module, name: str, input_size: Sequence[int], layout: Optional[Layout],
-               shape: Sequence[int]) -> Dict[str, Tuple]:
+               shape: Sequence[int]) -> Dict[str, Any]:
     """The input region behind one unit of ``name`` (``receptive_field``'s dict).
 
-    A channels-last or token layer whose field cannot be traced (attention,
-    which mixes every position, or padding on channels-last windows) is given
-    the whole input, centred on the unit's grid cell: an over-estimate, as
-    ``receptive_field`` gives for adaptive pools, so a patch shows the whole
-    image with the unit's cell in its middle. ``shape`` is the map's (C, h, w).
+    A layer whose field cannot be traced (attention, which mixes every
+    position; padding on channels-last windows; an op of unknown geometry) is
+    given the whole input, centred on the unit's grid cell: an over-estimate,
+    as ``receptive_field`` gives for adaptive pools, so a patch shows the whole
+    image with the unit's cell in its middle. The dict then has a ``note``
+    saying so and why, which the page shows in place. ``shape`` is the map's
+    (C, h, w).
     """
     from reportgen.analyses.receptive_field import receptive_field
 
     try:
         return receptive_field(model, name, input_size)
-    except ValueError:
-        if layout is None or layout.kind == "nchw":
-            raise
+    except ValueError as err:
+        reason = " ".join(str(err).split(". Supported:")[0].split())
     big_h, big_w = (int(v) for v in input_size[-2:])
     jump = (max(1, big_h // int(shape[1])), max(1, big_w // int(shape[2])))
-    return {"size": (big_h, big_w), "jump": jump, "start": ((jump[0] - 1) / 2, (jump[1] - 1) / 2)}
+    kind = layout.kind if layout is not None else "nchw"
+    why = "attention and token mixing reach every position" if kind == "tokens" else reason
+    return {"size": (big_h, big_w), "jump": jump, "start": ((jump[0] - 1) / 2, (jump[1] - 1) / 2),
+            "note": f"patches are the whole input centred on the unit's cell: the receptive field "
+                    f"could not be traced ({why})"}
 
 
 def _by_image(images: np.ndarray) -> Dict[int, List[Tuple[int, int]]]:

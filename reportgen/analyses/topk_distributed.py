@@ -67,7 +67,8 @@ def result_arrays(result: tk.TopKResult) -> Dict[str, np.ndarray]:
     header = {"n_images": result.n_images, "k": result.k, "projection": result.projection,
               "channel_rule": result.channel_rule, "layers": []}
     for la in result.layers:
-        header["layers"].append({"layer": la.layer, "shape": la.shape, "rf": la.rf, "sources": la.sources})
+        header["layers"].append({"layer": la.layer, "shape": la.shape, "rf": la.rf, "rf_note": la.rf_note,
+                                  "sources": la.sources})
         for f in ("channels", "score", "channel_max", "values", "images", "ys", "xs", "boxes", "patches"):
             out[f"{la.layer}/{f}"] = getattr(la, f)
         if la.projections is not None:

@@ -55,6 +55,7 @@ def layer_view(la: LayerTopK) -> Dict[str, Any]:
         "jump": [int(v) for v in la.rf["jump"]], "rows": [], "n_channels": s,
         "scaled": [ph, pw] != [int(v) for v in la.rf["size"]], "image": None, "projection": None,
         "dead": int((la.channel_max <= 0).sum()), "channels_total": int(la.shape[0]),
+        "rf_note": la.rf_note,
     }
     if s == 0 or k == 0:
         return view

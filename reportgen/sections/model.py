@@ -94,7 +94,8 @@ class FiltersSection(Section):
                                      "shape (above the 5 % quantile of random filters of that shape)"),
     }
     thresholds = {"noisy_filter_fraction": Float(min=0, max=1, default=0.25,
-                                                 doc="share of noisy first-layer filters that raises a finding")}
+                                                 doc="share of noisy first-layer filters that raises a finding (judged "
+                                                     "on kernels of 5x5 or more and 8 filters or more only)")}
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> FiltersResult:
         name = first_conv(ctx.model) if options["layer"] == "auto" else options["layer"]
@@ -112,6 +113,7 @@ class FiltersSection(Section):
                 "noisy": int(f.noisy.sum()), "dead": int(f.dead.sum()),
                 "noise_median": float(np.median(f.noise)), "noise_threshold": f.noise_threshold,
                 "noise_band": round(f.noise_band, 4),
+                **({"noise_not_judged": f.noise_note} if f.noise_note else {}),
                 "noisy_indices": np.flatnonzero(f.noisy).tolist(),
                 "dead_indices": np.flatnonzero(f.dead).tolist()}
 

@@ -84,6 +84,7 @@ class TopKSection(Section):
             "channel_rule": r.channel_rule, "k": r.k, "images": r.n_images, "projection": r.projection,
             "per_layer": {la.layer: {
                 "channels": la.channels.tolist(), "receptive_field": [int(v) for v in la.rf["size"]],
+                **({"receptive_field_note": la.rf_note} if la.rf_note else {}),
                 "dead_channels": int((la.channel_max <= 0).sum()), "channels_total": int(la.shape[0]),
                 "top_value": [_finite(v) for v in la.values[:, 0]] if la.values.size else [],
                 "top_image": [row[0] for row in la.sources] if la.values.size else [],

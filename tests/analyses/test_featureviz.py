@@ -176,3 +176,53 @@ def test_redirected_relu_gradient_is_relus_unless_a_whole_image_is_dead():
     assert torch.equal(got[2], torch.where(xd[2] < 0, 0.0, grad[2]))
     assert torch.equal(got[1], torch.where(grad[1] > 0, 0.0, grad[1]))   # only the raising part flows
     assert (got[1] != 0).any()
+
+
+def test_redirected_clipped_relu_counts_saturated_units_as_off():
+    """ReLU6: the plain gradient passes where 0 < x < 6; an image whose units are all off or
+    saturated gets the redirect, which never pushes a negative unit lower nor a saturated one higher."""
+    from reportgen.analyses.featureviz import _RedirectedReLU
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5, 5) * 4 + 3
+    x[1] = torch.where(x[1] > 3, x[1].abs() + 6.5, -x[1].abs() - 0.1)   # image 1: off or saturated
+    x.requires_grad_(True)
+    grad = torch.randn(2, 4, 5, 5)
+    out = _RedirectedReLU.apply(x, 6.0)
+    assert float(out.max()) == 6.0
+    (got,) = torch.autograd.grad(out, x, grad)
+    xd = x.detach()
+    assert torch.equal(got[0], torch.where((xd[0] < 0) | (xd[0] > 6), 0.0, grad[0]))
+    blocked = ((xd[1] < 0) & (grad[1] > 0)) | ((xd[1] > 6) & (grad[1] < 0))
+    assert torch.equal(got[1], torch.where(blocked, 0.0, grad[1])) and (got[1] != 0).any()
+
+
+class _NormAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: batch norm, then its ``act`` module."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.act = nn.ReLU6(inplace=True)
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def test_objectives_on_a_clipped_output_read_the_preactivation():
+    """A channel objective on a ReLU6 (or a norm+ReLU6 block) is the clip's input: it can grow
+    past 6 and go below 0, where the clipped output would be stuck."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _NormAct(4), nn.Conv2d(4, 4, 1), nn.ReLU6(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    assert fv.preactivation_module(model, "1") == "1.act" and fv.preactivation_module(model, "3") == "3"
+    assert fv.preactivation_module(model, "0") is None and fv.preactivation_module(model, "2") is None
+    x = torch.randn(2, 3, 8, 8) * 20
+    objectives = [fv.Objective("channel", c, "1") for c in range(4)] + \
+                 [fv.Objective("channel", c, "3") for c in range(4)]
+    got = fv.objective_values(model, x, objectives, pair=False)
+    with torch.no_grad():
+        pre1 = nn.BatchNorm2d.forward(model[1], model[0](x))
+        pre3 = model[2](torch.clamp(pre1, 0, 6))
+    want = torch.cat([pre1.mean(dim=(2, 3)), pre3.mean(dim=(2, 3))], dim=1)
+    torch.testing.assert_close(got, want)
+    assert float(got.max()) > 6 or float(got.min()) < 0

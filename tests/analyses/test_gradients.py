@@ -72,12 +72,69 @@ def test_modified_relu_methods_refuse_models_without_visible_relus(make_images):
     x = make_images(n=1, h=8, w=8)
     torch.manual_seed(0)
     gelu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.GELU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
-    with pytest.raises(ValueError, match="called no ReLU"):
+    with pytest.raises(ValueError, match="does not apply.*nonlinearities are GELU"):
         explain(gelu, x, "guided_backprop")
+    silu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.SiLU(), nn.Hardswish(), nn.Flatten(), nn.Linear(72, 3)).eval()
+    with pytest.raises(ValueError, match=r"Hardswish, SiLU \(x·sigmoid\(x\)\)"):
+        explain(silu, x, "deconvnet")
     relu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
     scripted = torch.jit.script(relu)
     with pytest.raises(ValueError, match="TorchScript"):
         explain(scripted, x, "deconvnet")
+
+
+# --------------------------------------------------------------------------- clipped ReLUs
+
+@pytest.mark.parametrize("clip", [lambda: nn.ReLU6(), lambda: nn.ReLU6(inplace=True),
+                                  lambda: nn.Hardtanh(0.0, 6.0)])
+@pytest.mark.parametrize("method,cls", [("deconvnet", "Deconvolution"), ("guided_backprop", "GuidedBackprop")])
+def test_clipped_relu_methods_match_captum_where_the_clip_does_not_trigger(make_cnn, make_images,
+                                                                           method, cls, clip):
+    """A ReLU6 model whose units all stay under 6 computes what its ReLU twin does: the
+    reference is Captum's (module hooks on nn.ReLU) on the twin."""
+    x = make_images() * 0.5
+    relu = make_cnn(relu="module")
+    relu6 = make_cnn(relu="module")
+    relu6.relu1, relu6.relu2 = clip(), clip()
+    peak = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: peak.append(float(a[0].detach().max())))
+             for m in (relu6.relu1, relu6.relu2)]
+    ref = getattr(captum_attr, cls)(relu).attribute(x, target=TARGETS)
+    got = explain(relu6, x, method, target=TARGETS)
+    for h in hooks:
+        h.remove()
+    assert 0 < max(peak) < 6, peak            # the clip never triggers, the gate does
+    _close(got, ref)
+    assert not np.allclose(got, explain(relu6, x, "saliency", target=TARGETS))
+
+
+@pytest.mark.parametrize("clip,cap", [(lambda: nn.ReLU6(), 6.0), (lambda: nn.Hardtanh(0.0, 2.0), 2.0)])
+def test_guided_backprop_through_a_saturating_clipped_relu_follows_the_relu_rule(clip, cap):
+    """Where units saturate: the gradient passes where 0 < z < cap and the upstream gradient
+    is positive (the ReLU rule on the positive part), written out by hand here."""
+    torch.manual_seed(0)
+    conv, fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 3)
+    model = nn.Sequential(conv, clip(), nn.Flatten(), fc).eval()
+    x = torch.randn(2, 3, 6, 6) * 2 * cap
+    z = conv(x).detach()
+    assert ((z > cap).float().mean() > 0.1) and ((z < 0).float().mean() > 0.1)
+    targets = [0, 2]
+    upstream = fc.weight.detach()[targets].view(2, 4, 6, 6)
+    passed = upstream.clamp(min=0) * ((z > 0) & (z < cap))
+    xr = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(conv(xr), xr, grad_outputs=passed)
+    np.testing.assert_allclose(explain(model, x, "guided_backprop", target=targets), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    deconv = torch.autograd.grad(conv(xr), xr, grad_outputs=upstream.clamp(min=0))[0]
+    np.testing.assert_allclose(explain(model, x, "deconvnet", target=targets), deconv.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_hardtanh_that_is_not_a_clipped_relu_is_not_overridden(make_images):
+    x = make_images(n=1, h=8, w=8)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Hardtanh(-1.0, 1.0), nn.Flatten(), nn.Linear(72, 3)).eval()
+    with pytest.raises(ValueError, match="does not apply"):
+        explain(model, x, "guided_backprop")
 
 
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_left"])

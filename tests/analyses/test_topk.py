@@ -370,3 +370,33 @@ def test_channels_last_and_token_layers_rank_like_their_channels_first_map(tmp_p
             np.testing.assert_array_equal(getattr(other, f), getattr(first, f))
     assert last.rf == first.rf and last.patches.tobytes() == first.patches.tobytes()
     assert tokens.rf == {"size": [8, 8], "jump": [1, 1], "start": [0.0, 0.0]}
+    assert first.rf_note == last.rf_note == "" and "whole input" in tokens.rf_note
+
+
+class _UnknownGeometry(nn.Module):
+    """A childless module of unknown geometry: receptive_field refuses it."""
+
+    def forward(self, x):
+        return x.roll(1, dims=-1)
+
+
+class BoxNetUntraceable(BoxNet):
+    def __init__(self):
+        super().__init__()
+        self.shift = _UnknownGeometry()
+
+    def forward(self, x):
+        return self.fc(self.pool(self.shift(self.relu(self.conv(x)))).amax(dim=(2, 3)))
+
+
+def test_a_channels_first_layer_whose_field_cannot_be_traced_shows_whole_input_patches(tmp_path):
+    """Not a failed section: the patches are the whole input centred on the unit's cell, and
+    the layer says so and why, in place."""
+    model, ds = BoxNetUntraceable().eval(), box_dataset(tmp_path)
+    r = tk.topk_patches(model, ds, ["relu", "shift"], channels=[0], k=2, batch_size=4)
+    traced, untraced = r.layers
+    assert traced.rf_note == "" and traced.rf["size"] == [3, 3]
+    assert untraced.rf == {"size": [8, 8], "jump": [1, 1], "start": [0.0, 0.0]}
+    assert "whole input" in untraced.rf_note and "'roll'" in untraced.rf_note
+    from reportgen.render.topk import layer_view
+    assert layer_view(untraced)["rf_note"] == untraced.rf_note
