@@ -9,6 +9,7 @@ from reportgen import __version__
 from reportgen.render import attribution as ra
 from reportgen.render.filters import filter_images
 from reportgen.render.audit import compare_view
+from reportgen.render.shortcuts import compare_view as shortcut_maps
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, colorize
 from reportgen.render.images import pack_grid, png_uri, upscale_nearest
 from reportgen.render.markdown import render_markdown
@@ -158,6 +159,7 @@ def render_compare_page(parts, data: Dict[str, Any], sentences: Sequence[str]) -
         "units": _units_view(parts, comparison["units"]), "training": _training_view(parts),
         "findings": data["findings"], "resolved": data["resolved"],
         "audit": compare_view(parts.base_outcomes, parts.new_outcomes, comparison["audit"]),
+        "shortcut_maps": shortcut_maps(parts.base_outcomes, parts.new_outcomes),
         "description_html": render_markdown(parts.new.spec["description"]),
     }
     return environment().get_template("compare.html.j2").render(**context)

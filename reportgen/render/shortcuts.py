@@ -8,7 +8,7 @@ whose numbers the template also writes as text.
 from __future__ import annotations
 
 from html import escape
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,11 +35,15 @@ def _scaled(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def _tile(image: np.ndarray, values: np.ndarray, factor: int, boxes: Sequence[Tuple[Tuple[float, ...], bool]] = ()
-          ) -> np.ndarray:
-    """The image (blown up by ``factor``) under its map, with boxes (fractions; True = dashed control)."""
+def _tile(image: np.ndarray, values: np.ndarray, factor: int, boxes: Sequence[Tuple[Tuple[float, ...], bool]] = (),
+          top: Optional[float] = None) -> np.ndarray:
+    """The image (blown up by ``factor``) under its map, with boxes (fractions; True = dashed control).
+
+    ``top``: the map is drawn on 0..top (shared by maps compared side by side), else scaled to its own range.
+    """
     base = upscale_nearest(np.asarray(image, dtype=np.uint8), factor)
-    out = Image.fromarray(overlay(base, _scaled(values), ALPHA, DEFAULT_CMAP, 0.0, 1.0))
+    scaled = _scaled(values) if top is None else np.clip(np.asarray(values, dtype=np.float32) / (top or 1.0), 0, 1)
+    out = Image.fromarray(overlay(base, scaled, ALPHA, DEFAULT_CMAP, 0.0, 1.0))
     draw = ImageDraw.Draw(out)
     h, w = base.shape[:2]
     for (y0, x0, y1, x1), dashed in boxes:
@@ -185,3 +189,38 @@ def render_shortcuts(result: Any, classes: Sequence[str], seen: Callable[[Any, A
         "labels_note": result.labels_note, "unlabelled": result.unlabelled,
         "colorbar": colorbar_view(0.0, 1.0, DEFAULT_CMAP, "0 (least)", "1 (most)"),
     }
+
+
+def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The compare page's shortcuts part: per class, BASE's and NEW's mean maps on one scale, side by side.
+
+    Read from each side's ``shortcuts`` results (both sides ran on NEW's dataset, so
+    the mean images match); a suspected class has its region outlined on its side.
+    Empty when either side lacks the section.
+    """
+    sides = []
+    for out in (base_out, new_out):
+        found = out.get("shortcuts") or {}
+        results, summary = found.get("results"), found.get("summary") or {}
+        if not results or "skipped" in summary or "error" in summary:
+            return []
+        names = results["class_names"]
+        sides.append(({names[c["index"]]: c for c in results["classes"]},
+                      {s["class"]: s for s in summary.get("suspected") or []}, summary.get("classes") or {}))
+    (b_maps, b_sus, b_cls), (n_maps, n_sus, n_cls) = sides
+    rows = []
+    for name in [n for n in n_maps if n in b_maps]:
+        b, n = b_maps[name], n_maps[name]
+        bm, nm = np.asarray(b["mean_map"], dtype=np.float32), np.asarray(n["mean_map"], dtype=np.float32)
+        top = max(float(bm.max()), float(nm.max()), 1e-12)
+        row: Dict[str, Any] = {"name": name}
+        for side, cls, m, sus, summ in (("base", b, bm, b_sus, b_cls), ("new", n, nm, n_sus, n_cls)):
+            image = np.asarray(cls["mean_image"], dtype=np.uint8)
+            factor = max(1, 128 // max(image.shape[:2]))
+            hit = sus.get(name)
+            boxes = [(tuple(hit["region"]), False)] if hit else []
+            row[side] = {"image": compact_uri(_tile(image, m, factor, boxes, top))[0], "suspected": bool(hit),
+                         "flip": hit["transplant_flip_rate"] if hit else None,
+                         "border": (summ.get(name) or {}).get("border_share")}
+        rows.append(row)
+    return rows

@@ -2,7 +2,9 @@
 
 A planted watermark is found, localized and proven by the transplant; the same
 task without it raises nothing over several seeds; a watermark that moves is
-never a suspect.
+never a suspect; a compare of the clean model against the watermarked one names
+the new shortcut, trips ``--fail-on new-warning`` and shows each class's mean
+maps side by side.
 """
 from __future__ import annotations
 
@@ -11,22 +13,34 @@ import json
 import pytest
 
 import reportgen
+from reportgen.cli import main
 from reportgen.errors import NotApplicable
 from reportgen.sections.base import BuildContext
 from reportgen.sections.shortcuts import ShortcutsSection
 from tests import shortcut_task as st
 
 
-def _build(tmp_path_factory, name, watermark, seed=0):
-    root = tmp_path_factory.mktemp(name)
-    spec = st.write_project(root, watermark, seed)
-    reportgen.build(str(spec), out_dir=str(root / "site"), only=["shortcuts"], use_cache=False)
-    return json.loads((root / "site" / "report.json").read_text()), (root / "site" / "index.html").read_text()
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory):
+    """Trained projects shared by this module's tests: spec path per (watermark, seed), trained once."""
+    made = {}
+
+    def get(watermark, seed=0):
+        if (watermark, seed) not in made:
+            made[watermark, seed] = st.write_project(tmp_path_factory.mktemp(f"{watermark}{seed}"), watermark, seed)
+        return made[watermark, seed]
+    return get
+
+
+def _build(spec):
+    site = spec.parent / "site"
+    reportgen.build(str(spec), out_dir=str(site), only=["shortcuts"], use_cache=False)
+    return json.loads((site / "report.json").read_text()), (site / "index.html").read_text()
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    return _build(tmp_path_factory, "planted", "fixed")
+def planted(projects):
+    return _build(projects("fixed"))
 
 
 def test_a_planted_watermark_is_suspected_localized_and_proven(planted):
@@ -59,20 +73,40 @@ def test_a_planted_watermark_is_suspected_localized_and_proven(planted):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_same_task_without_the_watermark_raises_nothing(tmp_path_factory, seed):
-    report, page = _build(tmp_path_factory, f"clean{seed}", None, seed)
+def test_the_same_task_without_the_watermark_raises_nothing(projects, seed):
+    report, page = _build(projects(None, seed))
     s = report["sections"]["shortcuts"]
     assert s["suspected"] == []
     assert not [f for f in report["findings"] if f["id"].startswith("shortcut-suspected")]
     assert "Proven by intervention: no shortcut" in page
 
 
-def test_a_watermark_that_moves_is_not_a_suspect(tmp_path_factory):
-    report, _ = _build(tmp_path_factory, "moving", "moving")
+def test_a_watermark_that_moves_is_not_a_suspect(projects):
+    report, _ = _build(projects("moving"))
     s = report["sections"]["shortcuts"]
     assert s["suspected"] == []
     spreads = [c["location_spread"] for c in s["classes"]["circle"]["clusters"] if c["size"] >= 3]
     assert min(spreads) > s["criteria"]["max_spread"]
+
+
+def test_a_compare_of_a_clean_model_against_a_watermarked_one_names_the_new_shortcut(projects, tmp_path, capsys):
+    base, new = projects(None), projects("fixed")       # trained once, shared with the tests above
+    out = tmp_path / "compare"
+    assert main(["compare", str(base), str(new), "-o", str(out), "--only", "shortcuts", "--no-cache", "--quiet",
+                 "--fail-on", "new-warning"]) == 3
+    assert "Class circle may rely on a shortcut" in capsys.readouterr().err
+    data = json.loads((out / "report.json").read_text())
+    assert data["comparison"]["audit"]["shortcuts"] == {"base": [], "new": ["circle"]}
+    assert "New suspected shortcut(s): circle." in data["verdict"]
+    finding = next(f for f in data["findings"] if f["id"] == "shortcut-suspected-circle")
+    assert finding["state"] == "new" and finding["severity"] == "warning"
+    page = (out / "index.html").read_text()
+    table = page[page.index('id="audit-shortcuts"'):]
+    table = table[:table.index("</table>")]
+    for name in st.CLASSES:                         # each class: BASE | NEW mean maps side by side
+        assert f"<th>{name}</th>" in table
+    assert table.count("<img ") == 2 * len(st.CLASSES)
+    assert table.count("suspected shortcut") == 1 and "Mean attribution map of circle for NEW, suspected" in table
 
 
 def test_without_class_folders_it_says_why(tmp_path):
