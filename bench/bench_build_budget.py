@@ -18,6 +18,7 @@ are then empty.
 
     python bench/bench_build_budget.py [--size 224] [--model resnet50] [--budget SECONDS]
                                        [--device cpu|cuda] [--rebuild] [--keep DIR]
+                                       [--dataset N [--classes K]] [--only SECTION ...] [--sections YAML]
 """
 from __future__ import annotations
 
@@ -39,15 +40,24 @@ from PIL import Image
 N_PROBES = 6
 
 
-def write_project(root: Path, model: str, size: int, budget: Any, device: str) -> Path:
+def write_project(root: Path, model: str, size: int, budget: Any, device: str, dataset: int = 0,
+                  classes: int = 4, sections: str = "") -> Path:
     rng = np.random.default_rng(0)
     side = 256 if size <= 256 else size
     probes = root / "probes"
     probes.mkdir(parents=True)
     for i in range(N_PROBES):
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(probes / f"noise_{i}.png")
+    for i in range(dataset):       # a labelled dataset: noise images in folders named like the model's classes
+        folder = root / "data" / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
     lines = ["title: budget bench", "model:", f"  torchvision: {model}", f"  input_size: [3, {size}, {size}]",
              "probes:", "  images: [probes/*.png]", f"device: {device}", "seed: 0"]
+    if dataset:
+        lines.append("dataset: {root: data}")
+    if sections:
+        lines.append(f"sections: {sections}")
     if budget is not None:
         lines.append(f"budget: {budget}")
     spec = root / "spec.yaml"
@@ -63,11 +73,11 @@ def section_bytes(page: str) -> Dict[str, int]:
     return out
 
 
-def build_once(spec: Path, out: Path, cache: Path) -> Dict[str, Any]:
+def build_once(spec: Path, out: Path, cache: Path, only: Any = None) -> Dict[str, Any]:
     import reportgen
 
     started, cpu = time.perf_counter(), time.process_time()
-    report = reportgen.build(spec, out_dir=out, cache_dir=cache, quiet=False)
+    report = reportgen.build(spec, out_dir=out, cache_dir=cache, quiet=False, only=only)
     return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu, "report": report}
 
 
@@ -79,6 +89,12 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--rebuild", action="store_true", help="build again from the cache, compare the pages")
     ap.add_argument("--keep", metavar="DIR", help="copy the project and its site here")
+    ap.add_argument("--dataset", type=int, default=0, metavar="N",
+                    help="a labelled dataset of N noise images in --classes class folders (default: none)")
+    ap.add_argument("--classes", type=int, default=4, help="class folders of --dataset (class_0, class_1, ...)")
+    ap.add_argument("--only", nargs="+", metavar="SECTION", help="build only these sections")
+    ap.add_argument("--sections", default="", metavar="YAML",
+                    help="the spec's sections: mapping, inline, e.g. '{shortcuts: {images: 50}}'")
     args = ap.parse_args()
 
     import torch
@@ -86,14 +102,16 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     try:
-        spec = write_project(root / "project", args.model, args.size, args.budget, args.device)
-        first = build_once(spec, root / "site", root / "cache")
+        spec = write_project(root / "project", args.model, args.size, args.budget, args.device, args.dataset,
+                             args.classes, args.sections)
+        first = build_once(spec, root / "site", root / "cache", args.only)
         report = first["report"]
         page = report.path.read_text(encoding="utf-8")
         data = report.data
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\nreportgen {reportgen.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{args.model} {args.size}x{args.size}, {N_PROBES} probes, device {args.device}")
+              f"{args.model} {args.size}x{args.size}, {N_PROBES} probes, {args.dataset} dataset image(s), "
+              f"device {args.device}")
         budget = data.get("budget")
         if budget:
             print(f"budget {budget.get('seconds')} s; planned {budget.get('planned_s')} s; "
@@ -112,7 +130,7 @@ def main() -> int:
         print(f"\nwall {first['wall']:.1f} s (process CPU {first['cpu']:.1f} s, load average {load:.1f} on "
               f"{os.cpu_count()} cores); page {size / 1e6:.2f} MB ({size:,} bytes); peak RSS {peak_rss:.0f} MiB")
         if args.rebuild:
-            again = build_once(spec, root / "site2", root / "cache")
+            again = build_once(spec, root / "site2", root / "cache", args.only)
             same = again["report"].path.read_bytes() == report.path.read_bytes()
             print(f"rebuild from cache: {again['wall']:.1f} s, byte-identical: {same}")
         if args.keep:
