@@ -75,3 +75,38 @@ def test_new_overconfident_trips_new_warning(compared):
     assert all(f["state"] == "new" for i, f in by_id.items() if i.startswith("fragile-"))   # BASE never flips
     assert any("Calibration regressed" in s for s in data["verdict"])
     assert 'id="audit"' in page
+
+
+def test_confusion_difference_on_the_page(compared):
+    _, data, page = compared
+    s = data["sections"]["errors"]
+    d = np.array(s["new"]["confusion"]) - np.array(s["base"]["confusion"])
+    assert "Confusion matrix: NEW − BASE" in page
+    if d.any():     # BASE predicts class 0 for every image; NEW spreads them
+        assert "+%d" % d.max() in page or "%+d" % d.min() in page
+
+
+def test_confusion_diff_many_classes_keeps_the_changed_ones():
+    from reportgen.render.audit import confusion_diff
+
+    k = 50
+    base = np.diag(np.full(k, 10))
+    new = base.copy()
+    new[7, 7], new[7, 31] = 4, 6          # class 7 now taken for 31 six times: worse
+    new[40, 40], new[40, 2] = 10, 0
+    base[40, 40], base[40, 2] = 8, 2      # class 40 fixed: better
+    names = [f"c{i}" for i in range(k)]
+    out = confusion_diff({"classes": names, "confusion": base.tolist()},
+                         {"classes": names, "confusion": new.tolist()}, shown=5, top=3)
+    assert out["k"] == k and not out["all_shown"] and len(out["columns"]) == 5
+    assert {"c7", "c31", "c40", "c2"} <= set(out["columns"])
+    first = out["changes"][0]
+    assert (first["true"], first["predicted"], first["delta"], first["worse"]) in {("c7", "c7", -6, True),
+                                                                                  ("c7", "c31", 6, True)}
+    assert out["changed"] == 4 and len(out["changes"]) == 3
+    row7 = out["rows"][out["columns"].index("c7")]["cells"]
+    assert row7[out["columns"].index("c31")]["value"] == 6
+    same = confusion_diff({"classes": names, "confusion": base.tolist()},
+                          {"classes": names, "confusion": base.tolist()})
+    assert same["unchanged"] and same["changes"] == []
+    assert confusion_diff({}, {"classes": names, "confusion": base.tolist()}) is None
