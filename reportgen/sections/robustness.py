@@ -9,7 +9,7 @@ from reportgen.analyses import corruptions as cr
 from reportgen.analyses import robustness as rb
 from reportgen.options import AUTO, Choice, Float, Int, ListOf, auto_or
 from reportgen.render.audit import DROP_CMAP, heat_cell, thumb
-from reportgen.sections.audit import dataset_labels
+from reportgen.sections.audit import dataset_labels, given_robustness
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 from reportgen.sections.topk import dataset_for
 
@@ -102,7 +102,7 @@ class RobustnessSection(Section):
         n = ctx.planned(self.name, "images", options["images"], best["images"])
         found = dataset_labels(ctx)
         data = ctx.spec["dataset"]
-        result = rb.robustness_pass(ctx.model, dataset_for(ctx), found.labels, options["corruptions"],
+        result = given_robustness(ctx, options["corruptions"]) or rb.robustness_pass(ctx.model, dataset_for(ctx), found.labels, options["corruptions"],
                                     sorted(set(int(s) for s in severities)), n, data["batch_size"],
                                     data["workers"], ctx.device, ctx.output_key, ctx.seed,
                                     example_severity=JUDGED_SEVERITY, progress=ctx.progress)
