@@ -59,7 +59,7 @@ def judged(r: rb.RobustnessResult) -> Dict[str, Any]:
 class RobustnessSection(Section):
     title = "Robustness"
     partial = "sections/robustness.html.j2"
-    order = 86
+    order = 84
     requires = ("dataset",)
     options = {
         "corruptions": ListOf(Choice(list(cr.CORRUPTIONS)), min_len=1, default=list(cr.CORRUPTIONS),
@@ -130,7 +130,7 @@ class RobustnessSection(Section):
                      "corrupted": names[e["corrupted"]] if e["corrupted"] < len(names) else str(e["corrupted"]),
                      "label": names[e["label"]] if 0 <= e["label"] < len(names) else None}
                     for e in r.examples]
-        return {"r": r, "rows": rows, "severities": list(r.severities), "labelled": r.labelled > 0,
+        return {"r": {"images": r.images}, "rows": rows, "severities": list(r.severities), "labelled": r.labelled > 0,
                 "clean_accuracy": r.clean_accuracy, "mean_drop": r.mean_accuracy_drop, "worst": r.worst(),
                 "limit": limit, "metric": j["metric"], "interpolated": j["interpolated"],
                 "fragile": [row["name"] for row in rows if row["fragile"]], "examples": examples,
