@@ -102,6 +102,9 @@ def distributed_audit_pass(model: nn.Module, dataset: Any, labels: Sequence[int]
     if (labels >= 0).any():
         local = pr.prediction_pass(model, shard(dataset, rank, world), labels, classes, batch_size, workers,
                                    device, output_key, keep=keep)
+        c = local.calibration     # gathered from the CPU: a CUDA tensor would unpickle onto the sender's device
+        for name in ("beta", "sums", "scalars", "grid_nll", "grid_sums"):
+            setattr(c, name, getattr(c, name).cpu())
         parts = _gather(local)
         predictions = merge_predictions(parts, labels, keep) if rank == 0 else None
     robustness = None
