@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(b, out="output folder (default: output.dir from the spec, else ./site next to it)",
                  fail_on="exit 3 when a finding of this severity or worse exists; new-warning/new-error: "
                          "only findings new since --baseline (the report is written)")
+    b.add_argument("--audit-pass", dest="audit_pass", metavar="AUDIT.npz",
+                   help="the errors/calibration/robustness dataset pass saved by `torchrun ... -m "
+                        "reportgen.distributed audit`, used instead of running it (refused, exit 2, when it "
+                        "was made on other weights, images, preprocessing or options)")
     b.add_argument("--baseline", metavar="PREVIOUS",
                    help="a previous report.json (or its folder): every finding gets a state "
                         "(new, updated, unchanged) and gone ones are listed as resolved")
@@ -126,7 +130,8 @@ def cmd_build(args) -> int:
     from reportgen.pipeline import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
-                   use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget)
+                   use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget,
+                   audit_pass=args.audit_pass)
     print(report.path)
     return _gate(report.findings, args.fail_on)
 

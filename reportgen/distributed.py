@@ -5,6 +5,9 @@
     torchrun --standalone --nproc_per_node N -m reportgen.distributed compare \\
         --base BASE.yaml --new NEW.yaml --out pass.npz
     reportgen compare BASE.yaml NEW.yaml --pass pass.npz
+    torchrun --standalone --nproc_per_node N -m reportgen.distributed audit \\
+        --spec spec.yaml --out audit.npz
+    reportgen build spec.yaml --audit-pass audit.npz
 
 Each rank resolves the spec(s) (the same checks as ``reportgen build`` /
 ``compare``), streams its shard of the dataset, and rank 0 writes the merged
@@ -55,7 +58,37 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     cp.add_argument("--new", required=True, help="NEW's spec: its probes and dataset are the inputs")
     cp.add_argument("--out", required=True, help="where rank 0 writes the pass (.npz), for `reportgen "
                                                  "compare --pass`")
+    au = sub.add_parser("audit", help="the dataset pass of the errors, calibration and robustness sections")
+    au.add_argument("--spec", required=True, help="the report spec (model, checkpoints, labelled dataset)")
+    au.add_argument("--out", required=True, help="where rank 0 writes the pass (.npz), for `reportgen build "
+                                                 "--audit-pass`")
     return root.parse_args(argv)
+
+
+def _audit(args: argparse.Namespace, device: torch.device) -> int:
+    """Each rank streams its shard of the audit pass; rank 0 writes the merged pass."""
+    from reportgen.analyses.audit_pass import distributed_audit_pass, save_audit_pass
+    from reportgen.pipeline import make_context
+    from reportgen.sections.audit import audit_pass_header, audit_plan, dataset_labels
+    from reportgen.sections.topk import dataset_for
+    from reportgen.spec import load_spec
+    from reportgen.spec.resolve import resolve
+
+    res = resolve(load_spec(args.spec), device.type)
+    if not res.dataset:
+        print(f"reportgen: {args.spec}: the spec has no dataset: add a `dataset:` to it", file=sys.stderr)
+        return 2
+    res.model.to(device)
+    ctx = make_context(res)
+    plan, found, data = audit_plan(ctx), dataset_labels(ctx), res.spec["dataset"]
+    result = distributed_audit_pass(
+        res.model, dataset_for(ctx), found.labels, list(found.names), plan["corruptions"], plan["severities"],
+        plan["images"], data["batch_size"], data["workers"], device, res.output_key, plan["keep"],
+        res.spec["seed"], plan["example_severity"])
+    if result is not None:
+        save_audit_pass(Path(args.out), result, audit_pass_header(res, ctx))
+        print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def _compare(args: argparse.Namespace, device: torch.device) -> int:
@@ -87,9 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = _device()
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        if args.command == "compare":
+        if args.command in ("compare", "audit"):
             try:
-                code = _compare(args, device)
+                code = (_compare if args.command == "compare" else _audit)(args, device)
             except ReportgenError as e:
                 print(f"reportgen: {e}", file=sys.stderr)
                 return 2

@@ -249,7 +249,7 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
           only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
           quiet: bool = True, cache_dir: Optional[Path] = None,
           baseline: Optional[Union[str, Path]] = None,
-          budget: Union[None, float, str] = None) -> Report:
+          budget: Union[None, float, str] = None, audit_pass: Optional[Union[str, Path]] = None) -> Report:
     """Build the report for ``spec``; raises SpecError/InputError on bad input.
 
     Seeds torch for reproducible results, inside a forked random state: the
@@ -257,9 +257,11 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
     ``baseline``: a previous report.json (or its folder); every finding then
     gets a state (new, updated, unchanged) and gone ones are listed as resolved.
     ``budget``: seconds for the whole build (or "auto"), overriding the spec's ``budget:``.
+    ``audit_pass``: the audit sections' dataset pass saved by ``reportgen.distributed audit``
+    (checked against this spec's inputs; a stale one is an InputError).
     """
     with own_random_state():
-        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline, budget)
+        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline, budget, audit_pass)
 
 
 @contextlib.contextmanager
@@ -276,13 +278,17 @@ def own_random_state() -> Iterator[None]:
 def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]],
            only: Optional[Sequence[str]], device: Optional[str], use_cache: bool, quiet: bool,
            cache_dir: Optional[Path], baseline: Optional[Union[str, Path]] = None,
-           budget: Union[None, float, str] = None) -> Report:
+           budget: Union[None, float, str] = None, audit_pass: Optional[Union[str, Path]] = None) -> Report:
     started = time.perf_counter()
     progress = Progress(quiet)
     spec = load_spec(spec)
     previous = load_baseline(baseline) if baseline is not None else None   # bad input fails first
     progress.log(f"reportgen: checking {spec.file}")
     res = resolve(spec, device)
+    if audit_pass is not None:
+        from reportgen.sections.audit import load_checked_audit_pass, use_audit_pass
+
+        use_audit_pass(res.model, load_checked_audit_pass(audit_pass, res))
     target_dir = _out_dir(spec, out_dir)
     computed = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress, budget)
     outcomes = computed.outcomes

@@ -421,12 +421,24 @@ def manifest_text(manifest: Dict[str, Any]) -> str:
 
 def validate_pass_header(header: Any, where: Optional[PathLike] = None) -> Dict[str, Any]:
     """A saved compare pass's header: what it was computed on, checked before it is trusted."""
-    c = _Checker("the pass file's header", where)
+    return _pass_header(header, where, "the pass file's header", "compare-pass", ("base_inputs", "new_inputs"))
+
+
+def validate_audit_pass_header(header: Any, where: Optional[PathLike] = None) -> Dict[str, Any]:
+    """A saved audit pass's header (``build --audit-pass``): what it was computed on."""
+    return _pass_header(header, where, "the audit pass file's header", "audit-pass", ("inputs",), ("plan",))
+
+
+def _pass_header(header: Any, where: Optional[PathLike], what: str, kind: str, digests: Sequence[str],
+                 texts: Sequence[str] = ()) -> Dict[str, Any]:
+    c = _Checker(what, where)
     if not isinstance(header, dict):
         c.fail("", f"{_type_name(header)} where an object belongs")
     c.values(header)
-    c.choice(header, "kind", ("compare-pass",), "")
+    c.choice(header, "kind", (kind,), "")
     c.text(header, "version", "")
-    c.digest(header, "base_inputs", "")
-    c.digest(header, "new_inputs", "")
+    for key in digests:
+        c.digest(header, key, "")
+    for key in texts:
+        c.text(header, key, "")
     return header

@@ -111,14 +111,18 @@ def robustness_pass(model: nn.Module, images: ImageDataset, labels: Sequence[int
                     corruptions: Sequence[str], severities: Sequence[int], n_images: Optional[int] = None,
                     batch_size: int = 32, workers: int = 0, device: Any = "cpu", output_key: OutputKey = None,
                     seed: int = 0, example_severity: Optional[int] = None,
-                    progress: Optional[Callable[..., Any]] = None) -> RobustnessResult:
-    """Run ``images`` (``n_images`` of them, spread over the listing) clean and corrupted; see the module doc."""
+                    progress: Optional[Callable[..., Any]] = None,
+                    indices: Optional[Sequence[int]] = None) -> RobustnessResult:
+    """Run ``images`` (``n_images`` of them, spread over the listing) clean and corrupted; see the module doc.
+
+    ``indices``: run exactly these images instead (a shard of the spread, ``analyses.audit_pass``)."""
     unknown = [c for c in corruptions if c not in cr.FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown corruption {unknown[0]!r}; valid: {', '.join(cr.CORRUPTIONS)}")
     dev = model_device(model, torch.device(device))
     known = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    chosen = spread(len(images), len(images) if n_images is None else int(n_images))
+    chosen = (spread(len(images), len(images) if n_images is None else int(n_images)) if indices is None
+              else [int(i) for i in indices])
     data = CropDataset(images, chosen)
     channels = int(images.input_size[0])
     from reportgen.images import _normalization

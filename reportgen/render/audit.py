@@ -176,7 +176,49 @@ def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[st
                            "relative_error": _relative_error(row["base"], row["new"]) if accuracy else None})
     return {"rows": rows, "diagrams": diagrams, "robustness": robust, "severities": sev["new"] or [],
             "metric": "accuracy" if accuracy else "flip rate", "css": RELIABILITY_CSS,
-            "shortcuts": audit["shortcuts"], "mismatch": bool(sev["base"] and sev["base"] != sev["new"])}
+            "shortcuts": audit["shortcuts"], "mismatch": bool(sev["base"] and sev["base"] != sev["new"]),
+            "confusion": confusion_diff(summary(base_out, "errors"), summary(new_out, "errors"))}
+
+
+CONFUSION_SHOWN = 20     # classes in the difference's heat table; more classes: those that changed most
+CONFUSION_CHANGES = 10   # the largest cell changes listed
+
+
+def confusion_diff(base: Dict[str, Any], new: Dict[str, Any], shown: int = CONFUSION_SHOWN,
+                   top: int = CONFUSION_CHANGES) -> Optional[Dict[str, Any]]:
+    """NEW's confusion counts minus BASE's (same images, rows true) as a heat table, and the top changes.
+
+    A cell is worse when an off-diagonal count grows or a diagonal (correct) count shrinks: red;
+    better: blue; the shade scales with the largest change. Past ``shown`` classes, the table
+    keeps the classes whose rows and columns changed most (in class order); the list names the
+    ``top`` cells that changed most either way. None when a side lacks the errors section.
+    """
+    if not base.get("confusion") or not new.get("confusion"):
+        return None
+    b, n = np.asarray(base["confusion"], dtype=np.int64), np.asarray(new["confusion"], dtype=np.int64)
+    if b.shape != n.shape:
+        return None
+    d = n - b
+    k = d.shape[0]
+    classes = list(new["classes"])
+    worse = np.where(np.eye(k, dtype=bool), -d, d)
+    scale = max(int(np.abs(d).max()), 1)
+    moved = np.abs(d).sum(axis=0) + np.abs(d).sum(axis=1) - np.abs(np.diag(d))
+    keep = list(range(k)) if k <= shown else sorted(np.lexsort((np.arange(k), -moved))[:shown].tolist())
+
+    def cell(i: int, j: int) -> Dict[str, Any]:
+        w = int(worse[i, j])
+        colour = heat_cell(w, 0, scale, DROP_CMAP) if w > 0 else heat_cell(-w, 0, scale, HEAT_CMAP) if w < 0 \
+            else heat_cell(None, 0, 1)
+        return dict(value=int(d[i, j]), diagonal=i == j, **colour)
+
+    order = np.lexsort((np.arange(k * k), -np.abs(d).reshape(-1)))[:top]
+    changes = [{"true": classes[i], "predicted": classes[j], "base": int(b[i, j]), "new": int(n[i, j]),
+                "delta": int(d[i, j]), "worse": bool(worse[i, j] > 0)}
+               for i, j in (divmod(int(f), k) for f in order) if d[i, j]]
+    return {"k": k, "all_shown": len(keep) == k, "columns": [classes[j] for j in keep],
+            "rows": [{"name": classes[i], "cells": [cell(i, j) for j in keep]} for i in keep],
+            "changes": changes, "changed": int(np.count_nonzero(d)), "unchanged": not d.any()}
 
 
 def _relative_error(base: Sequence[float], new: Sequence[float]) -> Optional[float]:

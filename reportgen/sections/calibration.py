@@ -29,7 +29,7 @@ def judge(r: cal.CalibrationResult, limit: float) -> Optional[str]:
 class CalibrationSection(Section):
     title = "Calibration"
     partial = "sections/calibration.html.j2"
-    order = 85
+    order = 83
     requires = ("dataset",)
     options = {
         "bootstrap": Int(min=20, max=5000, default=cal.BOOTSTRAP,
@@ -53,7 +53,11 @@ class CalibrationSection(Section):
         r = result.calibration
         limit = ctx.threshold("ece")
         verdict = judge(r, limit)
-        return {"r": r, "limit": limit, "verdict": verdict, "css": RELIABILITY_CSS,
+        # plain values only: a view holding the result object is not cached (the cache stores JSON)
+        shown = {k: getattr(r, k) for k in ("n", "bins", "ece", "adaptive_ece", "nll", "brier", "temperature",
+                                            "ece_after_temperature", "accuracy", "confidence",
+                                            "temperature_clamped", "resamples")}
+        return {"r": {**shown, "ece_ci": list(r.ece_ci)}, "limit": limit, "verdict": verdict, "css": RELIABILITY_CSS,
                 "svg": reliability_svg(r.reliability(), "Reliability diagram: accuracy per confidence bin, with "
                                        "the gap to the bin's mean confidence and a histogram of confidences",
                                        after=r.reliability(r.sums_after)),

@@ -38,7 +38,7 @@ def _cams(ctx: BuildContext, x: torch.Tensor, targets: List[int]) -> np.ndarray:
 class ErrorsSection(Section):
     title = "Errors"
     partial = "sections/errors.html.j2"
-    order = 84
+    order = 82
     requires = ("dataset",)
     options = {
         "mistakes": Int(min=0, max=MISTAKES_KEPT, default=8,

@@ -9,7 +9,7 @@ from reportgen.analyses import corruptions as cr
 from reportgen.analyses import robustness as rb
 from reportgen.options import AUTO, Choice, Float, Int, ListOf, auto_or
 from reportgen.render.audit import DROP_CMAP, heat_cell, thumb
-from reportgen.sections.audit import dataset_labels
+from reportgen.sections.audit import dataset_labels, given_robustness
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 from reportgen.sections.topk import dataset_for
 
@@ -59,7 +59,7 @@ def judged(r: rb.RobustnessResult) -> Dict[str, Any]:
 class RobustnessSection(Section):
     title = "Robustness"
     partial = "sections/robustness.html.j2"
-    order = 86
+    order = 84
     requires = ("dataset",)
     options = {
         "corruptions": ListOf(Choice(list(cr.CORRUPTIONS)), min_len=1, default=list(cr.CORRUPTIONS),
@@ -102,7 +102,7 @@ class RobustnessSection(Section):
         n = ctx.planned(self.name, "images", options["images"], best["images"])
         found = dataset_labels(ctx)
         data = ctx.spec["dataset"]
-        result = rb.robustness_pass(ctx.model, dataset_for(ctx), found.labels, options["corruptions"],
+        result = given_robustness(ctx, options["corruptions"]) or rb.robustness_pass(ctx.model, dataset_for(ctx), found.labels, options["corruptions"],
                                     sorted(set(int(s) for s in severities)), n, data["batch_size"],
                                     data["workers"], ctx.device, ctx.output_key, ctx.seed,
                                     example_severity=JUDGED_SEVERITY, progress=ctx.progress)
@@ -130,7 +130,7 @@ class RobustnessSection(Section):
                      "corrupted": names[e["corrupted"]] if e["corrupted"] < len(names) else str(e["corrupted"]),
                      "label": names[e["label"]] if 0 <= e["label"] < len(names) else None}
                     for e in r.examples]
-        return {"r": r, "rows": rows, "severities": list(r.severities), "labelled": r.labelled > 0,
+        return {"r": {"images": r.images}, "rows": rows, "severities": list(r.severities), "labelled": r.labelled > 0,
                 "clean_accuracy": r.clean_accuracy, "mean_drop": r.mean_accuracy_drop, "worst": r.worst(),
                 "limit": limit, "metric": j["metric"], "interpolated": j["interpolated"],
                 "fragile": [row["name"] for row in rows if row["fragile"]], "examples": examples,

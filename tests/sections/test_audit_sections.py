@@ -93,3 +93,21 @@ def test_errors_and_calibration_share_one_dataset_pass(tmp_path, monkeypatch):
     _dataset(tmp_path)
     build(spec, out_dir=tmp_path / "site", only=["errors", "calibration"], use_cache=False)
     assert len(calls) == 1
+
+
+def test_a_second_build_reads_all_three_from_the_cache(tmp_path, monkeypatch):
+    from reportgen.analyses import predictions, robustness
+
+    spec = make_project(tmp_path, LABELLED)
+    _dataset(tmp_path)
+    only = ["errors", "calibration", "robustness"]
+    first = build(spec, out_dir=tmp_path / "a", only=only, cache_dir=tmp_path / "cache")
+    calls = []
+    for module, name in ((predictions, "prediction_pass"), (robustness, "robustness_pass")):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
+    second = build(spec, out_dir=tmp_path / "b", only=only, cache_dir=tmp_path / "cache")
+    assert calls == []      # the views are plain JSON, so each section's entry was stored
+    a, b = first.data["sections"], second.data["sections"]
+    for name in only:
+        for key in set(a[name]) - {"budget"}:    # the budget entry says what was spent: cached now
+            assert a[name][key] == b[name][key], (name, key, a[name][key], b[name][key])
