@@ -101,8 +101,11 @@ def test_two_processes_equal_one(project):
         for terms in ("covariance", "base_variance", "new_variance"):
             np.testing.assert_allclose(getattr(gu, terms)[name], getattr(wu, terms)[name], rtol=1e-5, atol=1e-9)
         for side in ("base", "new"):
-            for f in ("values", "images", "positions"):
-                np.testing.assert_array_equal(getattr(gu, side).layers[name][f], getattr(wu, side).layers[name][f])
+            got_side, want_side = getattr(gu, side).layers[name], getattr(wu, side).layers[name]
+            # torchrun's ranks run one thread, this process more: activations agree to float32's last bits
+            np.testing.assert_allclose(got_side["values"], want_side["values"], rtol=1e-5, atol=1e-7)
+            for f in ("images", "positions"):
+                np.testing.assert_array_equal(got_side[f], want_side[f])
 
 
 def test_compare_uses_the_pass_and_refuses_a_stale_one(project, tmp_path, capsys):
