@@ -30,7 +30,7 @@ from reportgen.errors import SpecError
 from reportgen.paths import public_path
 from reportgen.comparison_audit import audit_json, audit_sentences
 from reportgen.pipeline import (Progress, Report, audit_inputs_digest, own_random_state, selected_sections,
-                                compute_sections, warn_if_heavy)
+                                compute_sections, plan_sections, warn_if_heavy)
 from reportgen.report import write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
@@ -346,7 +346,8 @@ def compare(base: SpecSource, new: SpecSource, out_dir: Optional[Union[str, Path
     """Both models on NEW's inputs; writes OUT_DIR/index.html and report.json ("kind": "compare").
 
     ``budget`` plans each model's sections as its own build would (so a compare
-    after both builds reuses their cached sections); the cross-model passes come on top.
+    after both builds reuses their cached sections; two models of one architecture share one
+    plan, NEW's); the cross-model passes come on top.
     ``pass_file``: the dataset pass precomputed by ``torchrun ... -m reportgen.distributed compare``
     on the same specs and inputs (checked), used instead of running it here.
     """
@@ -364,6 +365,14 @@ def resolve_pair(base_src: SpecSource, new_src: SpecSource, device: Optional[str
     base = resolve(base_on_new_inputs(base_spec, new_spec), device or new.device.type)
     check_compatible(base, new)
     return base_spec, new_spec, base, new
+
+
+def one_plan(base: Resolved, new: Resolved) -> bool:
+    """Both sides run one plan: the same architecture on the same input size and device."""
+    from reportgen.planning import architecture
+
+    return (base.input_size == new.input_size and base.device == new.device
+            and architecture(base.model) == architecture(new.model))
 
 
 def pass_header(base: Resolved, new: Resolved) -> Dict[str, Any]:
@@ -404,10 +413,12 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     names = [n for n in selected_sections(new_spec, only) if base.spec["sections"].get(n) is not False]
     timings: Dict[str, float] = {}
     started = time.perf_counter()
+    # One architecture: one plan (NEW's budget, one measurement), so both sides' maps share their settings
+    shared = plan_sections(new, names, use_cache, cache_dir, progress, budget) if one_plan(base, new) else None
     progress.log("reportgen: BASE sections")
-    base_computed = compute_sections(base, names, use_cache, cache_dir, progress, budget)
+    base_computed = compute_sections(base, names, use_cache, cache_dir, progress, budget, shared)
     progress.log("reportgen: NEW sections")
-    new_computed = compute_sections(new, names, use_cache, cache_dir, progress, budget)
+    new_computed = compute_sections(new, names, use_cache, cache_dir, progress, budget, shared)
     base_out, new_out = base_computed.outcomes, new_computed.outcomes
     timings["sections"] = time.perf_counter() - started
 

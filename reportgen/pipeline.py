@@ -336,22 +336,42 @@ class Computed:
         entry = planning.build_entry(self.ctx.plan, self.planned["source"], self.planned["measure_s"], actual_s,
                                      page_size, self.planned["page_bytes"], self.ctx.page_shares)
         entry["threads"] = self.planned["threads"] or torch.get_num_threads()
+        if self.planned.get("shared"):
+            entry["shared"] = True
+        if self.planned.get("overshoot"):
+            entry["overshoot"] = self.planned["overshoot"]
         return entry
 
 
+def plan_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache_dir: Optional[Path],
+                  progress: Progress, budget: Union[None, float, str] = None) -> Dict[str, Any]:
+    """A plan for ``res``'s sections to share (``compute_sections(..., shared=)``): a compare of two
+    models of one architecture plans once, so both sides run the same settings."""
+    ctx = make_context(res)
+    ctx.progress = progress
+    planned = _plan(ctx, res.spec, names, budget, SectionCache(cache_dir, enabled=use_cache), progress)
+    return dict(planned, plan=ctx.plan, page_shares=ctx.page_shares, shared=True)
+
+
 def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache_dir: Optional[Path],
-                     progress: Progress, budget: Union[None, float, str] = None) -> Computed:
+                     progress: Progress, budget: Union[None, float, str] = None,
+                     shared: Optional[Dict[str, Any]] = None) -> Computed:
     """Every named section's outcome (computed or from the cache), with what the page needs of it.
 
     Shared by ``build`` and ``compare``: both plan the settings left on auto
     against the same budget, so a compare after both builds finds each
-    model's sections in the cache.
+    model's sections in the cache. ``shared``: a plan from :func:`plan_sections`
+    to use instead of planning here.
     """
     ctx = make_context(res)
     ctx.progress = progress
     cache = SectionCache(cache_dir, enabled=use_cache)
     base_key = cache_inputs_key(res)
-    planned = _plan(ctx, res.spec, names, budget, cache, progress)
+    if shared is not None:
+        ctx.plan, ctx.page_shares = shared["plan"], shared["page_shares"]
+        planned = {k: v for k, v in shared.items() if k not in ("plan", "page_shares")}
+    else:
+        planned = _plan(ctx, res.spec, names, budget, cache, progress)
     sections = registry()
     outcomes: Dict[str, Dict[str, Any]] = {}
     with cpu_threads(planned["threads"]):
@@ -364,6 +384,10 @@ def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache
             outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
             outcomes[name] = outcome
     planning.annotate(outcomes, ctx)
+    planned["overshoot"] = over = planning.overshoot(ctx.plan, outcomes)
+    if over is not None:    # the next build measures again rather than trust the stored figure
+        dropped = planning.forget(ctx, cache.root if cache.enabled else None)
+        planning.warn(planning.overshoot_line(over, dropped))
     return Computed(outcomes, ctx, planned)
 
 

@@ -49,11 +49,23 @@ def parse_budget(text: str) -> Union[float, str]:
     return value
 
 
-def _store_key(ctx: Any) -> str:
-    """One stored measurement per model source, input size, device, thread count and machine."""
-    spec = ctx.spec
-    return digest_of({"model": spec["model"] if hasattr(spec, "get") else None,
-                      "input": list(ctx.input_size), "device": str(ctx.device), "torch": torch.__version__,
+def architecture(model: Any) -> Optional[str]:
+    """The model's architecture, hashed: its modules as printed and its tensors' shapes and types, not their values.
+
+    Throughput belongs to the architecture, the input size and the machine, not
+    to the weights: a model and its quantized or fine-tuned copy share one.
+    """
+    if model is None:
+        return None
+    tensors = [(n, list(t.shape), str(t.dtype)) for kind in (model.named_parameters, model.named_buffers)
+               for n, t in kind()]
+    return digest_of({"modules": repr(model), "tensors": tensors})
+
+
+def store_key(ctx: Any) -> str:
+    """One stored measurement per architecture, input size, device, thread count and machine."""
+    return digest_of({"architecture": architecture(ctx.model), "input": list(ctx.input_size),
+                      "device": str(ctx.device), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "node": platform.node()})
 
 
@@ -84,7 +96,7 @@ def throughput(ctx: Any, budget_s: float, store: Optional[Path],
     spent = time.perf_counter() - started
     if store is None:
         return new, spent
-    key = _store_key(ctx)
+    key = store_key(ctx)
     kept = bud.stable(new, tp.stored(store, key))
     if kept.source == "measured":
         tp.store(store, key, new)
@@ -205,10 +217,44 @@ def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, 
     """The top-level ``budget`` of report.json (``page_size`` None: no page of its own, a compare's side)."""
     out = {"seconds": plan.budget_s, "source": source, "throughput": plan.throughput.to_json(),
            "measure_s": round(measure_s, 3), "reserve_s": round(plan.reserve_s, 2),
-           "planned_s": round(plan.planned_s, 2), "actual_s": round(actual_s, 2), "over": plan.over}
+           "planned_s": round(plan.planned_s, 2), "actual_s": round(actual_s, 2), "over": plan.over,
+           "choices": {name: dict(sp.choices) for name, sp in plan.sections.items() if sp.choices}}
     if page_size is not None:
         out["page"] = {"bytes": page_size, "budget_bytes": page_budget, "shares": dict(shares)}
     return out
+
+
+def overshoot(plan: Optional[bud.Plan], outcomes: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The sections computed under a timed plan took far longer than it estimated: how much, else None.
+
+    Only sections computed here count (a cached one took no time); only a plan
+    priced from a clock is judged (a small model's reference price is no
+    measurement to redo); see ``budget.overshot`` for the rule.
+    """
+    if plan is None or plan.throughput.source not in ("measured", "stored"):
+        return None
+    ran = [n for n, o in outcomes.items() if not o["cached"] and n in plan.sections]
+    estimated = sum(plan.sections[n].estimated_s for n in ran)
+    actual = sum(outcomes[n]["seconds"] for n in ran)
+    if not bud.overshot(estimated, actual):
+        return None
+    return {"estimated_s": round(estimated, 2), "actual_s": round(actual, 2),
+            "factor": round(actual / estimated, 2) if estimated > 0 else None, "sections": ran}
+
+
+def forget(ctx: Any, store: Optional[Path]) -> bool:
+    """Drop the throughput stored for ``ctx``'s model (True when one was stored)."""
+    return store is not None and tp.drop(store, store_key(ctx))
+
+
+def overshoot_line(over: Dict[str, Any], dropped: bool) -> str:
+    """The stderr line for an overshoot."""
+    factor = f", {over['factor']:.1f}× " if over["factor"] is not None else ", over "
+    then = ("the stored throughput is dropped, so the next build measures the machine again" if dropped
+            else "no throughput is stored (no cache folder), so the next build measures the machine again")
+    return (f"reportgen: warning: the sections took {bud.duration(over['actual_s'])}{factor}the planned "
+            f"{bud.duration(over['estimated_s'])} (the machine is busier or slower than when it was measured); "
+            f"{then}")
 
 
 def warn(message: str) -> None:

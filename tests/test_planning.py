@@ -319,3 +319,57 @@ def test_a_small_model_runs_its_sections_on_one_cpu_thread(tmp_path, monkeypatch
         assert seen["threads"] == 2 and report.data["budget"]["threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_compare_of_one_architecture_plans_once_for_both_sides(tmp_path, monkeypatch):
+    """Two weights of one architecture: one measurement, one plan, the same choices on both sides
+    (planned apart, BASE would get a slow measurement and NEW a fast one)."""
+    spec = make_project(tmp_path, checkpoints=2)
+    other = tmp_path / "other.yaml"
+    other.write_text(GOOD.replace("  - ckpt/*.pt", "  - ckpt/epoch_1.pt"))
+    timings = iter([SLOW, FAST, FAST])
+    calls = []
+    monkeypatch.setattr(tp, "measure", lambda *a, **k: calls.append(1) or next(timings))
+    monkeypatch.setattr(bud, "SMALL_MODEL_MACS", 0)
+    report = reportgen.compare(spec, other, out_dir=tmp_path / "cmp", only=["gradients"], budget=60,
+                               cache_dir=tmp_path / "cache")
+    b = report.data["budget"]
+    assert len(calls) == 1
+    assert b["base"]["choices"] == b["new"]["choices"] and b["base"]["choices"]["gradients"]["steps"] < 32
+    assert b["base"]["throughput"] == b["new"]["throughput"] and b["base"]["shared"] and b["new"]["shared"]
+    grads = report.data["sections"]["gradients"]
+    assert grads["base"]["budget"]["choices"] == grads["new"]["budget"]["choices"]
+
+
+def test_the_stored_throughput_belongs_to_the_architecture_and_input_size_not_the_weights(make_cnn):
+    from types import SimpleNamespace
+
+    def key(model, size=(3, 16, 16)):
+        return planning.store_key(SimpleNamespace(model=model, input_size=size, device=torch.device("cpu")))
+
+    assert key(make_cnn(seed=0)) == key(make_cnn(seed=1))                  # other weights: one figure
+    quantized = make_cnn(seed=0)
+    with torch.no_grad():
+        for p in quantized.parameters():
+            p.copy_(torch.round(p * 8) / 8)
+    assert key(quantized) == key(make_cnn(seed=0))
+    assert key(make_cnn()) != key(make_cnn(), (3, 32, 32))                 # another input size
+    assert key(make_cnn()) != key(make_cnn(mid=8))                         # another architecture
+
+
+def test_a_plan_that_overshoots_says_so_and_the_next_build_measures_again(tmp_path, speed, monkeypatch, capsys):
+    spec = make_project(tmp_path)
+    speed(bud.Throughput(1e-7, 3e-7, 4, "cpu", "measured"))      # estimates far below any real time
+    monkeypatch.setattr(bud, "OVERSHOOT_MIN_S", 0.0)
+    first = build(spec, tmp_path, only=["gradients"])
+    over = first.data["budget"]["overshoot"]
+    assert over["sections"] == ["gradients"] and over["actual_s"] > 1.5 * over["estimated_s"]
+    err = capsys.readouterr().err
+    assert "reportgen: warning: the sections took" in err and "the next build measures the machine again" in err
+    assert not list((tmp_path / "cache" / "throughput").glob("*.json"))
+    again = build(spec, tmp_path, only=["gradients"])     # same choices: the section comes from the cache
+    assert again.data["budget"]["throughput"]["source"] == "measured"     # not the dropped figure
+    assert again.data["cached"] == ["gradients"] and "overshoot" not in again.data["budget"]
+    kept = build(spec, tmp_path, only=["gradients"])
+    assert kept.data["budget"]["throughput"]["source"] == "stored"
+    assert "the sections took" not in capsys.readouterr().err

@@ -17,11 +17,15 @@ The photos ship inside scikit-image (``skimage.data``: chelsea the cat, coffee,
 rocket, astronaut; bundled files, no pooch download) and scikit-learn
 (``load_sample_images``: china, flower).
 
-Each model is loaded once per module; builds use ``--only`` sections and few
-probes so the file stays within about a minute and a half on two CPU cores.
+Each model is loaded once per module (``models``) and the one build is shared
+(``lite0_build``); builds use ``--only`` sections and two probes, the gradient
+methods a small crop, so the file stays within about a minute and a half on two
+CPU cores.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -79,6 +83,19 @@ def quantized(state: dict, bits: int) -> dict:
 def project(tmp_path_factory):
     """Checkpoints (pretrained, int8, int4), photos, a crops dataset and a class list, on disk once."""
     root = tmp_path_factory.mktemp("realmodels")
+    write_photos(root)
+    for arch in WEIGHTS:
+        state = timm_state_dict(arch)
+        torch.save(state, root / f"{arch}.pt")
+        if arch == "tf_efficientnet_lite0":
+            torch.save(quantized(state, 8), root / f"{arch}_int8.pt")
+            torch.save(quantized(state, 4), root / f"{arch}_int4.pt")
+    return root
+
+
+def write_photos(root: Path) -> None:
+    """The six photos in ``root/probes``, four 96 px crops (cat, coffee) in ``root/data`` (also
+    ``bench/realmodel_project.py``'s)."""
     photos = {n: getattr(skdata, n)() for n in ("chelsea", "coffee", "rocket", "astronaut")}
     china, flower = load_sample_images().images
     photos.update(china=china, flower=flower)
@@ -93,17 +110,11 @@ def project(tmp_path_factory):
         for i, (fx, fy) in enumerate(((0, 0), (1, 1))):
             x, y = int(fx * (w - side)), int(fy * (h - side))
             im.crop((x, y, x + side, y + side)).resize((96, 96)).save(root / "data" / name / f"{i}.png")
-    for arch in WEIGHTS:
-        state = timm_state_dict(arch)
-        torch.save(state, root / f"{arch}.pt")
-        if arch == "tf_efficientnet_lite0":
-            torch.save(quantized(state, 8), root / f"{arch}_int8.pt")
-            torch.save(quantized(state, 4), root / f"{arch}_int4.pt")
-    return root
 
 
-def spec(root: Path, arch: str, weights: str = "", probes=("chelsea", "coffee"), extra: str = "") -> Path:
-    path = root / f"{arch}{weights}.yaml"
+def spec(root: Path, arch: str, weights: str = "", probes=("chelsea", "coffee"), extra: str = "",
+         name: str = "") -> Path:
+    path = root / f"{name or arch + weights}.yaml"
     names = ", ".join(str(root / "probes" / f"{p}.png") for p in probes)
     path.write_text(
         f"title: {arch}{weights}\nmodel: {{timm: {arch}}}\ncheckpoints: [{root / f'{arch}{weights}.pt'}]\n"
@@ -116,6 +127,31 @@ def load(project: Path, arch: str) -> torch.nn.Module:
     model = timm.create_model(arch, pretrained=False)
     model.load_state_dict(torch.load(project / f"{arch}.pt", weights_only=True))
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(project):
+    """``models(arch)``: the pretrained model, loaded once per module (tests leave it as they found it)."""
+    loaded = {}
+
+    def get(arch: str) -> torch.nn.Module:
+        if arch not in loaded:
+            loaded[arch] = load(project, arch)
+        return loaded[arch]
+    return get
+
+
+@pytest.fixture(scope="module")
+def lite0_build(project):
+    """One build of the pretrained Lite0 under --fail-on warning: summary, filters, activations and
+    top-k (2 channels, k 2): (exit code, stderr, report.json)."""
+    path = spec(project, "tf_efficientnet_lite0", extra="sections: {topk: {channels: 2, k: 2}}\n", name="build")
+    out = project / "out-build"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["build", str(path), "-o", str(out), "--quiet", "--fail-on", "warning",
+                     "--only", "summary", "filters", "activations", "topk"])
+    return code, err.getvalue(), json.loads((out / "report.json").read_text()) if code == 0 else None
 
 
 def batch(project: Path, names, size: int) -> torch.Tensor:
@@ -133,48 +169,43 @@ def batch(project: Path, names, size: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch,size", [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite1", 240)])
-def test_every_photo_gets_its_class(project, arch, size):
+def test_every_photo_gets_its_class(project, models, arch, size):
     with torch.no_grad():
-        preds = dict(zip(PHOTOS, load(project, arch)(batch(project, PHOTOS, size)).argmax(1).tolist()))
+        preds = dict(zip(PHOTOS, models(arch)(batch(project, PHOTOS, size)).argmax(1).tolist()))
     assert preds["chelsea"] in CATS and preds["coffee"] in COFFEE and preds["rocket"] in ROCKET, preds
 
 
-def test_a_healthy_pretrained_model_gets_no_false_finding(project, capsys):
-    """Summary, filters (the 3x3 stem) and activations: exit 0 under --fail-on warning,
+def test_a_healthy_pretrained_model_gets_no_false_finding(lite0_build):
+    """Summary, filters (the 3x3 stem), activations and top-k: exit 0 under --fail-on warning,
     no warning or error; the filters section says why the stem is not judged noisy."""
-    path = spec(project, "tf_efficientnet_lite0")
-    out = project / "out-build"
-    code = main(["build", str(path), "-o", str(out), "--quiet", "--fail-on", "warning",
-                 "--only", "summary", "filters", "activations"])
-    assert code == 0, capsys.readouterr().err
-    data = json.loads((out / "report.json").read_text())
+    code, err, data = lite0_build
+    assert code == 0, err
     assert [f["id"] for f in data["findings"] if f["severity"] in ("warning", "error")] == []
     assert "noise_not_judged" in data["sections"]["filters"]
     assert data["sections"]["summary"]["top1"][0] in CATS
 
 
-def test_guided_backprop_and_deconvnet_run_through_relu6(project):
-    model = load(project, "tf_efficientnet_lite0")
-    x = batch(project, ["chelsea"], 224)
+def test_guided_backprop_and_deconvnet_run_through_relu6(project, models):
+    model = models("tf_efficientnet_lite0")
+    x = batch(project, ["chelsea"], 128)       # any size goes through the network; a small one is quick
+    saliency = np.asarray(reportgen.explain(model, x, "saliency"))
     for method in ("guided_backprop", "deconvnet"):
         att = np.asarray(reportgen.explain(model, x, method))
         assert np.isfinite(att).all() and np.abs(att).max() > 0
-        assert not np.allclose(np.abs(att), np.asarray(reportgen.explain(model, x, "saliency")))
+        assert not np.allclose(np.abs(att), saliency)
 
 
-def test_topk_and_units_trace_tf_same_padding(project, capsys):
+def test_topk_and_units_trace_tf_same_padding(lite0_build):
     """Top-k patches on the TF-"same" model: a traced receptive field for every layer."""
-    path = spec(project, "tf_efficientnet_lite0", extra="sections: {topk: {channels: 2, k: 2}}\n")
-    out = project / "out-topk"
-    assert main(["build", str(path), "-o", str(out), "--quiet", "--fail-on", "error",
-                 "--only", "topk"]) == 0, capsys.readouterr().err
-    per_layer = json.loads((out / "report.json").read_text())["sections"]["topk"]["per_layer"]
+    code, err, data = lite0_build
+    assert code == 0, err
+    per_layer = data["sections"]["topk"]["per_layer"]
     assert per_layer and all("receptive_field_note" not in la for la in per_layer.values()), per_layer
 
 
-def test_gradcam_on_a_composite_puts_each_class_on_its_own_half(project):
+def test_gradcam_on_a_composite_puts_each_class_on_its_own_half(project, models):
     """cat | coffee side by side: each class's Grad-CAM has most of its mass on its own half."""
-    model = load(project, "tf_efficientnet_lite0")
+    model = models("tf_efficientnet_lite0")
     halves = [np.asarray(Image.open(project / "probes" / f"{n}.png").convert("RGB").resize((112, 224)))
               for n in ("chelsea", "coffee")]
     image = np.concatenate(halves, axis=1).astype(np.float32) / 255

@@ -58,6 +58,10 @@ BACKWARD_RATIO = 3.0        # a forward + backward pass over a forward pass, whe
 # exceeds this share of the budget (and LONG_MIN_S).
 LONG_FRACTION = 0.25
 LONG_MIN_S = 10.0
+# A plan overshoots when its sections take more than this factor of their estimate, and at
+# least OVERSHOOT_MIN_S more (a second's overhead on a tenth of a second estimated is no news).
+OVERSHOOT_FACTOR = 1.5
+OVERSHOOT_MIN_S = 5.0
 # Page budget: 5 MB keeps a report quick to open and under the size forges and mail
 # gateways take without complaint (above 10 MB the build warns: pipeline.SIZE_WARNING_BYTES).
 DEFAULT_PAGE_MB = 5.0
@@ -129,6 +133,11 @@ def stable(new: Throughput, stored: Optional[Throughput], factor: float = HYSTER
     if close:
         return Throughput(stored.forward_s, stored.backward_s, stored.batch, stored.device, "stored")
     return new
+
+
+def overshot(estimated_s: float, actual_s: float) -> bool:
+    """Sections that took more than OVERSHOOT_FACTOR × their estimate (and OVERSHOOT_MIN_S more)."""
+    return actual_s > OVERSHOOT_FACTOR * estimated_s and actual_s - estimated_s > OVERSHOOT_MIN_S
 
 
 @dataclass(frozen=True)

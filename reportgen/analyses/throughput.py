@@ -11,7 +11,7 @@ it is the measurement). The backward pass goes to the input only
 as it was (eval mode restored, no hook).
 
 Timings are noisy; :func:`stored` / :func:`store` keep one measurement per
-model, input size, device and thread count in the cache folder, and
+architecture, input size, device and thread count in the cache folder, and
 ``budget.stable`` keeps it while new measurements stay close, so rebuilding
 on the same machine plans the same settings.
 """
@@ -106,6 +106,15 @@ def store(cache_dir: Path, key: str, t: Throughput) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def drop(cache_dir: Path, key: str) -> bool:
+    """Forget the measurement kept under ``key`` (a plan it priced overshot); True when one was kept."""
+    try:
+        _path(cache_dir, key).unlink()
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

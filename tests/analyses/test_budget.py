@@ -149,3 +149,9 @@ def test_reference_prices_a_small_model_from_its_macs():
     assert t.forward_s == pytest.approx(overhead + 2e7 / rate)
     assert t.backward_s == pytest.approx(bud.BACKWARD_RATIO * t.forward_s)
     assert t.source == "reference" and bud.reference(2e7, "cpu") == t
+
+
+def test_an_overshoot_is_over_the_factor_and_the_floor():
+    assert bud.overshot(10.0, 16.0) and not bud.overshot(10.0, 14.0)
+    assert not bud.overshot(0.1, 2.0)              # 20x, but under OVERSHOOT_MIN_S more: overhead, no news
+    assert bud.overshot(64.0, 150.0)               # the int8 compare
