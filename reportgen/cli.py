@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from reportgen import __version__
-from reportgen.baseline import SEVERITIES, gate_tripped
+from reportgen.commands.baseline import SEVERITIES, gate_tripped
 from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
 
 
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _budget(text: str):
-    from reportgen.planning import parse_budget
+    from reportgen.commands.planning import parse_budget
 
     try:
         return parse_budget(text)
@@ -123,7 +123,7 @@ def _budget(text: str):
 
 
 def cmd_build(args) -> int:
-    from reportgen.pipeline import build
+    from reportgen.commands.build import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
                    use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget)
@@ -143,7 +143,7 @@ def _gate(findings, level: Optional[str]) -> int:
 
 
 def cmd_compare(args) -> int:
-    from reportgen.comparison import compare
+    from reportgen.commands.compare import compare
 
     report = compare(args.base, args.new, out_dir=args.out_dir, only=args.only, device=args.device,
                      use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget,
@@ -165,10 +165,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from reportgen.comparison import compare
+    from reportgen.commands.compare import compare
     from reportgen.demo import COMPARE_SECTIONS, mid_training_spec, prepare_demo
-    from reportgen.pipeline import build
-    from reportgen.publish import publish
+    from reportgen.commands.build import build
+    from reportgen.commands.publish import publish
 
     out = Path(args.out_dir)
     spec_path = prepare_demo(out, quiet=args.quiet)
@@ -183,7 +183,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from reportgen.publish import publish
+    from reportgen.commands.publish import publish
 
     done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep, force=args.force)
     for rid in done.written:
@@ -196,7 +196,7 @@ def cmd_publish(args) -> int:
 
 def cmd_summary(args) -> int:
     from reportgen.report import read_report
-    from reportgen.summary import summary_markdown
+    from reportgen.commands.pr_comment import summary_markdown
 
     data = read_report(args.report, "report")
     text = summary_markdown(data, report_id=args.report_id, link=args.link)     # it checks the ID

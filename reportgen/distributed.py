@@ -62,7 +62,7 @@ def _compare(args: argparse.Namespace, device: torch.device) -> int:
     """Each rank streams its shard of the compare pass; rank 0 writes the merged pass."""
     from reportgen.analyses.compare_pass import save_pass
     from reportgen.analyses.weight_diff import architecture_mismatch
-    from reportgen.comparison import dataset_pass, pass_header, resolve_pair
+    from reportgen.commands.compare import dataset_pass, pass_header, resolve_pair
 
     _, _, base, new = resolve_pair(args.base, args.new, device.type)
     base.model.to(device), new.model.to(device)
@@ -77,7 +77,7 @@ def _compare(args: argparse.Namespace, device: torch.device) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """torchrun entry: each rank resolves the spec, streams its shard; rank 0 writes the npz."""
     from reportgen.errors import ReportgenError
-    from reportgen.layers import layer_layouts
+    from reportgen.model.layers import layer_layouts
     from reportgen.sections.base import BuildContext
     from reportgen.sections.topk import TopKSection, choose_layers, dataset_for
     from reportgen.spec import load_spec

@@ -273,8 +273,8 @@ LAYOUT_DOC = ("how the named layers hold their maps: auto (detected), nchw, nhwc
 
 
 def layout(doc: str = LAYOUT_DOC) -> Option:
-    """The ``layout`` option of a section with named layers (see ``reportgen.analyses.layout``)."""
-    from reportgen.analyses.layout import KINDS
+    """The ``layout`` option of a section with named layers (see ``reportgen.model.layout``)."""
+    from reportgen.model.layout import KINDS
 
     return Choice([AUTO, *KINDS], default=AUTO, doc=doc)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.baseline import diff_findings, gate_tripped, load_baseline
+from reportgen.commands.baseline import diff_findings, gate_tripped, load_baseline
 from reportgen.cli import main
 from reportgen.errors import InputError
 from tests.project import make_project

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.checkpoints import (
+from reportgen.model.checkpoints import (
     apply_state_dict,
     expand_checkpoints,
     load_checkpoint,

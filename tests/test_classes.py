@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reportgen.classes import load_classes
+from reportgen.model.classes import load_classes
 from reportgen.errors import InputError
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import reportgen
-from reportgen import planning
-from reportgen.analyses import budget as bud
-from reportgen.analyses import throughput as tp
+from reportgen.commands import planning
+from reportgen.engine import budget as bud
+from reportgen.engine import throughput as tp
 from reportgen.cli import main
 from tests.project import GOOD, make_project
 
@@ -35,7 +35,7 @@ def speed(monkeypatch):
     return set_speed
 
 
-def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.pipeline.Report":
+def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.commands.build.Report":
     kw.setdefault("cache_dir", tmp_path / "cache")
     return reportgen.build(spec, **kw)
 
@@ -69,7 +69,7 @@ def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeyp
     from PIL import Image
 
     import numpy as np
-    from reportgen.pipeline import make_context, selected_sections
+    from reportgen.commands.build import make_context, selected_sections
     from reportgen.sections.registry import registry
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from reportgen import pipeline
+from reportgen.commands import build as pipeline
 from reportgen.cli import main
 from tests.project import make_project
 

@@ -5,7 +5,7 @@ from typing import Any, Dict
 
 from reportgen.analyses.architecture import ArchGraph, trace_graph
 from reportgen.render.architecture import render_architecture
-from reportgen.models import require_hooks
+from reportgen.model.loading import require_hooks
 from reportgen.options import Choice
 from reportgen.sections.base import BuildContext, Section, register_section
 

@@ -12,7 +12,7 @@ A section class declares, once:
   frozen result (numpy arrays + metadata, never HTML).
 * ``budget(ctx, options)`` (optional): what the section costs in image passes
   and which of its expensive settings are left on ``auto`` (knobs, see
-  ``reportgen.analyses.budget``); ``analyze`` reads the build's choice with
+  ``reportgen.engine.budget``); ``analyze`` reads the build's choice with
   :meth:`BuildContext.planned`, and an image-heavy section its share of the
   page with :meth:`BuildContext.page_share`.
 * ``view(result, ctx)``, ``summary(result)``, ``findings(result, ctx)``: pure
@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from reportgen.analyses import budget as bud
+from reportgen.engine import budget as bud
 from reportgen.analyses import faithfulness as fa
 from reportgen.errors import NotApplicable
 from reportgen.options import AUTO, Float, Mapping, Option
@@ -125,7 +125,7 @@ class BuildContext:
 
     def read_checkpoint(self, path: Path) -> Any:
         """A checkpoint file's LoadedCheckpoint, its weights as the spec's checkpoint_weights selects."""
-        from reportgen.checkpoints import AUTO_WEIGHTS, load_checkpoint
+        from reportgen.model.checkpoints import AUTO_WEIGHTS, load_checkpoint
 
         found = self.spec.get("checkpoint_weights") if hasattr(self.spec, "get") else None
         return load_checkpoint(path, found or AUTO_WEIGHTS)

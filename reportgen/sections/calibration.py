@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from reportgen.analyses import budget as bud
+from reportgen.engine import budget as bud
 from reportgen.analyses import calibration as cal
 from reportgen.options import Float, Int
 from reportgen.render.audit import RELIABILITY_CSS, reliability_svg

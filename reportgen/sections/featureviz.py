@@ -7,14 +7,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from reportgen.analyses import budget as bud
+from reportgen.engine import budget as bud
 from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
-from reportgen.analyses.layout import Layout
-from reportgen.analyses.throughput import cpu_threads
-from reportgen.layers import layer_layouts
+from reportgen.model.layout import Layout
+from reportgen.engine.throughput import cpu_threads
+from reportgen.model.layers import layer_layouts
 from reportgen.render.featureviz import render_featureviz
-from reportgen.models import require_hooks
+from reportgen.model.loading import require_hooks
 from reportgen.options import AUTO, Bool, Choice, Float, Int, ListOf, OneOf, Str, auto_or, layers, layout
 from reportgen.sections.base import BuildContext, Section, register_section
 # Default compute budget in GMACs of forward-pass work (backward counted as 2 more):

@@ -7,11 +7,11 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from reportgen.analyses import activations as act
-from reportgen.analyses import budget as bud
+from reportgen.engine import budget as bud
 from reportgen.analyses import filters as flt
 from reportgen.analyses import summary as summ
-from reportgen.layers import first_conv
-from reportgen.models import require_hooks
+from reportgen.model.layers import first_conv
+from reportgen.model.loading import require_hooks
 from reportgen.render.activations import THUMB, grid_uri, render_activations
 from reportgen.render.filters import render_filters
 from reportgen.render.images import thumbnail_uri
@@ -167,7 +167,7 @@ class ActivationsSection(Section):
 
     def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
         """The grids at full channels (WebP, noise-like maps: the worst case) and the thumbnails."""
-        from reportgen.layers import output_shapes
+        from reportgen.model.layers import output_shapes
 
         shapes = output_shapes(ctx.model, ctx.example())
         k = bud.ACTIVATION_CHANNELS[0] if options["max_channels"] == AUTO else int(options["max_channels"])

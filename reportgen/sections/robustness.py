@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from reportgen.analyses import budget as bud
+from reportgen.engine import budget as bud
 from reportgen.analyses import corruptions as cr
 from reportgen.analyses import robustness as rb
 from reportgen.options import AUTO, Choice, Float, Int, ListOf, auto_or

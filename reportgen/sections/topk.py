@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import topk as tk
 from reportgen.analyses.activations import stage_layers
-from reportgen.layers import layer_layouts
+from reportgen.model.layers import layer_layouts
 from reportgen.render.topk import render_topk
 from reportgen.options import AUTO, Choice, Int, ListOf, OneOf, layers, layout
 from reportgen.sections.base import BuildContext, Finding, Section, register_section

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from reportgen.images import INTERPOLATIONS
+from reportgen.model.images import INTERPOLATIONS
 from reportgen.options import (Bool, Choice, Float, FreeMapping, Int, ListOf, Mapping, OneOf, Option,
                                OptionError, Str, int_or_pair, join_path, suggest)
 

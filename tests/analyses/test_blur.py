@@ -6,7 +6,7 @@ import math
 import torch
 
 from reportgen.analyses import faithfulness as fa
-from reportgen.analyses.blur import gaussian_blur
+from reportgen.engine.blur import gaussian_blur
 from reportgen.analyses.occlusion import make_baseline
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reportgen.analyses import budget as bud
+from reportgen.engine import budget as bud
 from reportgen.analyses.occlusion import window_starts
 
 FAST = bud.Throughput(forward_s=0.001, backward_s=0.003)

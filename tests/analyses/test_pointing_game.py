@@ -25,7 +25,7 @@ import torch
 from reportgen.analyses.occlusion import occlusion_details
 from reportgen.analyses.pointing import (occlusion_pointing_game, occluder_points, peak, pointing_game,
                                          pointing_hits)
-from reportgen.attribution import explain
+from reportgen.analyses.explain import explain
 
 N_IMAGES = 200
 METHODS = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reportgen.pipeline import build
+from reportgen.commands.build import build
 from tests.project import GOOD, make_project
 
 LABELLED = GOOD + """dataset:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from reportgen.analyses.architecture import trace_graph
-from reportgen.render.architecture import layout, render_architecture
+from reportgen.render.architecture import render_architecture
+from reportgen.render.architecture import graph_layout as layout
 from reportgen.render.architecture.view import View, VEdge, VNode
 
 

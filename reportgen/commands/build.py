@@ -19,10 +19,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from reportgen import __version__, planning
-from reportgen.analyses import budget as bud
-from reportgen.analyses.throughput import cpu_threads
-from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
+from reportgen import __version__
+
+from reportgen.commands import planning
+from reportgen.engine import budget as bud
+from reportgen.engine.throughput import cpu_threads
+from reportgen.commands.baseline import SEVERITIES, diff_findings, load_baseline
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.paths import public_path, public_text
@@ -61,14 +63,14 @@ class Report:
 
     def __repr__(self) -> str:
         """One line for a console (the dataclass default would print every result array)."""
-        from reportgen.publish import finding_counts
+        from reportgen.commands.publish import finding_counts
 
         counts = finding_counts(self.findings)
         found = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]) or "no findings"
         return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
 
     def _title(self) -> str:
-        from reportgen.publish import title_of
+        from reportgen.commands.publish import title_of
 
         return title_of(self.data)
 
@@ -96,7 +98,7 @@ def cache_inputs_key(res: Resolved) -> str:
         found = importlib.util.find_spec(module)
         if found is not None and found.origin and os.path.isfile(found.origin):
             model_src["factory_digest"] = file_digest(Path(found.origin))
-        from reportgen.models import user_module_digests
+        from reportgen.model.loading import user_module_digests
 
         model_src["factory_modules"] = user_module_digests(module, spec.base_dir)
     if model_src.get("timm"):
