@@ -376,7 +376,7 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     else:   # nothing to choose (e.g. --only summary): no pass is spent on timing
         rate, measure_s = bud.Throughput(0.0, 0.0, 0, ctx.device.type, "not measured"), 0.0
     ctx.plan = bud.plan(needs, rate, seconds)
-    page_bytes = int(spec["output"]["page_budget"] * 1e6)
+    page_bytes = int(spec["output"]["page_budget_mb"] * 1e6)
     ctx.page_shares = planning.page_shares(sections, ctx, page_bytes)
     for line in ctx.plan.long:
         planning.warn(line)

@@ -25,9 +25,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _rows(prefix: str, options: Dict[str, Option]) -> List[str]:
-    return [f"| `{prefix}.{key}` | {_cell(default_text(opt)) or '–'} | {_cell(opt.doc) or '–'} |"
-            for key, opt in options.items()]
+def _rows(prefix: str, options: Dict[str, Option], aliases: Optional[Dict[str, str]] = None) -> List[str]:
+    return ([f"| `{prefix}.{key}` | {_cell(default_text(opt)) or '–'} | {_cell(opt.doc) or '–'} |"
+             for key, opt in options.items()]
+            + [f"| `{prefix}.{old}` | – | the old name of `{prefix}.{new}`, still accepted |"
+               for old, new in (aliases or {}).items()])
 
 
 def options_markdown() -> str:
@@ -35,7 +37,7 @@ def options_markdown() -> str:
     lines = ["| Key | Default | Meaning |", "| --- | --- | --- |"]
     for name, cls in registry().items():
         if cls.options:
-            lines += _rows(f"sections.{name}", cls.options)
+            lines += _rows(f"sections.{name}", cls.options, cls.aliases)
         else:
             lines.append(f"| `sections.{name}` | – | no options; `{name}: false` hides the section |")
     lines += ["", "| Findings threshold | Default | Meaning |", "| --- | --- | --- |"]

@@ -32,7 +32,7 @@ def budget_seconds(spec: Any, override: Union[None, float, str], device: torch.d
     """The time budget (seconds) and where it came from: --budget, the spec, or the device's default."""
     if override is not None and override != "auto":
         return float(override), "--budget"
-    value = spec.get("budget", "auto") if override is None else "auto"
+    value = spec.get("budget_s", "auto") if override is None else "auto"
     if value != "auto":
         return float(value), "spec"
     kind = "cuda" if device.type == "cuda" else "cpu"

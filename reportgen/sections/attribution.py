@@ -292,7 +292,7 @@ class AttributionSection(Section):
                 "top_classes": 0 if result.topk_classes is None else int(result.topk_classes.shape[1]),
                 "n_methods": len(ok),
                 "page_note": (f"Pictures are stored at most {side} px a side so the page stays under its "
-                              f"{ctx.spec['output']['page_budget']:g} MB budget (output.page_budget).")
+                              f"{ctx.spec['output']['page_budget_mb']:g} MB budget (output.page_budget_mb).")
                 if side else ""}
         view.update(self.extra_view(result, ctx))
         return view

@@ -174,6 +174,7 @@ class Section:
     order: int = 100                           # position in the report
     options: ClassVar[Dict[str, Option]] = {}
     thresholds: ClassVar[Dict[str, Option]] = {}   # findings thresholds this section adds
+    aliases: ClassVar[Dict[str, str]] = {}          # old option name -> its new name, still accepted
     requires: ClassVar[Tuple[str, ...]] = ()
     template_dir: ClassVar[Optional[Path]] = None  # a plugin's templates folder
 
@@ -183,7 +184,7 @@ class Section:
 
     @classmethod
     def schema(cls) -> Mapping:
-        return Mapping(dict(cls.options))
+        return Mapping(dict(cls.options), aliases=cls.aliases)
 
     def check_applicable(self, ctx: "BuildContext") -> None:
         """Raise NotApplicable when an input this section requires is missing."""

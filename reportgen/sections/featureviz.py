@@ -81,7 +81,7 @@ def choose_classes(ctx: BuildContext, spec_classes: Any, limit: int) -> List[int
 
 
 def _gmacs(ctx: BuildContext, opts: Dict[str, Any]) -> float:
-    budget = opts["budget"]
+    budget = opts["budget_gmacs"]
     return BUDGET_GMACS.get(ctx.device.type, BUDGET_GMACS["cuda"]) if budget == "auto" else float(budget)
 
 
@@ -155,13 +155,14 @@ class FeatureVizSection(Section):
         "fft": Bool(default=True, doc="Fourier-space parameterization"),
         "decorrelate": Bool(default=True, doc="colour decorrelation"),
         "batch_size": Int(min=1, default=16, doc="objectives optimized together"),
-        "budget": OneOf(Choice(["auto"]), Float(min=0), default="auto",
+        "budget_gmacs": OneOf(Choice(["auto"]), Float(min=0), default="auto",
                         expected="'auto' or GMACs (auto: 300 on CPU, 20000 on CUDA)",
                         doc="compute budget in GMACs (auto: 300 on CPU, 20000 on CUDA)"),
         "reference_images": Int(min=0, default=64,
                                 doc="dataset images whose activations the synthesized ones are compared to"),
         "layout": layout(),
     }
+    aliases = {"budget": "budget_gmacs"}
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
         """Objectives x steps forward/backward passes at the synthesis size, bounded by the GMACs budget."""

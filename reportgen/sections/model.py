@@ -157,7 +157,7 @@ class ActivationsSection(Section):
         "max_channels": auto_or(Int(min=1, max=1024), expected="'auto' or a number of channels (1 to 1024)",
                                 doc=f"channels shown per layer, most active first (auto: "
                                     f"{bud.ACTIVATION_CHANNELS[0]}, fewer on layers with large maps when the "
-                                    "page would exceed output.page_budget)"),
+                                    "page would exceed output.page_budget_mb)"),
         "layout": layout(),
     }
 
@@ -200,7 +200,7 @@ class ActivationsSection(Section):
         view = render_activations(result, ctx.probes, thumb_side=bud.thumbnail_side(THUMB, share))
         fewer = [la for la in result.layers if la.maps.shape[1] < min(bud.ACTIVATION_CHANNELS[0], la.shape[0])]
         view["page_note"] = (f"Layers with large maps show fewer channels so the page stays under its "
-                             f"{ctx.spec['output']['page_budget']:g} MB budget (output.page_budget)."
+                             f"{ctx.spec['output']['page_budget_mb']:g} MB budget (output.page_budget_mb)."
                              if fewer and self.options["max_channels"] == AUTO else "")
         return view
 
