@@ -324,10 +324,6 @@ class EigenCAM(BaseCAM):
         return proj.reshape(n, h, w)
 
 
-CAM_CLASSES = {"cam": CAM, "gradcam": GradCAM, "gradcampp": GradCAMPlusPlus,
-               "scorecam": ScoreCAM, "eigencam": EigenCAM}
-
-
 # --------------------------------------------------------------------------- entry points
 # One function per method so explain() can list each method's parameters.
 # ``layout``: how ``layer`` holds its map, "auto" (detected), "nchw", "nhwc" or "tokens".

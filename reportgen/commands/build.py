@@ -74,9 +74,6 @@ class Report:
 
         return title_of(self.data)
 
-    def worst_severity(self) -> Optional[str]:
-        return max((f["severity"] for f in self.findings), key=SEVERITIES.index, default=None)
-
 
 def _out_dir(spec: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
     if out_dir is not None:

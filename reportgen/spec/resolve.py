@@ -22,7 +22,6 @@ from reportgen.model.outputs import select_output
 from reportgen.sections.base import CheckpointInfo, Probe
 from reportgen.spec import Spec
 
-THEMES = ("light", "dark")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from reportgen.engine.budget import DEFAULT_PAGE_MB
 from reportgen.model.images import INTERPOLATIONS
 from reportgen.options import (Bool, Choice, Float, FreeMapping, Int, ListOf, Mapping, OneOf, Option,
                                OptionError, Str, int_or_pair, join_path, suggest)
@@ -117,7 +118,7 @@ OUTPUT = Mapping({
     "dir": Str(default=None, nullable=True),
     "theme": Str(default="light", doc="light, dark, or a path to a CSS file"),
     "timestamp": Bool(default=False, doc="(extension) print the build time in the report footer"),
-    "page_budget_mb": Float(min=0.1, default=5.0, doc="(extension) MB the page should stay under: image-heavy "
+    "page_budget_mb": Float(min=0.1, default=DEFAULT_PAGE_MB, doc="(extension) MB the page should stay under: image-heavy "
                          "sections show fewer or smaller pictures when it would not"),
 }, aliases={"page_budget": "page_budget_mb"})
 
