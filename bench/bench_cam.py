@@ -38,8 +38,8 @@ import torchvision
 import pytorch_grad_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from reportgen.attribution import explain
-from reportgen.hooks import count_hooks
+from reportgen.analyses.explain import explain
+from reportgen.model.hooks import count_hooks
 
 PEERS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus",
          "scorecam": "ScoreCAM", "eigencam": "EigenCAM"}

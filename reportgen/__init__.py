@@ -9,13 +9,13 @@ __all__ = ["__version__", "build", "compare", "explain", "receptive_field"]
 def __getattr__(name):
     # Lazy so `import reportgen` stays cheap and `reportgen --help` is instant.
     if name == "build":
-        from reportgen.pipeline import build
+        from reportgen.commands.build import build
         return build
     if name == "compare":
-        from reportgen.comparison import compare
+        from reportgen.commands.compare import compare
         return compare
     if name == "explain":
-        from reportgen.attribution import explain
+        from reportgen.analyses.explain import explain
         return explain
     if name == "receptive_field":
         from reportgen.analyses.receptive_field import receptive_field

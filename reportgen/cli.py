@@ -6,15 +6,13 @@ Exit codes: 0 ok, 1 a bug (traceback shown, it is ours), 2 bad spec or input
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from reportgen import __version__
-from reportgen.baseline import SEVERITIES, gate_tripped
+from reportgen.commands.baseline import SEVERITIES, gate_tripped
 from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
-
 
 FAIL_ON = ["warning", "error", "new-warning", "new-error"]
 
@@ -118,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _budget(text: str):
-    from reportgen.planning import parse_budget
+    from reportgen.commands.planning import parse_budget
 
     try:
         return parse_budget(text)
@@ -127,7 +125,7 @@ def _budget(text: str):
 
 
 def cmd_build(args) -> int:
-    from reportgen.pipeline import build
+    from reportgen.commands.build import build
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
                    use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget,
@@ -148,7 +146,7 @@ def _gate(findings, level: Optional[str]) -> int:
 
 
 def cmd_compare(args) -> int:
-    from reportgen.comparison import compare
+    from reportgen.commands.compare import compare
 
     report = compare(args.base, args.new, out_dir=args.out_dir, only=args.only, device=args.device,
                      use_cache=not args.no_cache, quiet=args.quiet, budget=args.budget,
@@ -170,10 +168,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from reportgen.comparison import compare
+    from reportgen.commands.build import build
+    from reportgen.commands.compare import compare
+    from reportgen.commands.publish import publish
     from reportgen.demo import COMPARE_SECTIONS, mid_training_spec, prepare_demo
-    from reportgen.pipeline import build
-    from reportgen.publish import publish
 
     out = Path(args.out_dir)
     spec_path = prepare_demo(out, quiet=args.quiet)
@@ -188,7 +186,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from reportgen.publish import publish
+    from reportgen.commands.publish import publish
 
     done = publish(args.report_dirs, args.site, report_id=args.report_id, keep=args.keep, force=args.force)
     for rid in done.written:
@@ -200,14 +198,14 @@ def cmd_publish(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from reportgen.commands.pr_comment import summary_markdown
     from reportgen.report import read_report
-    from reportgen.summary import summary_markdown
 
     data = read_report(args.report, "report")
     text = summary_markdown(data, report_id=args.report_id, link=args.link)     # it checks the ID
     if args.out_file:
-        from reportgen.errors import InputError
         from reportgen.atomic import atomic_write
+        from reportgen.errors import InputError
 
         out = Path(args.out_file)
         if not out.parent.is_dir():

@@ -68,8 +68,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _audit(args: argparse.Namespace, device: torch.device) -> int:
     """Each rank streams its shard of the audit pass; rank 0 writes the merged pass."""
     from reportgen.analyses.audit_pass import distributed_audit_pass, save_audit_pass
-    from reportgen.pipeline import make_context
-    from reportgen.sections.audit import audit_pass_header, audit_plan, dataset_labels
+    from reportgen.commands.build import audit_pass_header, audit_plan, make_context
+    from reportgen.sections.audit import dataset_labels
     from reportgen.sections.topk import dataset_for
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
@@ -95,7 +95,7 @@ def _compare(args: argparse.Namespace, device: torch.device) -> int:
     """Each rank streams its shard of the compare pass; rank 0 writes the merged pass."""
     from reportgen.analyses.compare_pass import save_pass
     from reportgen.analyses.weight_diff import architecture_mismatch
-    from reportgen.comparison import dataset_pass, pass_header, resolve_pair
+    from reportgen.commands.compare import dataset_pass, pass_header, resolve_pair
 
     _, _, base, new = resolve_pair(args.base, args.new, device.type)
     base.model.to(device), new.model.to(device)
@@ -110,7 +110,7 @@ def _compare(args: argparse.Namespace, device: torch.device) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """torchrun entry: each rank resolves the spec, streams its shard; rank 0 writes the npz."""
     from reportgen.errors import ReportgenError
-    from reportgen.layers import layer_layouts
+    from reportgen.model.layers import layer_layouts
     from reportgen.sections.base import BuildContext
     from reportgen.sections.topk import TopKSection, choose_layers, dataset_for
     from reportgen.spec import load_spec

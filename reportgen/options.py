@@ -9,7 +9,6 @@ import difflib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 
-
 class OptionError(Exception):
     """A bad value at ``path``; the schema adds file and line."""
 
@@ -179,29 +178,43 @@ class OneOf(Option):
 
 
 class Mapping(Option):
-    """A fixed set of keys, each with its own Option; unknown keys are errors."""
+    """A fixed set of keys, each with its own Option; unknown keys are errors.
+
+    ``aliases`` maps an old key to its new name: the old one is still read (as the new one).
+    """
 
     check_default = True
 
     def __init__(self, fields: Dict[str, Option], default: Any = None, doc: str = "",
                  post: Optional[Callable[[Dict[str, Any], str], None]] = None,
-                 required: bool = False):
+                 required: bool = False, aliases: Optional[Dict[str, str]] = None):
         super().__init__(_REQUIRED if required else ({} if default is None else default), doc)
         self.fields = fields
         self.post = post
+        self.aliases = dict(aliases or {})
 
     def check(self, value: Any, path: str) -> Any:
         if value is None:
             value = {}
         if not isinstance(value, dict):
             raise OptionError(f"expected a mapping, got {_type_name(value)}", path)
+        written: Dict[str, str] = {}  # new name -> the old one the user wrote, for error paths
+        if any(old in value for old in self.aliases):
+            value = dict(value)
+            for old, new in self.aliases.items():
+                if old in value:
+                    if new in value:
+                        raise OptionError(f"{old!r} is the old name of {new!r}: give one of them",
+                                          join_path(path, old))
+                    value[new] = value.pop(old)
+                    written[new] = old
         for key in value:
             if key not in self.fields:
                 raise OptionError(f"unknown key {key!r}{suggest(key, self.fields)}; valid keys: "
                                   f"{', '.join(self.fields)}", join_path(path, key))
         out: Dict[str, Any] = {}
         for key, opt in self.fields.items():
-            sub = join_path(path, key)
+            sub = join_path(path, written.get(key, key))
             if key in value:
                 out[key] = opt.check(value[key], sub)
             elif opt.required:
@@ -273,8 +286,8 @@ LAYOUT_DOC = ("how the named layers hold their maps: auto (detected), nchw, nhwc
 
 
 def layout(doc: str = LAYOUT_DOC) -> Option:
-    """The ``layout`` option of a section with named layers (see ``reportgen.analyses.layout``)."""
-    from reportgen.analyses.layout import KINDS
+    """The ``layout`` option of a section with named layers (see ``reportgen.model.layout``)."""
+    from reportgen.model.layout import KINDS
 
     return Choice([AUTO, *KINDS], default=AUTO, doc=doc)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.baseline import diff_findings, gate_tripped, load_baseline
 from reportgen.cli import main
+from reportgen.commands.baseline import diff_findings, gate_tripped, load_baseline
 from reportgen.errors import InputError
 from tests.project import make_project
 

@@ -25,7 +25,7 @@ def spec(tmp_path: Path) -> Path:
     return make_project(tmp_path, checkpoints=2)
 
 
-def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.pipeline.Report":
+def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.commands.build.Report":
     kw.setdefault("cache_dir", tmp_path / "cache")
     return reportgen.build(spec, **kw)
 

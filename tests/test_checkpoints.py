@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.checkpoints import (
+from reportgen.errors import CheckpointError, InputError
+from reportgen.model.checkpoints import (
     apply_state_dict,
     expand_checkpoints,
     load_checkpoint,
     natural_key,
 )
-from reportgen.errors import CheckpointError, InputError
 
 
 def tiny_net(num_classes: int = 3) -> nn.Module:

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from reportgen.classes import load_classes
 from reportgen.errors import InputError
+from reportgen.model.classes import load_classes
 
 
 def test_default_names():

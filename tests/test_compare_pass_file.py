@@ -22,7 +22,7 @@ from tests.test_distributed_compare import write_pair
 def project(tmp_path_factory) -> Path:
     """BASE and NEW (one small architecture, two seeds) and their pass, computed in this process."""
     from reportgen.analyses.weight_diff import architecture_mismatch
-    from reportgen.comparison import dataset_pass, pass_header, resolve_pair
+    from reportgen.commands.compare import dataset_pass, pass_header, resolve_pair
 
     root = write_pair(tmp_path_factory.mktemp("passfile"), 3)
     _, _, base, new = resolve_pair(root / "base.yaml", root / "new.yaml", "cpu")

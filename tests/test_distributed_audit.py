@@ -43,8 +43,8 @@ def project(tmp_path_factory) -> Path:
 def _one_process(spec: Path):
     from reportgen.analyses import predictions as pr
     from reportgen.analyses import robustness as rb
-    from reportgen.pipeline import make_context
-    from reportgen.sections.audit import audit_plan, dataset_labels
+    from reportgen.commands.build import audit_plan, make_context
+    from reportgen.sections.audit import dataset_labels
     from reportgen.sections.topk import dataset_for
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve

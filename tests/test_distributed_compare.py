@@ -78,7 +78,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_two_processes_equal_one(project):
     from reportgen.analyses.weight_diff import architecture_mismatch
-    from reportgen.comparison import dataset_pass, resolve_pair
+    from reportgen.commands.compare import dataset_pass, resolve_pair
 
     got, header = load_pass(project / "pass.npz")
     _, _, base, new = resolve_pair(project / "base.yaml", project / "new.yaml", "cpu")

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import reportgen
-from reportgen import attribution as explain_mod
+from reportgen.analyses import explain as explain_mod
 from reportgen.errors import MethodNotApplicable, NotApplicable
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
 INPUT_METHODS = ["saliency", "deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad"]
@@ -36,13 +36,13 @@ def test_shapes_dtype_and_range(make_cnn, make_images, method, c, h, w):
 
 
 def test_public_names_stay_callable_after_importing_every_submodule(make_cnn, make_images):
-    import reportgen.attribution
-    import reportgen.pipeline  # noqa: F401
+    import reportgen.analyses.explain
+    import reportgen.commands.build  # noqa: F401
 
     model, x = make_cnn(), make_images(n=1)
     assert callable(reportgen.build) and callable(reportgen.receptive_field)
     np.testing.assert_array_equal(reportgen.explain(model, x, "gradcam"),
-                                  reportgen.attribution.explain(model, x, "gradcam"))
+                                  reportgen.analyses.explain.explain(model, x, "gradcam"))
 
 
 def test_unknown_method_lists_the_choices(make_cnn, make_images):

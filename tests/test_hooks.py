@@ -1,4 +1,4 @@
-"""reportgen/hooks.py and the paths built on it leave no trace on a model, even on an exception.
+"""reportgen/model/hooks.py and the paths built on it leave no trace on a model, even on an exception.
 
 Every test raises inside (or on the way into) a ``with`` block and then
 checks each module's own hook dicts, not a count: a hook left on any module,
@@ -14,7 +14,7 @@ from torch import nn
 
 import reportgen
 from reportgen.analyses.activations import activations, stage_layers
-from reportgen.hooks import ActivationRecorder, count_hooks, eval_mode, hooks
+from reportgen.model.hooks import ActivationRecorder, count_hooks, eval_mode, hooks
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from reportgen.errors import ImageError, InputError
-from reportgen.images import (
+from reportgen.model.images import (
     IMAGENET_MEAN,
     image_folder,
     list_images,

@@ -22,7 +22,7 @@ from typing import Callable, List, Tuple
 import pytest
 
 from reportgen import atomic, report
-from reportgen.publish import publish
+from reportgen.commands.publish import publish
 from tests.project import GOOD, make_project
 from tests.published import variant
 from tests.test_publish_trust import consistent, reports  # noqa: F401  (the module's shared fixture)
@@ -114,7 +114,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 import reportgen
-from reportgen.publish import publish
+from reportgen.commands.publish import publish
 what, out = sys.argv[1], Path(sys.argv[2])
 print("ready", flush=True)
 started = time.perf_counter()

@@ -3,7 +3,6 @@ DataParallel wrappers, greyscale models."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +95,8 @@ def test_dataparallel_is_unwrapped(tmp_path):
 
 
 def test_torchscript_archive(tmp_path):
-    import importlib, sys
+    import importlib
+    import sys
     sys.path.insert(0, str(tmp_path))
     try:
         project(tmp_path, "torchscript: model.pt\ninput_size: [3, 16, 16]\n")

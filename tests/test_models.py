@@ -1,4 +1,4 @@
-"""reportgen/models.py: a factory module edited between two builds in one process runs edited."""
+"""reportgen/model/loading.py: a factory module edited between two builds in one process runs edited."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import reportgen
-from reportgen.models import build_model
+from reportgen.model.loading import build_model
 
 FACTORY = '''
 import torch

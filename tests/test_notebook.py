@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import reportgen
-from reportgen.notebook import displayable, heatmaps, show_explanations
+from reportgen.commands.notebook import displayable, heatmaps, show_explanations
 from tests.project import make_project
 
 REPO = Path(__file__).resolve().parent.parent

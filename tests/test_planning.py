@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import reportgen
-from reportgen import planning
-from reportgen.analyses import budget as bud
-from reportgen.analyses import throughput as tp
 from reportgen.cli import main
+from reportgen.commands import planning
+from reportgen.engine import budget as bud
+from reportgen.engine import throughput as tp
 from tests.project import GOOD, make_project
 
 FAST = bud.Throughput(0.001, 0.003, 4, "cpu", "measured")
@@ -35,7 +35,7 @@ def speed(monkeypatch):
     return set_speed
 
 
-def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.pipeline.Report":
+def build(spec: Path, tmp_path: Path, **kw) -> "reportgen.commands.build.Report":
     kw.setdefault("cache_dir", tmp_path / "cache")
     return reportgen.build(spec, **kw)
 
@@ -66,10 +66,10 @@ def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
 
 def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeypatch):
     """ShapesNet at 64 px with six probes is never timed: its plan is the same on any machine."""
+    import numpy as np
     from PIL import Image
 
-    import numpy as np
-    from reportgen.pipeline import make_context, selected_sections
+    from reportgen.commands.build import make_context, selected_sections
     from reportgen.sections.registry import registry
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve

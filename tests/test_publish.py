@@ -15,9 +15,9 @@ from typing import Dict
 import pytest
 
 from reportgen.cli import main
-from reportgen.publish import apply_keep, default_id, slug
+from reportgen.commands.publish import apply_keep, default_id, slug
 from tests.browser import BrowserSession, chromium_available, screenshot_path
-from tests.published import build_reports, edit, variant
+from tests.published import build_reports, variant
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reportgen.cli import main
+from reportgen.commands.publish import default_id, publish
 from reportgen.errors import InputError
-from reportgen.publish import default_id, publish
 from reportgen.report import read_manifest, read_report, validate_report
-from tests.published import build_reports, edit, variant
+from tests.published import build_reports, variant
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -222,7 +222,7 @@ def test_summary_and_baseline_read_through_the_same_validator(reports, tmp_path,
     assert main(["summary", str(bad)]) == 2
     assert "key kind" in capsys.readouterr().err
     with pytest.raises(InputError, match="key kind"):
-        from reportgen.baseline import load_baseline
+        from reportgen.commands.baseline import load_baseline
         load_baseline(bad)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.hooks import count_hooks, record_calls
+from reportgen.model.hooks import count_hooks, record_calls
 
 
 def _nested() -> nn.Module:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from reportgen import pipeline
 from reportgen.cli import main
+from reportgen.commands import build as pipeline
 from tests.project import make_project
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reportgen.cli import main
-from reportgen.summary import GITHUB_LIMIT, md, summary_markdown
+from reportgen.commands.pr_comment import GITHUB_LIMIT, md, summary_markdown
 from tests.github_markdown import assert_safe_on_github
 from tests.published import FINDINGS, build_reports
 

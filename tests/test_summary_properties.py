@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from reportgen.commands.pr_comment import GITHUB_LIMIT, MIN_LIMIT, check_marker_id, summary_markdown
 from reportgen.errors import InputError
-from reportgen.summary import GITHUB_LIMIT, MIN_LIMIT, check_marker_id, summary_markdown
 from tests.github_markdown import MARKER, assert_safe_on_github
 
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

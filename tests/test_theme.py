@@ -1,11 +1,11 @@
 """A theme is inlined into a page that must never fetch nor run anything: whatever could
-make it do so is refused, naming the file and the line (reportgen/theme.py)."""
+make it do so is refused, naming the file and the line (reportgen/render/theme.py)."""
 from __future__ import annotations
 
 import pytest
 
 from reportgen.errors import InputError
-from reportgen.theme import builtin_css, sanitize_css
+from reportgen.render.theme import builtin_css, sanitize_css
 
 
 @pytest.mark.parametrize("css, what", [

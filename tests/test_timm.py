@@ -19,7 +19,7 @@ from PIL import Image
 
 import reportgen
 from reportgen.cli import main
-from reportgen.pipeline import make_context
+from reportgen.commands.build import make_context
 from reportgen.spec import load_spec
 from reportgen.spec.resolve import TIMM_CFG, resolve
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import reportgen
-from reportgen.models import torchvision_classifiers
+from reportgen.model.loading import torchvision_classifiers
 
 # the smallest square input each family accepts (default 32)
 MIN_SIDE = {"alexnet": 64, "inception_v3": 75, "maxvit_t": 224}

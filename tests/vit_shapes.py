@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from reportgen.demo import shapes
-from reportgen.demo.train import (TRAIN_THREADS, TrainConfig, deterministic_torch, evaluate, load_data,
-                                  _train_epoch)
+from reportgen.demo.train import TRAIN_THREADS, TrainConfig, _train_epoch, deterministic_torch, evaluate, load_data
 
 VIT_ARGS = dict(img_size=shapes.SIZE, patch_size=1, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
                 num_classes=len(shapes.CLASSES), global_pool="avg")

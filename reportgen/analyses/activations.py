@@ -19,18 +19,18 @@ channels are only ever silent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from reportgen.analyses.layout import AUTO, Layout
-from reportgen.hooks import ActivationRecorder, eval_mode, hooks
-from reportgen.layer_lookup import get_layer
-from reportgen.layers import Stated, layer_layouts, spatial_calls
-from reportgen.outputs import select_output
+from reportgen.model.hooks import ActivationRecorder, eval_mode, hooks
+from reportgen.model.layer_lookup import get_layer
+from reportgen.model.layers import Stated, layer_layouts, spatial_calls
+from reportgen.model.layout import AUTO, Layout
+from reportgen.model.outputs import select_output
 
 DEAD_SPREADS = 6.0   # a channel peaking this many layer spreads below zero is dead for certain
 
@@ -41,7 +41,7 @@ def stage_layers(model: nn.Module, example: torch.Tensor, max_layers: int = 4) -
     For a ResNet that is [relu, layer1, layer2, layer3, layer4]; when there are
     more stages than ``max_layers``, evenly spaced ones are kept, always
     including the deepest. Channels-last maps and token grids count by their
-    grid (``reportgen.layers.spatial_calls``): a Swin gives one pick per stage,
+    grid (``reportgen.model.layers.spatial_calls``): a Swin gives one pick per stage,
     a ViT (one grid throughout) its final norm.
     """
     done = spatial_calls(model, example[:1])

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from reportgen.classes import default_classes
+from reportgen.model.classes import default_classes
 
 UNKNOWN = -1   # label of an image whose class is not known
 

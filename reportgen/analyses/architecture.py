@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from reportgen.analyses import fxops
+from reportgen.model import fxops
 
 Shape = Optional[Tuple[int, ...]]
 
@@ -104,7 +104,7 @@ def trace_graph(model: nn.Module, example: Any, method: str = "auto") -> ArchGra
     ``method``: "auto" (fx, falling back to hooks), "fx" or "hooks".  The
     model's hooks and train/eval flags are left exactly as found.
     """
-    from reportgen.hooks import eval_mode
+    from reportgen.model.hooks import eval_mode
 
     if method not in ("auto", "fx", "hooks"):
         raise ValueError(f"unknown trace method {method!r}; valid: 'auto', 'fx', 'hooks'")
@@ -447,7 +447,7 @@ def _hookable(model: nn.Module) -> List[Tuple[str, nn.Module, bool]]:
 
 
 def _trace_hooks(model: nn.Module, inputs: Tuple) -> Tuple[List[ArchNode], List[ArchEdge]]:
-    from reportgen.hooks import hooks
+    from reportgen.model.hooks import hooks
 
     rec = _HookRecorder(model)
     for i, x in enumerate(inputs):

@@ -35,8 +35,8 @@ from torch import nn
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.gradients import class_scores
 from reportgen.errors import NotApplicable
-from reportgen.hooks import eval_mode
-from reportgen.outputs import OutputKey
+from reportgen.model.hooks import eval_mode
+from reportgen.model.outputs import OutputKey
 
 Maps = Tuple[np.ndarray, Optional[np.ndarray], Dict[str, Any]]
 Method = Callable[[nn.Module, torch.Tensor, List[int]], Maps]

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses.gradients import Target, class_scores, resolve_targets
-from reportgen.analyses.layout import AUTO, KINDS, Layout, infer
 from reportgen.errors import MethodNotApplicable
-from reportgen.hooks import eval_mode, hooks
-from reportgen.layers import get_layer, last_spatial_layer, layer_layouts
-from reportgen.outputs import OutputKey
+from reportgen.model.hooks import eval_mode, hooks
+from reportgen.model.layers import get_layer, last_spatial_layer, layer_layouts
+from reportgen.model.layout import AUTO, KINDS, Layout, infer
+from reportgen.model.outputs import OutputKey
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,7 +52,7 @@ class BaseCAM:
 
     ``layer`` is a dotted module name, None for ``last_spatial_layer``.
     ``layout`` says how the layer holds its map ("auto": detected by
-    ``reportgen.analyses.layout``; "nchw", "nhwc", "tokens": stated), and the
+    ``reportgen.model.layout``; "nchw", "nhwc", "tokens": stated), and the
     layer's output and gradient are read as (N, C, h, w) through it. A
     ``reshape`` callable overrides it: it turns the layer output into
     (N, C, h, w) itself, applied to activations and gradients alike, as
@@ -322,10 +322,6 @@ class EigenCAM(BaseCAM):
         flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
         proj = torch.where(flip[:, None], -proj, proj)
         return proj.reshape(n, h, w)
-
-
-CAM_CLASSES = {"cam": CAM, "gradcam": GradCAM, "gradcampp": GradCAMPlusPlus,
-               "scorecam": ScoreCAM, "eigencam": EigenCAM}
 
 
 # --------------------------------------------------------------------------- entry points

@@ -68,8 +68,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses.topk import make_loader
-from reportgen.hooks import eval_mode, hook_layers
-from reportgen.models import model_device
+from reportgen.model.hooks import eval_mode, hook_layers
+from reportgen.model.loading import model_device
 
 DEFAULT_GRID = 2
 DEFAULT_MAX_FEATURES = 4096

@@ -34,8 +34,8 @@ from reportgen.analyses.topk_distributed import gather_states, shard
 from reportgen.analyses.units import UnitsPass, UnitsPlan, units_pass
 from reportgen.analyses.weight_diff import WeightChange
 from reportgen.cache import load_plain
-from reportgen.models import model_device
-from reportgen.outputs import OutputKey, select_output
+from reportgen.model.loading import model_device
+from reportgen.model.outputs import OutputKey, select_output
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ _NOT_A_PASS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OSEr
 def _pass_from_plain(r: Dict[str, Any]) -> ComparePassResult:
     """The dataclasses back from ``to_plain``'s dicts (lists become the tuples they were)."""
     from reportgen.analyses.agreement import Flips
-    from reportgen.analyses.layout import Layout
+    from reportgen.model.layout import Layout
 
     c = r["cka"]
     cka = ck.CKAResult(**{**c, "base_layers": tuple(c["base_layers"]), "new_layers": tuple(c["new_layers"]),

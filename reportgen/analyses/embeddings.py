@@ -10,7 +10,7 @@ which images are odd (mislabelled, out of distribution).
 * Features: the input of the last ``nn.Linear`` called in a forward pass
   (captured with a forward pre-hook), or a named layer's output, global
   average pooled when it is a feature map. Maps are read through their
-  layout (``reportgen.analyses.layout``): a channels-last or token output is
+  layout (``reportgen.model.layout``): a channels-last or token output is
   pooled over its grid, class and register tokens left out.
 * Projection: PCA by default (numpy SVD: deterministic, fast, distances
   mean something); t-SNE on request (van der Maaten & Hinton 2008), which
@@ -30,10 +30,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reportgen.analyses.layout import AUTO, Layout, linear_input_layout, refit
-from reportgen.hooks import eval_mode, hooks, record_calls
-from reportgen.layers import get_layer, layer_layouts
-from reportgen.outputs import select_output
+from reportgen.model.hooks import eval_mode, hooks, record_calls
+from reportgen.model.layers import get_layer, layer_layouts
+from reportgen.model.layout import AUTO, Layout, linear_input_layout, refit
+from reportgen.model.outputs import select_output
 
 METHODS = ("pca", "tsne")
 TSNE_PACKAGES = "openTSNE or scikit-learn (pip install scikit-learn)"

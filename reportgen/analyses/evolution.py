@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.analyses.layout import AUTO, Layout
-from reportgen.checkpoints import LoadedCheckpoint, apply_state_dict, load_checkpoint
-from reportgen.hooks import eval_mode, hooks
-from reportgen.layers import get_layer, layer_layouts
-from reportgen.models import model_device
-from reportgen.outputs import select_output
+from reportgen.model.checkpoints import LoadedCheckpoint, apply_state_dict, load_checkpoint
+from reportgen.model.hooks import eval_mode, hooks
+from reportgen.model.layers import get_layer, layer_layouts
+from reportgen.model.layout import AUTO, Layout
+from reportgen.model.loading import model_device
+from reportgen.model.outputs import select_output
 
 EPS = 1e-12            # a norm below this is "zero": relative change is then measured against 1
 HIST_QUANTILES = (0.1, 99.9)   # robust range: one outlier weight must not squash every histogram

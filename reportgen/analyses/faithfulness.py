@@ -9,7 +9,7 @@
   that is the dataset mean colour, the paper's "black" after normalization),
   and insertion starts from a Gaussian-blurred copy of the image (the paper's
   sigma 5 at 224 pixels, scaled with the image size; the kernel reaches 3 sigma,
-  ``reportgen.analyses.blur``, the blur occlusion's baseline uses too).
+  ``reportgen.engine.blur``, the blur occlusion's baseline uses too).
 * **Model-parameter randomization** (Adebayo et al. 2018, "Sanity checks for
   saliency maps"): a map that barely changes when the weights are replaced
   by random ones explains the input, not the model. We re-initialize a seeded
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.analyses.blur import gaussian_blur
-from reportgen.hooks import eval_mode
-from reportgen.models import model_device
-from reportgen.outputs import OutputKey, select_output
+from reportgen.engine.blur import gaussian_blur
+from reportgen.model.hooks import eval_mode
+from reportgen.model.loading import model_device
+from reportgen.model.outputs import OutputKey, select_output
 
 MethodFn = Callable[[nn.Module, torch.Tensor, List[int]], Any]
 
@@ -318,7 +318,7 @@ def _run_method(method: Union[str, MethodFn], model: nn.Module, images: torch.Te
                 targets: List[int], params: Dict[str, Any]) -> np.ndarray:
     if callable(method):
         return np.asarray(method(model, images, list(targets)), dtype=np.float32)
-    from reportgen.attribution import explain
+    from reportgen.analyses.explain import explain
     return explain(model, images, method, target=list(targets), **params)
 
 

@@ -51,11 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.analyses import fxops
-from reportgen.analyses.layout import Layout, refit
-from reportgen.hooks import ActivationRecorder, eval_mode, hooks
-from reportgen.layers import layer_layouts
-from reportgen.outputs import select_output
+from reportgen.model import fxops
+from reportgen.model.hooks import ActivationRecorder, eval_mode, hooks
+from reportgen.model.layers import layer_layouts
+from reportgen.model.layout import Layout, refit
+from reportgen.model.outputs import select_output
 
 Layouts = Optional[Dict[str, Layout]]
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.layers import get_layer
+from reportgen.model.layers import get_layer
 
 
 @dataclass

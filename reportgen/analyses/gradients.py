@@ -23,8 +23,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from reportgen.errors import MethodNotApplicable
-from reportgen.hooks import eval_mode
-from reportgen.outputs import OutputKey, select_output
+from reportgen.model.hooks import eval_mode
+from reportgen.model.outputs import OutputKey, select_output
 
 Target = Union[None, int, Sequence[int], np.ndarray, torch.Tensor]
 Baseline = Union[float, int, np.ndarray, torch.Tensor]

@@ -13,7 +13,7 @@ two: along each axis windows start at ``0, s, 2s, ...`` for
 
 Two engines compute the same map. The plain one runs every occluded copy
 through the model, the clean images in the same batches. The incremental one
-(``reportgen.analyses.incremental``, after Krypton) recomputes only the
+(``reportgen.engine.incremental``, after Krypton) recomputes only the
 activations a patch can change; it is exact up to float rounding and needs a
 torch.fx-traceable model. ``incremental="auto"`` (the default) runs it where its
 plan saves enough work. :func:`occlusion_cost` says what either costs, in forward
@@ -21,7 +21,7 @@ passes, without running anything.
 
 Batches are capped by a memory budget (what one sample costs is measured on the
 meta device: shapes, no arithmetic) and, by default, sized within that cap by
-measured throughput (``reportgen.analyses.batching``): the probed chunks are
+measured throughput (``reportgen.engine.batching``): the probed chunks are
 real work. Batching changes speed and float rounding, never results.
 """
 from __future__ import annotations
@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.analyses.batching import START, FixedBatcher, ThroughputBatcher
-from reportgen.analyses.blur import gaussian_blur
-from reportgen.analyses.incremental import IncrementalEngine, trace
-from reportgen.analyses.memory import probe, probe_shapes
-from reportgen.hooks import eval_mode
-from reportgen.models import model_device
-from reportgen.outputs import OutputKey, ScoresModel, select_output
+from reportgen.engine.batching import START, FixedBatcher, ThroughputBatcher
+from reportgen.engine.blur import gaussian_blur
+from reportgen.engine.incremental import IncrementalEngine, trace
+from reportgen.engine.memory import probe, probe_shapes
+from reportgen.model.hooks import eval_mode
+from reportgen.model.loading import model_device
+from reportgen.model.outputs import OutputKey, ScoresModel, select_output
 
 Size2 = Union[int, Tuple[int, int], Sequence[int]]
 Target = Union[None, int, Sequence[int], torch.Tensor, np.ndarray]
@@ -338,14 +338,14 @@ def occlusion_details(model: nn.Module, images: torch.Tensor, target: Target = N
 
     ``window``/``stride``: int or (h, w) in input pixels. ``baseline``: see
     :func:`make_baseline`. ``output_key``: which part of the model's output
-    holds the class scores (``reportgen.outputs.select_output``).
+    holds the class scores (``reportgen.model.outputs.select_output``).
     ``memory_budget``: bytes for one batch of occluded copies (default: from
     free memory, :func:`default_memory_budget`); it caps the batch size.
     ``incremental``: "auto" (the incremental engine when the model traces and its
     plan saves enough, see :func:`occlusion_cost`), True (the incremental engine;
     ValueError if the model cannot be traced) or False (plain batched passes).
     ``batch_size``: "auto" (by measured throughput, up to the memory cap,
-    ``reportgen.analyses.batching``), "memory" (the cap itself) or an int.
+    ``reportgen.engine.batching``), "memory" (the cap itself) or an int.
     Neither engine nor batch size changes the result beyond float rounding.
     """
     images = _check_images(images)

@@ -24,9 +24,9 @@ from reportgen.analyses import calibration as cal
 from reportgen.analyses.agreement import top1
 from reportgen.analyses.confusion import ConfusionCounter, ConfusionResult
 from reportgen.analyses.topk import make_loader
-from reportgen.hooks import eval_mode
-from reportgen.models import model_device
-from reportgen.outputs import OutputKey, select_output
+from reportgen.model.hooks import eval_mode
+from reportgen.model.loading import model_device
+from reportgen.model.outputs import OutputKey, select_output
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ Conventions (``receptive_field`` returns ``{"size", "jump", "start"}``, each a
   smaller half of the pad first; the pad is computed from the traced size.
   A timm model is traced with timm's own fx leaves and autowrapped functions.
 * A module called several times (torchvision's BasicBlock reuses ``relu``)
-  is measured at its last call, as ``reportgen.hooks.ActivationRecorder``
+  is measured at its last call, as ``reportgen.model.hooks.ActivationRecorder``
   records it.
 
 Models ``torch.fx`` cannot trace (data-dependent control flow) fall back to
@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reportgen.analyses import fxops
-from reportgen.hooks import eval_mode, record_calls
-from reportgen.layers import get_layer
+from reportgen.model import fxops
+from reportgen.model.hooks import eval_mode, record_calls
+from reportgen.model.layers import get_layer
 
 Pair = Tuple[int, int]
 Shape = Tuple[int, ...]
@@ -350,7 +350,7 @@ def _union(operands: Sequence[Tuple[State, Shape]], out_shape: Shape, broadcast:
 
 # -------------------------------------------------------------- module rules
 
-# kinds (reportgen.analyses.fxops) that leave a unit's window as it is; normalisation
+# kinds (reportgen.model.fxops) that leave a unit's window as it is; normalisation
 # statistics are ignored, as the module docstring says
 _KEEPS_WINDOW = (fxops.POINTWISE, fxops.NORM, fxops.STAT_NORM)
 

@@ -25,9 +25,9 @@ from torch import nn
 from reportgen.analyses import corruptions as cr
 from reportgen.analyses.agreement import top1
 from reportgen.analyses.topk import ImageDataset, make_loader
-from reportgen.hooks import eval_mode
-from reportgen.models import model_device
-from reportgen.outputs import OutputKey, select_output
+from reportgen.model.hooks import eval_mode
+from reportgen.model.loading import model_device
+from reportgen.model.outputs import OutputKey, select_output
 
 THUMB = 96            # side of an example's stored picture
 
@@ -125,7 +125,7 @@ def robustness_pass(model: nn.Module, images: ImageDataset, labels: Sequence[int
               else [int(i) for i in indices])
     data = CropDataset(images, chosen)
     channels = int(images.input_size[0])
-    from reportgen.images import _normalization
+    from reportgen.model.images import _normalization
 
     mean, std = _normalization(channels, images.mean, images.std)
     n_c, n_s = len(corruptions), len(severities)

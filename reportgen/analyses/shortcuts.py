@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from reportgen.analyses.agreement import top1
 from reportgen.analyses.gradients import class_scores
-from reportgen.hooks import eval_mode
+from reportgen.model.hooks import eval_mode
 
 GRID = 8                 # pooled map side
 MAX_CLUSTERS = 4         # k <= 4 from the eigengap

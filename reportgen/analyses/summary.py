@@ -6,15 +6,15 @@ compare across architectures, and it needs no extra dependency.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from reportgen.hooks import eval_mode, hooks
-from reportgen.outputs import select_output
+from reportgen.model.hooks import eval_mode, hooks
+from reportgen.model.outputs import select_output
 
 
 @dataclass
@@ -69,7 +69,7 @@ def summarize(model: nn.Module, example: torch.Tensor, output_key=None) -> Model
                 macs[name] = macs.get(name, 0) + _macs(module, out)
         return fn
 
-    from reportgen.models import is_scripted
+    from reportgen.model.loading import is_scripted
 
     leaves = [(n, m) for n, m in model.named_modules() if n and _is_leaf(m)]
     scripted = is_scripted(model)  # no hooks on TorchScript: names and params only

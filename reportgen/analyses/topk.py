@@ -5,7 +5,7 @@ strongest responses over a whole dataset, each cut down to the unit's
 receptive field. This module does that in one streaming pass:
 
 * **One pass, several layers.** A DataLoader feeds batches; forward hooks
-  (inside ``reportgen.hooks.hooks``) catch every requested layer in the same
+  (inside ``reportgen.model.hooks.hooks``) catch every requested layer in the same
   forward and reduce its map at once.
 * **One candidate per image and channel.** Each image offers its spatial
   maximum per channel (the first maximum in raster order), so a channel's
@@ -40,9 +40,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reportgen.analyses.layout import Layout
-from reportgen.hooks import ActivationRecorder, eval_mode, hook_layers
-from reportgen.layers import layer_layouts
+from reportgen.model.hooks import ActivationRecorder, eval_mode, hook_layers
+from reportgen.model.layers import layer_layouts
+from reportgen.model.layout import Layout
 
 CHANNEL_RULE = "largest mean top-k activation (ties: lower channel index)"
 MAX_PATCH = 128          # stored patch side cap: deeper RFs (hundreds of px) are downscaled
@@ -57,7 +57,7 @@ Progress = Callable[..., Iterable]
 class ImageDataset(torch.utils.data.Dataset):
     """The spec's dataset as model inputs: (tensor, global index) per item.
 
-    Loading goes through ``reportgen.images`` (the same decode and preprocess
+    Loading goes through ``reportgen.model.images`` (the same decode and preprocess
     as the probes), so a patch shows exactly what the model saw. Returning the
     global index with the tensor lets a shard (``torch.utils.data.Subset``) or
     any sampler keep image identities, which the tie-breaking relies on.
@@ -79,7 +79,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> Tuple[torch.Tensor, np.ndarray]:
         """(model input (C, H, W), display crop (H, W, 3) uint8) of item ``index``."""
-        from reportgen.images import load_image, preprocess
+        from reportgen.model.images import load_image, preprocess
 
         img = load_image(self.items[index][0])
         return preprocess(img, self.input_size, self.resize, self.center_crop, self.mean, self.std,

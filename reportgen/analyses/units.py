@@ -34,7 +34,7 @@ import numpy as np
 
 from reportgen.analyses import topk as tk
 from reportgen.analyses.cka import CKAMatrixAccumulator, Reduction
-from reportgen.analyses.layout import Layout
+from reportgen.model.layout import Layout
 
 UNIT_CHANNELS = 6        # channels shown: the lowest correlations of the chosen layer
 UNIT_K = 6               # patches per channel and model

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from reportgen.analyses.evolution import filter_view, relative
-from reportgen.layers import first_conv, get_layer
+from reportgen.model.layers import first_conv, get_layer
 
 
 def _own_params(model: nn.Module) -> Dict[str, List[Tuple[str, torch.Tensor]]]:

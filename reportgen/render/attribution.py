@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from reportgen.render.heatmap import DEFAULT_CMAP, colorbar, overlay
-from reportgen.render.images import downscale, encode_png, encode_webp, data_uri, pack_grid, upscale_nearest
+from reportgen.render.images import data_uri, downscale, encode_png, encode_webp, pack_grid, upscale_nearest
 
 METHOD_LABELS = {
     "cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "scorecam": "Score-CAM",

@@ -7,12 +7,12 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.render import attribution as ra
-from reportgen.render.filters import filter_images
 from reportgen.render.audit import compare_view
-from reportgen.render.shortcuts import compare_view as shortcut_maps
+from reportgen.render.filters import filter_images
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, colorize
 from reportgen.render.images import pack_grid, png_uri, upscale_nearest
 from reportgen.render.markdown import render_markdown
+from reportgen.render.shortcuts import compare_view as shortcut_maps
 
 FLIP_THUMBS = 24
 THUMB = 64

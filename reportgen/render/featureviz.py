@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from reportgen.analyses.featureviz import FeatureVizResult
-from reportgen.render.images import pack_grid, png_uri, upscale_nearest, webp_uri, to_uint8
+from reportgen.render.images import pack_grid, png_uri, to_uint8, upscale_nearest, webp_uri
 
 DISPLAY = 128     # tiles are shown at about this many px (nearest-neighbour upscaled if smaller)
 PAD = 6

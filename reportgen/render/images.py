@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image

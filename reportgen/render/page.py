@@ -78,7 +78,7 @@ def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
     audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
     build_time = None
     if spec["output"]["timestamp"]:
-        from reportgen.timeutil import build_time_string
+        from reportgen.render.timeutil import build_time_string
         build_time = build_time_string()
     context = {
         "title": spec["title"],
@@ -145,7 +145,7 @@ def section_summaries(outcomes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
 def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
                 resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None,
                 budget: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    from reportgen.models import parameter_count
+    from reportgen.model.loading import parameter_count
 
     spec = res.spec
     audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None

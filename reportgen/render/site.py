@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from reportgen import __version__
-from reportgen.baseline import SEVERITIES
 from reportgen.render.page import environment, format_number, si_number
+from reportgen.report import SEVERITIES
 
 CHART_W, CHART_H, PAD = 520, 160, 34
 DEFAULT_METRICS = ("val_acc", "accuracy", "acc", "val_loss")
@@ -90,7 +90,7 @@ def findings_chart(builds: Sequence[Dict[str, Any]]) -> str:
 
 
 def site_context(manifest: Dict[str, Any]) -> Dict[str, Any]:
-    from reportgen.theme import load_theme
+    from reportgen.render.theme import load_theme
 
     reports = manifest["reports"]
     by_id = {r["id"]: r for r in reports}

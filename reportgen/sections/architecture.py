@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from reportgen.analyses.architecture import ArchGraph, trace_graph
-from reportgen.render.architecture import render_architecture
-from reportgen.models import require_hooks
+from reportgen.model.loading import require_hooks
 from reportgen.options import Choice
+from reportgen.render.architecture import render_architecture
 from reportgen.sections.base import BuildContext, Section, register_section
 
 
@@ -18,17 +18,18 @@ class ArchitectureSection(Section):
     options = {
         "method": Choice(["auto", "fx", "hooks"], default="auto",
                          doc="fx (torch.fx), hooks (forward hooks), auto (fx, hooks if untraceable)"),
-        "layout": Choice(["grandalf", "dot", "auto"], default="grandalf",
+        "engine": Choice(["grandalf", "dot", "auto"], default="grandalf",
                          doc="layout engine: grandalf (pure Python, always there), dot (Graphviz on PATH), "
                              "auto (dot if present)"),
     }
+    aliases = {"layout": "engine"}
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> ArchGraph:
         require_hooks(ctx.model, "The architecture diagram")
         return trace_graph(ctx.model, ctx.example(), method=options["method"])
 
     def view(self, result: ArchGraph, ctx: BuildContext) -> Dict[str, Any]:
-        return render_architecture(result, engine=self.options["layout"])
+        return render_architecture(result, engine=self.options["engine"])
 
     def summary(self, result: ArchGraph) -> Dict[str, Any]:
         return {

@@ -23,18 +23,17 @@ import torch
 from torch import nn
 
 from reportgen.analyses import attribution_eval as ae
-from reportgen.analyses import budget as bud
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
+from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
-from reportgen.layers import last_spatial_call, layer_layouts
+from reportgen.model.layers import last_spatial_call, layer_layouts
+from reportgen.options import AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer, layout
 from reportgen.paths import public_text
 from reportgen.render import attribution as ra
 from reportgen.render.activations import LAYOUT_WORDS
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
-from reportgen.options import (AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer,
-                               layout)
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
@@ -292,7 +291,7 @@ class AttributionSection(Section):
                 "top_classes": 0 if result.topk_classes is None else int(result.topk_classes.shape[1]),
                 "n_methods": len(ok),
                 "page_note": (f"Pictures are stored at most {side} px a side so the page stays under its "
-                              f"{ctx.spec['output']['page_budget']:g} MB budget (output.page_budget).")
+                              f"{ctx.spec['output']['page_budget_mb']:g} MB budget (output.page_budget_mb).")
                 if side else ""}
         view.update(self.extra_view(result, ctx))
         return view
@@ -401,7 +400,7 @@ class CamSection(AttributionSection):
         return cam_plan(ctx, options["layer"], options["layout"])
 
     def compute(self, name, model, images, targets, ctx, options, plan):
-        from reportgen.attribution import explain
+        from reportgen.analyses.explain import explain
         kw = {"layout": plan["layout"]} if "layout" in plan else {}
         maps = explain(model, images, name, target=list(targets), layer=plan["layer"], output=ctx.output_key,
                        **kw)
@@ -412,7 +411,7 @@ class CamSection(AttributionSection):
             return bud.Cost(forward=len(ctx.probes))
         if name != "scorecam":
             return super().method_cost(name, ctx, options)
-        from reportgen.layers import output_shapes
+        from reportgen.model.layers import output_shapes
         # one forward pass per channel of the layer, per probe
         shape = output_shapes(ctx.model, ctx.example()).get(self.plan(ctx, options)["layer"], (1, 1))
         return bud.Cost(forward=len(ctx.probes) * (1 + int(shape[1])))
@@ -438,9 +437,9 @@ def _gradient_params(name: str, options: Dict[str, Any], seed: int, batch: int =
 def gradient_batch(ctx: BuildContext) -> int:
     """Images per forward+backward pass: GRADIENT_BATCH, fewer when the activations a backward
     pass keeps (about every layer's output) would not fit the memory budget, as at 512 px."""
-    from reportgen.analyses.memory import nbytes
     from reportgen.analyses.occlusion import default_memory_budget
-    from reportgen.hooks import record_calls
+    from reportgen.engine.memory import nbytes
+    from reportgen.model.hooks import record_calls
 
     try:
         per_image = sum(nbytes(c.output) for c in record_calls(ctx.model, ctx.example()).calls if c.leaf)
@@ -504,7 +503,7 @@ class GradientsSection(AttributionSection):
             gap = raw.reshape(raw.shape[0], -1).sum(axis=1) - delta      # F(x) - F(baseline)
             extras = {"delta": delta.astype(np.float64), "gap": gap.astype(np.float64)}
         else:
-            from reportgen.attribution import explain
+            from reportgen.analyses.explain import explain
             raw = explain(model, images, name, target=list(targets), output=ctx.output_key, **params)
         maps = np.abs(raw).sum(axis=1).astype(np.float32)
         return maps, raw.astype(np.float32), extras

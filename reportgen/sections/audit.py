@@ -69,52 +69,6 @@ def clean_pass(ctx: BuildContext, labels: np.ndarray, names) -> pr.PredictionPas
 
 # --------------------------------------------------------------------------- a sharded pass, read back
 
-def audit_plan(ctx: BuildContext) -> Dict[str, Any]:
-    """What the sharded pass computes for this spec: the robustness section's options at their best
-    (no budget: sharding is how a build affords them), the mistakes kept and the calibration bins."""
-    from reportgen.analyses.calibration import BINS
-    from reportgen.sections.robustness import JUDGED_SEVERITY, RobustnessSection
-
-    section = RobustnessSection(ctx.spec["sections"].get("robustness") or {})
-    best = section._ladder(ctx, section.options)[0]
-    return {"corruptions": list(section.options["corruptions"]),
-            "severities": sorted(set(int(s) for s in best["severities"])), "images": int(best["images"]),
-            "example_severity": JUDGED_SEVERITY, "keep": MISTAKES_KEPT, "bins": BINS}
-
-
-def audit_pass_header(res: Any, ctx: BuildContext) -> Dict[str, str]:
-    """What a saved audit pass was computed on: the model's inputs (weights, images, preprocessing,
-    device, versions) and the plan."""
-    from reportgen import __version__
-    from reportgen.pipeline import cache_inputs_key
-
-    return {"kind": "audit-pass", "version": __version__, "inputs": cache_inputs_key(res),
-            "plan": json.dumps(audit_plan(ctx), sort_keys=True)}
-
-
-def load_checked_audit_pass(path: Any, res: Any) -> Any:
-    """A saved audit pass, refused (exit 2) unless it was computed on exactly this model, inputs and plan."""
-    from reportgen.analyses.audit_pass import load_audit_pass
-    from reportgen.errors import InputError
-    from reportgen.pipeline import make_context
-    from reportgen.report import validate_audit_pass_header
-
-    try:
-        result, header = load_audit_pass(path)
-    except ValueError as e:
-        raise InputError(str(e).replace(f"{path} ", "", 1), path) from None
-    validate_audit_pass_header(header, path)
-    want = audit_pass_header(res, make_context(res))
-    stale = [what for key, what in (("inputs", "the model or its inputs: weights, images, preprocessing, device"),
-                                    ("version", "reportgen's version"),
-                                    ("plan", "the robustness options"))
-             if header.get(key) != want[key]]
-    if stale:
-        raise InputError(f"the audit pass was computed on other inputs ({'; '.join(stale)} changed since); "
-                         "rerun `torchrun ... -m reportgen.distributed audit` or drop --audit-pass", path)
-    return result
-
-
 def use_audit_pass(model: Any, given: Any) -> None:
     """This build's sections read ``given`` (an ``audit_pass.AuditPass``) instead of running the dataset."""
     _GIVEN[model] = given

@@ -12,7 +12,7 @@ A section class declares, once:
   frozen result (numpy arrays + metadata, never HTML).
 * ``budget(ctx, options)`` (optional): what the section costs in image passes
   and which of its expensive settings are left on ``auto`` (knobs, see
-  ``reportgen.analyses.budget``); ``analyze`` reads the build's choice with
+  ``reportgen.engine.budget``); ``analyze`` reads the build's choice with
   :meth:`BuildContext.planned`, and an image-heavy section its share of the
   page with :meth:`BuildContext.page_share`.
 * ``view(result, ctx)``, ``summary(result)``, ``findings(result, ctx)``: pure
@@ -35,8 +35,8 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses import faithfulness as fa
+from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
 from reportgen.options import AUTO, Float, Mapping, Option
 
@@ -125,7 +125,7 @@ class BuildContext:
 
     def read_checkpoint(self, path: Path) -> Any:
         """A checkpoint file's LoadedCheckpoint, its weights as the spec's checkpoint_weights selects."""
-        from reportgen.checkpoints import AUTO_WEIGHTS, load_checkpoint
+        from reportgen.model.checkpoints import AUTO_WEIGHTS, load_checkpoint
 
         found = self.spec.get("checkpoint_weights") if hasattr(self.spec, "get") else None
         return load_checkpoint(path, found or AUTO_WEIGHTS)
@@ -174,6 +174,7 @@ class Section:
     order: int = 100                           # position in the report
     options: ClassVar[Dict[str, Option]] = {}
     thresholds: ClassVar[Dict[str, Option]] = {}   # findings thresholds this section adds
+    aliases: ClassVar[Dict[str, str]] = {}          # old option name -> its new name, still accepted
     requires: ClassVar[Tuple[str, ...]] = ()
     template_dir: ClassVar[Optional[Path]] = None  # a plugin's templates folder
 
@@ -183,7 +184,7 @@ class Section:
 
     @classmethod
     def schema(cls) -> Mapping:
-        return Mapping(dict(cls.options))
+        return Mapping(dict(cls.options), aliases=cls.aliases)
 
     def check_applicable(self, ctx: "BuildContext") -> None:
         """Raise NotApplicable when an input this section requires is missing."""

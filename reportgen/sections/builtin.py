@@ -1,8 +1,14 @@
 """Importing this module registers every built-in section."""
-from reportgen.sections import architecture, model  # noqa: F401
-from reportgen.sections import evolution  # noqa: F401
-from reportgen.sections import topk  # noqa: F401
-from reportgen.sections import embeddings, featureviz  # noqa: F401
-from reportgen.sections import attribution  # noqa: F401
-from reportgen.sections import shortcuts  # noqa: F401
-from reportgen.sections import calibration, errors, robustness  # noqa: F401
+from reportgen.sections import (  # noqa: F401  # noqa: F401  # noqa: F401
+    architecture,
+    attribution,  # noqa: F401
+    calibration,
+    embeddings,
+    errors,
+    evolution,  # noqa: F401
+    featureviz,
+    model,
+    robustness,
+    shortcuts,  # noqa: F401
+    topk,  # noqa: F401
+)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses import calibration as cal
+from reportgen.engine import budget as bud
 from reportgen.options import Float, Int
 from reportgen.render.audit import RELIABILITY_CSS, reliability_svg
 from reportgen.sections.audit import clean_pass, require_labels

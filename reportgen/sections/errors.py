@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses.confusion import ConfusionResult
+from reportgen.engine import budget as bud
 from reportgen.options import Float, Int
 from reportgen.render.audit import cam_overlay_uri, heat_cell, picture_uri
 from reportgen.render.page import public_path
@@ -29,7 +29,7 @@ class ErrorsResult:
 
 
 def _cams(ctx: BuildContext, x: torch.Tensor, targets: List[int]) -> np.ndarray:
-    from reportgen.attribution import explain
+    from reportgen.analyses.explain import explain
 
     return explain(ctx.model, x, CAM_METHOD, target=targets, output=ctx.output_key)
 

@@ -15,7 +15,7 @@ import numpy as np
 from reportgen.analyses import activations as act
 from reportgen.analyses import evolution as evo
 from reportgen.analyses import metrics as mt
-from reportgen.layers import first_conv
+from reportgen.model.layers import first_conv
 from reportgen.options import Float, Int, layer, layout
 from reportgen.paths import public_path
 from reportgen.render import evolution as rev

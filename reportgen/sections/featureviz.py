@@ -7,16 +7,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
-from reportgen.analyses.layout import Layout
-from reportgen.analyses.throughput import cpu_threads
-from reportgen.layers import layer_layouts
-from reportgen.render.featureviz import render_featureviz
-from reportgen.models import require_hooks
+from reportgen.engine import budget as bud
+from reportgen.engine.throughput import cpu_threads
+from reportgen.model.layers import layer_layouts
+from reportgen.model.layout import Layout
+from reportgen.model.loading import require_hooks
 from reportgen.options import AUTO, Bool, Choice, Float, Int, ListOf, OneOf, Str, auto_or, layers, layout
+from reportgen.render.featureviz import render_featureviz
 from reportgen.sections.base import BuildContext, Section, register_section
+
 # Default compute budget in GMACs of forward-pass work (backward counted as 2 more):
 # about a minute on two CPU cores, a few seconds on a GPU.
 BUDGET_GMACS = {"cpu": 300.0, "cuda": 20000.0}
@@ -81,7 +82,7 @@ def choose_classes(ctx: BuildContext, spec_classes: Any, limit: int) -> List[int
 
 
 def _gmacs(ctx: BuildContext, opts: Dict[str, Any]) -> float:
-    budget = opts["budget"]
+    budget = opts["budget_gmacs"]
     return BUDGET_GMACS.get(ctx.device.type, BUDGET_GMACS["cuda"]) if budget == "auto" else float(budget)
 
 
@@ -155,13 +156,14 @@ class FeatureVizSection(Section):
         "fft": Bool(default=True, doc="Fourier-space parameterization"),
         "decorrelate": Bool(default=True, doc="colour decorrelation"),
         "batch_size": Int(min=1, default=16, doc="objectives optimized together"),
-        "budget": OneOf(Choice(["auto"]), Float(min=0), default="auto",
+        "budget_gmacs": OneOf(Choice(["auto"]), Float(min=0), default="auto",
                         expected="'auto' or GMACs (auto: 300 on CPU, 20000 on CUDA)",
                         doc="compute budget in GMACs (auto: 300 on CPU, 20000 on CUDA)"),
         "reference_images": Int(min=0, default=64,
                                 doc="dataset images whose activations the synthesized ones are compared to"),
         "layout": layout(),
     }
+    aliases = {"budget": "budget_gmacs"}
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
         """Objectives x steps forward/backward passes at the synthesis size, bounded by the GMACs budget."""

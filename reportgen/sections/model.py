@@ -7,15 +7,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from reportgen.analyses import activations as act
-from reportgen.analyses import budget as bud
 from reportgen.analyses import filters as flt
 from reportgen.analyses import summary as summ
-from reportgen.layers import first_conv
-from reportgen.models import require_hooks
+from reportgen.engine import budget as bud
+from reportgen.model.layers import first_conv
+from reportgen.model.loading import require_hooks
+from reportgen.options import AUTO, Choice, Float, Int, auto_or, layer, layers, layout
 from reportgen.render.activations import THUMB, grid_uri, render_activations
 from reportgen.render.filters import render_filters
 from reportgen.render.images import thumbnail_uri
-from reportgen.options import AUTO, Choice, Float, Int, auto_or, layer, layers, layout
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 
@@ -157,7 +157,7 @@ class ActivationsSection(Section):
         "max_channels": auto_or(Int(min=1, max=1024), expected="'auto' or a number of channels (1 to 1024)",
                                 doc=f"channels shown per layer, most active first (auto: "
                                     f"{bud.ACTIVATION_CHANNELS[0]}, fewer on layers with large maps when the "
-                                    "page would exceed output.page_budget)"),
+                                    "page would exceed output.page_budget_mb)"),
         "layout": layout(),
     }
 
@@ -167,7 +167,7 @@ class ActivationsSection(Section):
 
     def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
         """The grids at full channels (WebP, noise-like maps: the worst case) and the thumbnails."""
-        from reportgen.layers import output_shapes
+        from reportgen.model.layers import output_shapes
 
         shapes = output_shapes(ctx.model, ctx.example())
         k = bud.ACTIVATION_CHANNELS[0] if options["max_channels"] == AUTO else int(options["max_channels"])
@@ -200,7 +200,7 @@ class ActivationsSection(Section):
         view = render_activations(result, ctx.probes, thumb_side=bud.thumbnail_side(THUMB, share))
         fewer = [la for la in result.layers if la.maps.shape[1] < min(bud.ACTIVATION_CHANNELS[0], la.shape[0])]
         view["page_note"] = (f"Layers with large maps show fewer channels so the page stays under its "
-                             f"{ctx.spec['output']['page_budget']:g} MB budget (output.page_budget)."
+                             f"{ctx.spec['output']['page_budget_mb']:g} MB budget (output.page_budget_mb)."
                              if fewer and self.options["max_channels"] == AUTO else "")
         return view
 

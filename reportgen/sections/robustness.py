@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses import corruptions as cr
 from reportgen.analyses import robustness as rb
+from reportgen.engine import budget as bud
 from reportgen.options import AUTO, Choice, Float, Int, ListOf, auto_or
 from reportgen.render.audit import DROP_CMAP, heat_cell, thumb
 from reportgen.sections.audit import dataset_labels, given_robustness

@@ -18,12 +18,12 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses import shortcuts as sc
 from reportgen.analyses.agreement import folder_labels
+from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
-from reportgen.options import AUTO, Choice, Float, Int, auto_or, layer, layout
+from reportgen.options import Choice, Float, Int, auto_or, layer, layout
 from reportgen.render import shortcuts as rs
 from reportgen.sections.attribution import CAM_METHODS, GRADIENT_METHODS, _gradient_params, cam_plan
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
@@ -141,7 +141,7 @@ class ShortcutsSection(Section):
         if method in ("cam", "eigencam"):
             return bud.Cost(forward=1)
         if method == "scorecam":
-            from reportgen.layers import output_shapes
+            from reportgen.model.layers import output_shapes
             shape = output_shapes(ctx.model, ctx.example()).get(cam_plan(ctx, options["layer"], "auto")["layer"],
                                                                 (1, 1))
             return bud.Cost(forward=1 + int(shape[1]))
@@ -168,7 +168,7 @@ class ShortcutsSection(Section):
 
     # ----------------------------------------------------------- analysis
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> ShortcutsResult:
-        from reportgen.attribution import explain
+        from reportgen.analyses.explain import explain
 
         labels, note = self._labels(ctx)
         n_maps = int(ctx.planned(self.name, "images", options["images"], bud.SHORTCUT_MAPS[0]))

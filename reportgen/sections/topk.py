@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import topk as tk
 from reportgen.analyses.activations import stage_layers
-from reportgen.layers import layer_layouts
-from reportgen.render.topk import render_topk
+from reportgen.model.layers import layer_layouts
 from reportgen.options import AUTO, Choice, Int, ListOf, OneOf, layers, layout
+from reportgen.render.topk import render_topk
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF

@@ -51,10 +51,6 @@ class Spec:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
-    def section(self, name: str) -> Any:
-        """The options of a section, or False when disabled."""
-        return self.data["sections"].get(name, False)
-
 
 def _check(data: Any, file: str, lines: Lines) -> Dict[str, Any]:
     try:

@@ -10,19 +10,17 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from reportgen.errors import InputError, SpecError
+from reportgen.model.loading import ModelError, build_model, input_size, pick_device
+from reportgen.model.outputs import select_output
 from reportgen.options import AUTO, LayerName, layer_option
-from reportgen.models import ModelError, build_model, input_size, pick_device
-from reportgen.outputs import select_output
 from reportgen.sections.base import CheckpointInfo, Probe
 from reportgen.spec import Spec
-
-THEMES = ("light", "dark")
 
 
 @dataclass
@@ -55,7 +53,7 @@ class Resolved:
 
 def apply_checkpoint(spec: Spec, model: nn.Module, ck: CheckpointInfo) -> None:
     """Load checkpoint ``ck``'s weights (those ``checkpoint_weights`` selects) into ``model``."""
-    from reportgen.checkpoints import apply_state_dict, load_checkpoint
+    from reportgen.model.checkpoints import apply_state_dict, load_checkpoint
 
     apply_state_dict(model, load_checkpoint(ck.path, spec["checkpoint_weights"]).state_dict, ck.path)
 
@@ -88,7 +86,7 @@ def resolve_model(spec: Spec, device: torch.device) -> Tuple[nn.Module, Tuple[in
 
 
 def _probe_forward(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> torch.Tensor:
-    from reportgen.hooks import eval_mode
+    from reportgen.model.hooks import eval_mode
 
     try:
         with torch.no_grad(), eval_mode(model):
@@ -104,7 +102,7 @@ def _probe_forward(spec: Spec, model: nn.Module, size: Tuple[int, int, int]) -> 
 
 
 def resolve_checkpoints(spec: Spec, model: nn.Module) -> List[CheckpointInfo]:
-    from reportgen.checkpoints import check_fit, expand_checkpoints, load_checkpoint
+    from reportgen.model.checkpoints import check_fit, expand_checkpoints, load_checkpoint
 
     out: List[CheckpointInfo] = []
     seen = set()
@@ -163,7 +161,7 @@ def audit_index(spec: Spec, checkpoints: List[CheckpointInfo]) -> Optional[int]:
 
 
 def resolve_classes(spec: Spec, num_classes: int) -> List[str]:
-    from reportgen.classes import load_classes
+    from reportgen.model.classes import load_classes
 
     try:
         names = load_classes(spec["classes"], spec.base_dir, num_classes)
@@ -173,7 +171,7 @@ def resolve_classes(spec: Spec, num_classes: int) -> List[str]:
 
 
 def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -> List[Probe]:
-    from reportgen.images import list_images, load_image, preprocess
+    from reportgen.model.images import list_images, load_image, preprocess
 
     probes_spec = spec["probes"]
     if not probes_spec:
@@ -220,8 +218,8 @@ def resolve_preprocess(spec: Spec, model: nn.Module, size: Tuple[int, int, int]
     sources.update({key: "spec" if spec.given(f"preprocess.{key}") else "default" for key in PREPROCESS_KEYS})
     if not spec["model"].get("timm"):
         return sources, []
-    from reportgen.images import INTERPOLATIONS
-    from reportgen.models import timm_data_config
+    from reportgen.model.images import INTERPOLATIONS
+    from reportgen.model.loading import timm_data_config
 
     cfg, pre, notes = timm_data_config(model), spec["preprocess"], []
 
@@ -292,7 +290,7 @@ def _resolve_targets(spec: Spec, targets: Any, n: int, classes: List[str]) -> Li
 
 
 def resolve_dataset(spec: Spec) -> List[Tuple[Path, str]]:
-    from reportgen.images import image_folder
+    from reportgen.model.images import image_folder
 
     ds = spec["dataset"]
     if not ds:
@@ -306,7 +304,7 @@ def resolve_dataset(spec: Spec) -> List[Tuple[Path, str]]:
 
 
 def resolve_theme(spec: Spec) -> str:
-    from reportgen.theme import load_theme
+    from reportgen.render.theme import load_theme
 
     try:
         return load_theme(spec["output"]["theme"], spec.base_dir)
@@ -341,7 +339,7 @@ def _named_layers(spec: Spec) -> Iterator[Tuple[str, str, LayerName, str]]:
 
 def check_layers(spec: Spec, model: nn.Module) -> None:
     """Every layer named in a section exists (auto is resolved later, per section)."""
-    from reportgen.layers import get_layer
+    from reportgen.model.layers import get_layer
 
     for path, name, _, _ in _named_layers(spec):
         try:
@@ -355,12 +353,12 @@ def check_spatial_layers(spec: Spec, model: nn.Module, size: Tuple[int, int, int
 
     A feature map is (N, C, H, W), or channels-last (N, H, W, C) or tokens
     (N, L, C) on a grid, as the section's ``layout`` states or as
-    ``reportgen.analyses.layout`` detects. A 1x1 map (after global pooling)
+    ``reportgen.model.layout`` detects. A 1x1 map (after global pooling)
     has no "where": a CAM on it is one flat colour, so it is refused here as
     the automatic choice already refuses it.
     """
-    from reportgen.layers import call_layouts
-    from reportgen.analyses.layout import infer, known_grids
+    from reportgen.model.layers import call_layouts
+    from reportgen.model.layout import infer, known_grids
 
     named = [(path, name, stated) for path, name, decl, stated in _named_layers(spec) if decl.spatial]
     if not named:
@@ -403,7 +401,7 @@ def check_occlusion(spec: Spec, size: Tuple[int, int, int]) -> None:
     h, w = size[1], size[2]
     for key in ("window", "stride"):
         value = options[key]
-        if value == "auto":      # the build plan picks one that fits (reportgen.analyses.budget)
+        if value == "auto":      # the build plan picks one that fits (reportgen.engine.budget)
             continue
         wh = value if isinstance(value, list) else [value, value]
         if wh[0] <= h and wh[1] <= w:

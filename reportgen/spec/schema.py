@@ -6,10 +6,24 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from reportgen.images import INTERPOLATIONS
-from reportgen.options import (Bool, Choice, Float, FreeMapping, Int, ListOf, Mapping, OneOf, Option,
-                               OptionError, Str, int_or_pair, join_path, suggest)
-
+from reportgen.engine.budget import DEFAULT_PAGE_MB
+from reportgen.model.images import INTERPOLATIONS
+from reportgen.options import (
+    Bool,
+    Choice,
+    Float,
+    FreeMapping,
+    Int,
+    ListOf,
+    Mapping,
+    OneOf,
+    Option,
+    OptionError,
+    Str,
+    int_or_pair,
+    join_path,
+    suggest,
+)
 
 MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
 
@@ -117,9 +131,9 @@ OUTPUT = Mapping({
     "dir": Str(default=None, nullable=True),
     "theme": Str(default="light", doc="light, dark, or a path to a CSS file"),
     "timestamp": Bool(default=False, doc="(extension) print the build time in the report footer"),
-    "page_budget": Float(min=0.1, default=5.0, doc="(extension) MB the page should stay under: image-heavy "
+    "page_budget_mb": Float(min=0.1, default=DEFAULT_PAGE_MB, doc="(extension) MB the page should stay under: image-heavy "
                          "sections show fewer or smaller pictures when it would not"),
-})
+}, aliases={"page_budget": "page_budget_mb"})
 
 SPEC = Mapping({
     "title": Str(),
@@ -140,8 +154,8 @@ SPEC = Mapping({
     "output": OUTPUT,
     "findings": Findings(default={}),
     "device": Choice(["auto", "cpu", "cuda"], default="auto"),
-    "budget": OneOf(Choice(["auto"]), Float(min=1), default="auto",
+    "budget_s": OneOf(Choice(["auto"]), Float(min=1), default="auto",
                     expected="'auto' or seconds (at least 1)",
                     doc="(extension) seconds the whole build should take; auto: 90 on CPU, 60 on CUDA"),
     "seed": Int(min=0, default=0),
-})
+}, aliases={"budget": "budget_s"})

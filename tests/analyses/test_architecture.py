@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from reportgen.analyses.architecture import ArchGraph, trace_graph
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 
 
 def _sources(g: ArchGraph, node_id: str) -> Set[str]:

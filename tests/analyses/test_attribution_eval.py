@@ -14,8 +14,8 @@ import torch
 
 from reportgen.analyses import attribution_eval as ae
 from reportgen.analyses import faithfulness as fa
+from reportgen.analyses.explain import explain
 from reportgen.analyses.summary import summarize
-from reportgen.attribution import explain
 from reportgen.errors import MethodNotApplicable, NotApplicable
 
 H = W = 8

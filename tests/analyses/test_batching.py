@@ -5,7 +5,7 @@ from typing import Callable, List, Tuple
 
 import pytest
 
-from reportgen.analyses.batching import FixedBatcher, ThroughputBatcher, balanced_chunks
+from reportgen.engine.batching import FixedBatcher, ThroughputBatcher, balanced_chunks
 
 
 def run(total: int, cap: int, per_sample: Callable[[int], float], start: int = 32

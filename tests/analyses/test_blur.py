@@ -6,8 +6,8 @@ import math
 import torch
 
 from reportgen.analyses import faithfulness as fa
-from reportgen.analyses.blur import gaussian_blur
 from reportgen.analyses.occlusion import make_baseline
+from reportgen.engine.blur import gaussian_blur
 
 
 def _impulse(width: int) -> torch.Tensor:

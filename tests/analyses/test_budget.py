@@ -1,11 +1,10 @@
 """The budget planner: pure, deterministic given throughput numbers, never above the old defaults."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from reportgen.analyses import budget as bud
 from reportgen.analyses.occlusion import window_starts
+from reportgen.engine import budget as bud
 
 FAST = bud.Throughput(forward_s=0.001, backward_s=0.003)
 SLOW = bud.Throughput(forward_s=0.1, backward_s=0.3)

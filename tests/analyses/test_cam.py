@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from reportgen.analyses import cam as cam_mod
-from reportgen.attribution import explain
+from reportgen.analyses.explain import explain
 
 gradcam_lib = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from reportgen.analyses import cka as ck
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 
 RTOL = 1e-9
 

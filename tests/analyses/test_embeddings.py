@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from reportgen.analyses import embeddings as emb
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 from reportgen.render.embeddings import render_embeddings, scatter_svg
 
 CLASSES = ["red", "green", "blue"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from reportgen.analyses import evolution as evo
-from reportgen.checkpoints import load_checkpoint
-from reportgen.hooks import count_hooks
+from reportgen.model.checkpoints import load_checkpoint
+from reportgen.model.hooks import count_hooks
 
 
 def make_series(model: torch.nn.Module, folder: Path, n: int) -> List[Path]:

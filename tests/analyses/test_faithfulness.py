@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from reportgen.analyses import faithfulness as fa
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 
 
 class RegionNet(nn.Module):
@@ -187,7 +187,7 @@ def test_sanity_check_passes_gradcam(trained_cnn):
 def test_shared_randomized_copy_and_precomputed_maps_give_the_same_answer(trained_cnn):
     x, y = _quadrant_data(4, 2)
     rand = fa.randomize_weights(trained_cnn, seed=0)
-    from reportgen.attribution import explain
+    from reportgen.analyses.explain import explain
     orig = explain(trained_cnn, x, "saliency", target=y.tolist())
     a = fa.sanity_randomization(trained_cnn, x, "saliency", y.tolist(), seed=0)
     b = fa.sanity_randomization(trained_cnn, x, "saliency", y.tolist(), randomized=rand, original=orig)

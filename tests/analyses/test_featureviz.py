@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses import featureviz as fv
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 
 MEAN3, STD3 = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 

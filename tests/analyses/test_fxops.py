@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reportgen.analyses import fxops
+from reportgen.model import fxops
 
 
 class EveryKind(nn.Module):

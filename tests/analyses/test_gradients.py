@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses import gradients as G
-from reportgen.attribution import explain
+from reportgen.analyses.explain import explain
 
 captum_attr = pytest.importorskip("captum.attr")
 

@@ -11,11 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.analyses.layout import (Layout, detect, infer, linear_input_layout, refit, strided_grid,
-                                       to_nchw, token_grid, tokens_layout)
-from reportgen.hooks import record_calls
-from reportgen.layers import call_layouts, last_spatial_layer, layer_layouts, spatial_calls
-
+from reportgen.model.hooks import record_calls
+from reportgen.model.layers import call_layouts, last_spatial_layer, layer_layouts, spatial_calls
+from reportgen.model.layout import (
+    Layout,
+    detect,
+    infer,
+    linear_input_layout,
+    refit,
+    strided_grid,
+    to_nchw,
+    token_grid,
+    tokens_layout,
+)
 
 # ----------------------------------------------------------------- models
 

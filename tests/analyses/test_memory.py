@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.analyses.memory import nbytes, on_meta, peak_estimate, probe, probe_shapes
-from reportgen.hooks import count_hooks
+from reportgen.engine.memory import nbytes, on_meta, peak_estimate, probe, probe_shapes
+from reportgen.model.hooks import count_hooks
 
 
 def test_nbytes_counts_tensors_in_sequences_only():

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analyses import occlusion as occlusion_module
-from reportgen.analyses.batching import ThroughputBatcher
-from reportgen.analyses.memory import probe_shapes
 from reportgen.analyses.occlusion import make_baseline, occlusion, occlusion_cost, occlusion_details, window_starts
-from reportgen.hooks import count_hooks
+from reportgen.engine.batching import ThroughputBatcher
+from reportgen.engine.memory import probe_shapes
+from reportgen.model.hooks import count_hooks
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -363,7 +363,7 @@ class PerPixelZoo(nn.Module):
 
 
 def test_incremental_covers_every_per_pixel_kind():
-    from reportgen.analyses.incremental import IncrementalEngine, trace
+    from reportgen.engine.incremental import IncrementalEngine, trace
 
     torch.manual_seed(0)
     model = PerPixelZoo().eval()
@@ -380,7 +380,7 @@ def test_incremental_covers_every_per_pixel_kind():
 
 
 def test_incremental_plan_from_the_meta_device_equals_the_real_one():
-    from reportgen.analyses.incremental import IncrementalEngine, trace
+    from reportgen.engine.incremental import IncrementalEngine, trace
 
     torch.manual_seed(0)
     model = TinyResNet().eval()

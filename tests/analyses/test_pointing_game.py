@@ -16,16 +16,14 @@ the image edge, which fewer windows cover (see reportgen.analyses.pointing).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from reportgen.analyses.explain import explain
 from reportgen.analyses.occlusion import occlusion_details
-from reportgen.analyses.pointing import (occlusion_pointing_game, occluder_points, peak, pointing_game,
-                                         pointing_hits)
-from reportgen.attribution import explain
+from reportgen.analyses.pointing import occluder_points, occlusion_pointing_game, peak, pointing_game, pointing_hits
 
 N_IMAGES = 200
 METHODS = {

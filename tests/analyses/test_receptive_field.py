@@ -20,8 +20,8 @@ from torch import nn
 
 import reportgen
 from reportgen.analyses.receptive_field import receptive_field, receptive_field_box
-from reportgen.hooks import count_hooks, hooks
-from reportgen.layers import get_layer
+from reportgen.model.hooks import count_hooks, hooks
+from reportgen.model.layers import get_layer
 
 Box = Tuple[int, int, int, int]
 

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from reportgen.analyses import topk as tk
-from reportgen.hooks import count_hooks
+from reportgen.model.hooks import count_hooks
 
 SIZE = (1, 8, 8)
 

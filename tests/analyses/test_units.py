@@ -19,7 +19,7 @@ from reportgen.analyses import cka as ck
 from reportgen.analyses import compare_pass as cp
 from reportgen.analyses import topk as tk
 from reportgen.analyses import units as un
-from reportgen.layers import layer_layouts
+from reportgen.model.layers import layer_layouts
 from tests.analyses.test_cka import Indexed
 
 LAYERS = ["relu1", "conv2", "relu2", "fc"]

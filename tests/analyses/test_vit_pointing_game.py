@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
+from reportgen.analyses.explain import explain
 from reportgen.analyses.pointing import pointing_game
-from reportgen.attribution import explain
-from reportgen.layers import last_spatial_call
+from reportgen.model.layers import last_spatial_call
 
 N_IMAGES = 200
 CNN_GRADCAM = 0.965          # the demo CNN's Grad-CAM on the same images (reportgen/demo/train.py)

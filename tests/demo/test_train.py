@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,8 +19,7 @@ from torch import nn
 
 from reportgen.demo import held_out, is_complete, prepare_demo, shapes
 from reportgen.demo.net import ShapesNet
-from reportgen.demo.train import (TRAIN_THREADS, TrainConfig, channel_stats, deterministic_torch,
-                                  to_input, train)
+from reportgen.demo.train import TRAIN_THREADS, TrainConfig, channel_stats, deterministic_torch, to_input, train
 
 TINY = TrainConfig(n_train=128, n_val=32, epochs=2, batch_size=32)
 

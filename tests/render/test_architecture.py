@@ -13,7 +13,8 @@ import torchvision
 from torch import nn
 
 from reportgen.analyses.architecture import trace_graph
-from reportgen.render.architecture import layout, render_architecture
+from reportgen.render.architecture import graph_layout as layout
+from reportgen.render.architecture import render_architecture
 
 SVG_NS = "http://www.w3.org/2000/svg"
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import reportgen
-import reportgen.attribution
+import reportgen.analyses.explain
 from reportgen.analyses import faithfulness as fa
 from reportgen.cli import main
 from reportgen.sections.attribution import AttributionResult, CamSection, MethodResult
@@ -66,7 +66,7 @@ class TinyNet(nn.Module):
 '''
 
 
-def _build(spec: Path, tmp_path: Path) -> "reportgen.pipeline.Report":
+def _build(spec: Path, tmp_path: Path) -> "reportgen.commands.build.Report":
     return reportgen.build(spec, only=SECTIONS, cache_dir=tmp_path / "cache")
 
 
@@ -236,7 +236,7 @@ def test_a_value_error_inside_a_method_is_an_error_finding_not_a_note(tmp_path, 
     def broken(model, images, target=None, *, output_key=None):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setitem(reportgen.attribution._METHODS, "saliency", broken)
+    monkeypatch.setitem(reportgen.analyses.explain._METHODS, "saliency", broken)
     spec = make_project(tmp_path, GOOD + "sections:\n  gradients: {methods: [saliency, guided_backprop]}\n")
     assert main(["build", str(spec), "--quiet", "--only", "gradients", "--no-cache", "--fail-on", "error"]) == 3
     data = json.loads((tmp_path / "site" / "report.json").read_text())

@@ -1,13 +1,11 @@
 """The audit sections in a build: labelled dataset -> SPEC's keys; no labels -> said in place."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from reportgen.pipeline import build
+from reportgen.commands.build import build
 from tests.project import GOOD, make_project
 
 LABELLED = GOOD + """dataset:

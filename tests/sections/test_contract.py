@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reportgen
-from reportgen import docs
+from reportgen.commands import docs
 from reportgen.errors import NotApplicable, SpecError
 from reportgen.options import LayerName, Mapping, layer_option
 from reportgen.sections import base
@@ -24,7 +24,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_readme_option_tables_match_the_registry():
     block = docs.readme_block(README.read_text(encoding="utf-8"))
     assert block is not None, "README lost its generated options block"
-    assert block == docs.options_markdown(), "run: python -m reportgen.docs --write README.md"
+    assert block == docs.options_markdown(), "run: python -m reportgen.commands.docs --write README.md"
 
 
 def test_readme_block_check_can_fail():

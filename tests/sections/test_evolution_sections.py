@@ -74,7 +74,7 @@ def test_thresholds_come_from_the_spec(tmp_path):
     spec = project(tmp_path, explode_last=True)
     report = build(spec, tmp_path)
     # the findings schema may not list the new keys yet: set them the way resolve leaves them
-    loaded = reportgen.pipeline.load_spec(spec)
+    loaded = reportgen.commands.build.load_spec(spec)
     loaded["findings"].update(norm_growth=1000.0, regression_points=10.0)
     again = reportgen.build(loaded, only=ONLY, use_cache=False)
     assert {"weight-norm-explosion", "metric-regression"} <= {f["id"] for f in report.findings}

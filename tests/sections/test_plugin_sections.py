@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen import docs
 from reportgen.cli import main
+from reportgen.commands import docs
 from reportgen.errors import NotApplicable
 from reportgen.sections import base
 from reportgen.sections.registry import PluginError, findings_options, load_plugins, registry
@@ -211,7 +211,7 @@ def test_broken_plugin_is_a_plugin_error_naming_its_entry_point(tmp_path, capsys
 
 def test_editing_the_plugin_module_invalidates_its_cached_section(tmp_path):
     """The cache key holds the plugin module's digest: reportgen's version does not cover its code."""
-    from reportgen.pipeline import _plugin_code
+    from reportgen.commands.build import _plugin_code
     from reportgen.sections.registry import registry as reg
 
     with plugin_on_path(install_plugin(tmp_path)):   # its own copy: this test edits it

@@ -5,13 +5,9 @@ import pickle
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from reportgen.cli import main
-
 from tests.project import GOOD, make_project
 
 

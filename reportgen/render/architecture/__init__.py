@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from reportgen.analyses.architecture import ArchGraph
-from reportgen.render.architecture.layout import lay_out, pick_engine
+from reportgen.render.architecture.graph_layout import lay_out, pick_engine
 from reportgen.render.architecture.svg import draw_view
 from reportgen.render.architecture.view import View, build_views
 

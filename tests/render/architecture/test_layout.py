@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from reportgen.analyses.architecture import trace_graph
-from reportgen.render.architecture import layout, render_architecture
-from reportgen.render.architecture.view import View, VEdge, VNode
+from reportgen.render.architecture import graph_layout as layout
+from reportgen.render.architecture import render_architecture
+from reportgen.render.architecture.view import VEdge, View, VNode
 
 
 def _stack_depth() -> int:

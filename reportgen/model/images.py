@@ -248,7 +248,7 @@ def center_crop_image(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
 # --------------------------------------------------------------------------- listing
 
 def _natural_key(s: Union[str, Path]) -> Tuple:
-    from reportgen.checkpoints import natural_key
+    from reportgen.model.checkpoints import natural_key
 
     return natural_key(s)
 

@@ -1,7 +1,7 @@
 """Looking a module up by its dotted name, with the close matches when there is none.
 
-The bottom of the model-touching helpers: ``reportgen.hooks`` (recorders) and
-``reportgen.layers`` (automatic picks) both import it, and it imports neither.
+The bottom of the model-touching helpers: ``reportgen.model.hooks`` (recorders) and
+``reportgen.model.layers`` (automatic picks) both import it, and it imports neither.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ cost in image passes (:class:`Cost`: forward passes, and forward+backward
 passes). A setting written in the spec is a knob of one value: it is honoured
 as is, and its cost still counts. :func:`plan` turns the knobs, a
 :class:`Throughput` (seconds per image pass, measured on the real model and
-input size by ``reportgen.analyses.throughput``) and the budget into choices:
+input size by ``reportgen.engine.throughput``) and the budget into choices:
 
 1. every knob starts at its best value;
 2. while the estimate exceeds the time left for sections, the knob whose current

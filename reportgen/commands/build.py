@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import sys
 import time
@@ -19,11 +20,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from reportgen import __version__, planning
-from reportgen.analyses import budget as bud
-from reportgen.analyses.throughput import cpu_threads
-from reportgen.baseline import SEVERITIES, diff_findings, load_baseline
+from reportgen import __version__
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
+from reportgen.commands import planning
+from reportgen.commands.baseline import SEVERITIES, diff_findings, load_baseline
+from reportgen.engine import budget as bud
+from reportgen.engine.throughput import cpu_threads
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.paths import public_path, public_text
 from reportgen.progress import Progress
@@ -61,19 +63,16 @@ class Report:
 
     def __repr__(self) -> str:
         """One line for a console (the dataclass default would print every result array)."""
-        from reportgen.publish import finding_counts
+        from reportgen.commands.publish import finding_counts
 
         counts = finding_counts(self.findings)
         found = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]) or "no findings"
         return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
 
     def _title(self) -> str:
-        from reportgen.publish import title_of
+        from reportgen.commands.publish import title_of
 
         return title_of(self.data)
-
-    def worst_severity(self) -> Optional[str]:
-        return max((f["severity"] for f in self.findings), key=SEVERITIES.index, default=None)
 
 
 def _out_dir(spec: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
@@ -96,7 +95,7 @@ def cache_inputs_key(res: Resolved) -> str:
         found = importlib.util.find_spec(module)
         if found is not None and found.origin and os.path.isfile(found.origin):
             model_src["factory_digest"] = file_digest(Path(found.origin))
-        from reportgen.models import user_module_digests
+        from reportgen.model.loading import user_module_digests
 
         model_src["factory_modules"] = user_module_digests(module, spec.base_dir)
     if model_src.get("timm"):
@@ -286,7 +285,7 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     progress.log(f"reportgen: checking {spec.file}")
     res = resolve(spec, device)
     if audit_pass is not None:
-        from reportgen.sections.audit import load_checked_audit_pass, use_audit_pass
+        from reportgen.sections.audit import use_audit_pass
 
         use_audit_pass(res.model, load_checked_audit_pass(audit_pass, res))
     target_dir = _out_dir(spec, out_dir)
@@ -404,7 +403,7 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
     else:   # nothing to choose (e.g. --only summary): no pass is spent on timing
         rate, measure_s = bud.Throughput(0.0, 0.0, 0, ctx.device.type, "not measured"), 0.0
     ctx.plan = bud.plan(needs, rate, seconds)
-    page_bytes = int(spec["output"]["page_budget"] * 1e6)
+    page_bytes = int(spec["output"]["page_budget_mb"] * 1e6)
     ctx.page_shares = planning.page_shares(sections, ctx, page_bytes)
     for line in ctx.plan.long:
         planning.warn(line)
@@ -419,3 +418,50 @@ def _plan(ctx: BuildContext, spec: Spec, names: Sequence[str], budget: Union[Non
                  f"{bud.duration(ctx.plan.planned_s)} of section work")
     return {"source": source, "measure_s": measure_s, "page_bytes": page_bytes,
             "threads": planning.section_threads(ctx, macs)}
+
+
+# --------------------------------------------------------------------------- a sharded audit pass, read back
+
+def audit_plan(ctx: BuildContext) -> Dict[str, Any]:
+    """What the sharded pass computes for this spec: the robustness section's options at their best
+    (no budget: sharding is how a build affords them), the mistakes kept and the calibration bins."""
+    from reportgen.analyses.calibration import BINS
+    from reportgen.sections.audit import MISTAKES_KEPT
+    from reportgen.sections.robustness import JUDGED_SEVERITY, RobustnessSection
+
+    section = RobustnessSection(ctx.spec["sections"].get("robustness") or {})
+    best = section._ladder(ctx, section.options)[0]
+    return {"corruptions": list(section.options["corruptions"]),
+            "severities": sorted(set(int(s) for s in best["severities"])), "images": int(best["images"]),
+            "example_severity": JUDGED_SEVERITY, "keep": MISTAKES_KEPT, "bins": BINS}
+
+
+def audit_pass_header(res: Any, ctx: BuildContext) -> Dict[str, str]:
+    """What a saved audit pass was computed on: the model's inputs (weights, images, preprocessing,
+    device, versions) and the plan."""
+    from reportgen import __version__
+
+    return {"kind": "audit-pass", "version": __version__, "inputs": cache_inputs_key(res),
+            "plan": json.dumps(audit_plan(ctx), sort_keys=True)}
+
+
+def load_checked_audit_pass(path: Any, res: Any) -> Any:
+    """A saved audit pass, refused (exit 2) unless it was computed on exactly this model, inputs and plan."""
+    from reportgen.analyses.audit_pass import load_audit_pass
+    from reportgen.errors import InputError
+    from reportgen.report import validate_audit_pass_header
+
+    try:
+        result, header = load_audit_pass(path)
+    except ValueError as e:
+        raise InputError(str(e).replace(f"{path} ", "", 1), path) from None
+    validate_audit_pass_header(header, path)
+    want = audit_pass_header(res, make_context(res))
+    stale = [what for key, what in (("inputs", "the model or its inputs: weights, images, preprocessing, device"),
+                                    ("version", "reportgen's version"),
+                                    ("plan", "the robustness options"))
+             if header.get(key) != want[key]]
+    if stale:
+        raise InputError(f"the audit pass was computed on other inputs ({'; '.join(stale)} changed since); "
+                         "rerun `torchrun ... -m reportgen.distributed audit` or drop --audit-pass", path)
+    return result

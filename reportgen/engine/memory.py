@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from reportgen.hooks import record_calls
+from reportgen.model.hooks import record_calls
 
 
 def nbytes(v: Any) -> int:

@@ -335,7 +335,7 @@ def detect(calls: Sequence[Any], model: Optional[nn.Module], input_hw: Sequence[
            batch: int) -> List[Optional[Layout]]:
     """One Layout (or None) per recorded call, in the calls' order (see the module docstring).
 
-    ``calls`` are ``reportgen.hooks.Call`` records of one forward pass of
+    ``calls`` are ``reportgen.model.hooks.Call`` records of one forward pass of
     ``batch`` images of ``input_hw`` (H, W): name, module, inputs, output.
     """
     modules = dict(model.named_modules()) if model is not None else {}

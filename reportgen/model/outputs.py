@@ -24,7 +24,7 @@ def select_output(out: Any, key: OutputKey) -> torch.Tensor:
             return out[0]
         if isinstance(out, dict) and "logits" in out:
             return out["logits"]
-        if hasattr(out, "logits") and torch.is_tensor(getattr(out, "logits")):
+        if hasattr(out, "logits") and torch.is_tensor(out.logits):
             return out.logits
         raise ValueError(
             f"the model returned {type(out).__name__}, not a tensor; set model.output to the "

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
-from reportgen.baseline import SEVERITIES, order
-from reportgen.publish import default_id, finding_counts, key_metrics, title_of
+from reportgen.commands.baseline import SEVERITIES, order
+from reportgen.commands.publish import default_id, finding_counts, key_metrics, title_of
 from reportgen.report import KINDS, check_id, is_id
 
 GITHUB_LIMIT = 65_536

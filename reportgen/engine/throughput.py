@@ -1,7 +1,7 @@
 """How fast this machine runs this model: seconds per image, forward and forward + backward.
 
 Measured once at the start of a build on the real input size (the first probe,
-repeated), so the budget planner (``reportgen.analyses.budget``) can price
+repeated), so the budget planner (``reportgen.engine.budget``) can price
 every setting in seconds. Cheap by construction: one warm-up pass of one
 image, then one forward and one forward + backward pass of a small batch
 whose size is picked from the warm-up so the whole measurement stays near
@@ -27,9 +27,9 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from reportgen.analyses.budget import BACKWARD_RATIO, Throughput
-from reportgen.hooks import eval_mode
-from reportgen.outputs import OutputKey, select_output
+from reportgen.engine.budget import BACKWARD_RATIO, Throughput
+from reportgen.model.hooks import eval_mode
+from reportgen.model.outputs import OutputKey, select_output
 
 MEASURE_FRACTION = 0.02     # of the budget, for the timed batch passes (the warm-up comes on top)
 MAX_BATCH = 8

@@ -40,8 +40,18 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from reportgen import __version__, atomic
 from reportgen.errors import InputError
-from reportgen.report import (MAX_PAGE_BYTES, SEVERITIES, check_id, is_digest, loads, manifest_text,
-                              read_manifest, read_regular, sha256_hex, validate_report)
+from reportgen.report import (
+    MAX_PAGE_BYTES,
+    SEVERITIES,
+    check_id,
+    is_digest,
+    loads,
+    manifest_text,
+    read_manifest,
+    read_regular,
+    sha256_hex,
+    validate_report,
+)
 
 REPORT_FILES = ("index.html", "report.json")
 STAGE_PREFIX = ".stage."        # a folder being written, not yet swapped in

@@ -1,8 +1,8 @@
 """The build's budget plan: measure the machine, price every section, choose, and account.
 
-``reportgen.analyses.budget`` holds the pure part (costs and choices); this
+``reportgen.engine.budget`` holds the pure part (costs and choices); this
 module does what touches the build: it times the model
-(``reportgen.analyses.throughput``), keeps that measurement stable across
+(``reportgen.engine.throughput``), keeps that measurement stable across
 rebuilds (the cache folder holds the last one), asks each section what it will
 cost (``Section.budget``) and how heavy its pictures are (``Section.page_bytes``),
 and writes the caption sentence and the report.json entries that say what
@@ -17,9 +17,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from reportgen.analyses import budget as bud
-from reportgen.analyses import throughput as tp
 from reportgen.cache import digest_of
+from reportgen.engine import budget as bud
+from reportgen.engine import throughput as tp
 from reportgen.errors import NotApplicable, SpecError
 
 # How the caption names an option (section-specific names first).
@@ -32,7 +32,7 @@ def budget_seconds(spec: Any, override: Union[None, float, str], device: torch.d
     """The time budget (seconds) and where it came from: --budget, the spec, or the device's default."""
     if override is not None and override != "auto":
         return float(override), "--budget"
-    value = spec.get("budget", "auto") if override is None else "auto"
+    value = spec.get("budget_s", "auto") if override is None else "auto"
     if value != "auto":
         return float(value), "spec"
     kind = "cuda" if device.type == "cuda" else "cpu"

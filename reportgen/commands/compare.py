@@ -25,12 +25,20 @@ import numpy as np
 import torch
 
 from reportgen import __version__
-from reportgen.baseline import diff_findings
+from reportgen.commands.baseline import diff_findings
+from reportgen.commands.build import (
+    Progress,
+    Report,
+    audit_inputs_digest,
+    compute_sections,
+    own_random_state,
+    plan_sections,
+    selected_sections,
+    warn_if_heavy,
+)
+from reportgen.commands.compare_audit import audit_json, audit_sentences
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
-from reportgen.comparison_audit import audit_json, audit_sentences
-from reportgen.pipeline import (Progress, Report, audit_inputs_digest, own_random_state, selected_sections,
-                                compute_sections, plan_sections, warn_if_heavy)
 from reportgen.report import write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
@@ -92,7 +100,7 @@ def _out_dir(new: Spec, out_dir: Optional[Union[str, Path]]) -> Path:
 def cka_layers(res: Resolved) -> List[str]:
     """The first convolution, the last layer of each resolution stage, and the classifier."""
     from reportgen.analyses.activations import stage_layers
-    from reportgen.layers import first_conv
+    from reportgen.model.layers import first_conv
 
     example = res.probes[0].tensor[None].to(res.device) if res.probes else \
         torch.zeros((1, *res.input_size), device=res.device)
@@ -110,7 +118,7 @@ def cka_layers(res: Resolved) -> List[str]:
 
 def execution_order(res: Resolved) -> List[str]:
     """Module names in the order their calls finish (a container after its children), first call each."""
-    from reportgen.hooks import record_calls
+    from reportgen.model.hooks import record_calls
 
     example = res.probes[0].tensor[None].to(res.device) if res.probes else \
         torch.zeros((1, *res.input_size), device=res.device)
@@ -145,7 +153,7 @@ def compare_dataset(new: Resolved) -> Tuple[Any, np.ndarray, Dict[str, Any]]:
 def units_plan(base: Resolved, new: Resolved, layers: Sequence[str]) -> Optional[Any]:
     """Which CKA layers the units track: those whose output is a plain (N, C, H, W) map in both."""
     from reportgen.analyses.units import UnitsPlan
-    from reportgen.layers import layer_layouts
+    from reportgen.model.layers import layer_layouts
 
     def layouts(res: Resolved) -> Dict[str, Any]:
         example = res.probes[0].tensor[None].to(res.device) if res.probes else \
@@ -369,7 +377,7 @@ def resolve_pair(base_src: SpecSource, new_src: SpecSource, device: Optional[str
 
 def one_plan(base: Resolved, new: Resolved) -> bool:
     """Both sides run one plan: the same architecture on the same input size and device."""
-    from reportgen.planning import architecture
+    from reportgen.commands.planning import architecture
 
     return (base.input_size == new.input_size and base.device == new.device
             and architecture(base.model) == architecture(new.model))
@@ -377,7 +385,7 @@ def one_plan(base: Resolved, new: Resolved) -> bool:
 
 def pass_header(base: Resolved, new: Resolved) -> Dict[str, Any]:
     """What a saved dataset pass was computed on: both models' inputs (weights, images, preprocessing)."""
-    from reportgen.pipeline import cache_inputs_key
+    from reportgen.commands.build import cache_inputs_key
 
     return {"kind": "compare-pass", "version": __version__, "base_inputs": cache_inputs_key(base),
             "new_inputs": cache_inputs_key(new), "base_spec": str(base.spec.file), "new_spec": str(new.spec.file)}

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 from torch import nn
 
-from reportgen.layer_lookup import get_layer
+from reportgen.model.layer_lookup import get_layer
 
 
 @contextlib.contextmanager

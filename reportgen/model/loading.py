@@ -21,8 +21,6 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-DEFAULT_INPUT_SIZE = (3, 224, 224)
-
 # torchvision builders whose architecture needs a minimum input size or a fixed one.
 _MIN_SIDE = {"inception_v3": 75, "googlenet": 15}
 

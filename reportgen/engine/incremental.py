@@ -12,7 +12,7 @@ what a full forward pass would give (up to float summation order).
 The model is traced with torch.fx, so the engine sees the real data flow
 (residual adds included) instead of guessing it from module order. Nodes are
 classified once per input size into a *plan*, from their kind in
-``reportgen.analyses.fxops``:
+``reportgen.model.fxops``:
 
 * ``geom``: Conv2d / MaxPool2d / AvgPool2d with zero padding semantics we can
   reproduce (rectangles grow);
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reportgen.analyses import fxops
-from reportgen.analyses.memory import nbytes, on_meta, peak_estimate
+from reportgen.engine.memory import nbytes, on_meta, peak_estimate
+from reportgen.model import fxops
 
 # Geom ops whose uniform rectangle covers at least this fraction of their
 # output map are computed densely. Krypton uses a similar threshold (tau):
@@ -51,7 +51,7 @@ from reportgen.analyses.memory import nbytes, on_meta, peak_estimate
 # tuned on wall time (the shared benchmark machine was too noisy to separate them).
 DENSE_FRACTION = 0.6
 
-# node kinds (reportgen.analyses.fxops) whose output pixel depends only on the same
+# node kinds (reportgen.model.fxops) whose output pixel depends only on the same
 # input pixel: a changed rectangle stays that rectangle
 _PER_PIXEL = (fxops.POINTWISE, fxops.NORM)
 _TRAINING_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.RReLU, nn.modules.batchnorm._BatchNorm)

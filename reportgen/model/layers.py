@@ -1,7 +1,7 @@
 """Finding layers by dotted name, and picking sensible ones automatically.
 
 Which outputs are feature maps, and how they are laid out (channels-first,
-channels-last, token sequences), is decided by ``reportgen.analyses.layout``
+channels-last, token sequences), is decided by ``reportgen.model.layout``
 on one recorded forward pass (:func:`call_layouts`); every automatic choice
 here reads that one decision.
 """
@@ -12,11 +12,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 import torch
 from torch import nn
 
-from reportgen.analyses.layout import AUTO, Layout, detect, infer, known_grids
 from reportgen.errors import MethodNotApplicable
-from reportgen.hooks import Call, hooks, record_calls
-from reportgen.layer_lookup import get_layer, layer_names
-from reportgen.outputs import select_output
+from reportgen.model.hooks import Call, hooks, record_calls
+from reportgen.model.layer_lookup import get_layer, layer_names
+from reportgen.model.layout import AUTO, Layout, detect, infer, known_grids
+from reportgen.model.outputs import select_output
 
 __all__ = ["layer_names", "get_layer", "first_conv", "output_shapes", "call_layouts", "spatial_calls",
            "layer_layouts", "last_spatial_layer", "last_spatial_call"]
@@ -58,7 +58,7 @@ def _pickable(call: Call, layout: Optional[Layout]) -> bool:
 
 def spatial_calls(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, Tuple[int, int]]]:
     """(name, (h, w)) of every module call, in execution order, whose output is a feature map
-    with h*w > 1: (N, C, H, W), or channels-last or tokens read as one (``reportgen.analyses.layout``),
+    with h*w > 1: (N, C, H, W), or channels-last or tokens read as one (``reportgen.model.layout``),
     attention internals left out. A module called twice appears twice."""
     return [(c.name, lay.grid) for c, lay in call_layouts(model, example) if _pickable(c, lay)]
 
@@ -158,7 +158,7 @@ def score_dependent(model: nn.Module, example: torch.Tensor, layouts: Mapping[st
                     output_key: Any = None) -> Set[str]:
     """The layers among ``layouts`` whose map (grid positions only) the top class score has a
     nonzero gradient on, for ``example``; one forward and one backward pass, in eval mode."""
-    from reportgen.hooks import eval_mode
+    from reportgen.model.hooks import eval_mode
 
     outs: List[Tuple[str, torch.Tensor]] = []
 

@@ -20,9 +20,9 @@ from torch import nn
 
 from reportgen.analyses import cam as _cam
 from reportgen.analyses import gradients as _grad
-from reportgen.hooks import eval_mode
-from reportgen.layers import get_layer
-from reportgen.models import model_device
+from reportgen.model.hooks import eval_mode
+from reportgen.model.layers import get_layer
+from reportgen.model.loading import model_device
 
 Method = Callable[..., Any]
 
