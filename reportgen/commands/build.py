@@ -318,7 +318,7 @@ def warn_if_heavy(size: Dict[str, Any]) -> None:
     names = ", ".join(f"{n} {b / 2**20:.1f} MB" for n, b in heavy)
     planning.warn(f"reportgen: warning: index.html is {size['bytes'] / 2**20:.1f} MB, over "
                   f"{SIZE_WARNING_BYTES // 2**20} MB (a site of many such reports gets slow to load and to "
-                  f"clone); heaviest sections: {names}. To shrink it see the README, \"Keeping reports small\" "
+                  f"clone); heaviest sections: {names}. To shrink it see docs/publishing.md, \"Keeping reports small\" "
                   "(--only, fewer probes, smaller section options).")
 
 

@@ -576,7 +576,9 @@ class OcclusionSection(AttributionSection):
                           expected="mean, zero, grey, blur or a number",
                           doc="what fills the occluder: the image's mean colour, zeros in input space, "
                               "mid-grey, a blurred copy, or a number"),
-        "target": Choice(["predicted"], default="predicted", doc="the class whose probability drop is drawn"),
+        "target": Choice(["predicted"], default="predicted",
+                         doc="kept so old specs validate; occlusion draws the probe's own target "
+                             "(probes.targets), like the other methods"),
         "incremental": Choice([False, True, AUTO], default=AUTO,
                               doc="recompute only what each occluder changes (exact): true, false or auto "
                                   "(when it saves work)"),
