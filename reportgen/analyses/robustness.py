@@ -26,6 +26,7 @@ from reportgen.analyses import corruptions as cr
 from reportgen.analyses.agreement import top1
 from reportgen.analyses.topk import ImageDataset, make_loader
 from reportgen.model.hooks import eval_mode
+from reportgen.model.images import shrink_to
 from reportgen.model.loading import model_device
 from reportgen.model.outputs import OutputKey, select_output
 
@@ -162,17 +163,6 @@ def robustness_pass(model: nn.Module, images: ImageDataset, labels: Sequence[int
                         pic = (bad[j].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
                         examples[name] = {"index": int(index[j]), "corruption": name, "severity": int(sev),
                                           "clean": int(clean[j]), "corrupted": int(pred[j]),
-                                          "label": int(lab[j]), "picture": _thumb(pic)}
+                                          "label": int(lab[j]), "picture": shrink_to(pic, THUMB)}
     return RobustnessResult(tuple(corruptions), tuple(int(s) for s in severities), seen, labelled, clean_correct,
                             correct.numpy(), flips.numpy(), [examples[c] for c in corruptions if c in examples])
-
-
-def _thumb(pic: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    h, w = pic.shape[:2]
-    if max(h, w) <= THUMB:
-        return pic
-    scale = THUMB / max(h, w)
-    return np.asarray(Image.fromarray(pic).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                  Image.BILINEAR))

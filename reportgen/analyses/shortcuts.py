@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from reportgen.analyses.agreement import top1
 from reportgen.analyses.gradients import class_scores
 from reportgen.model.hooks import eval_mode
+from reportgen.model.images import shrink_to
 
 GRID = 8                 # pooled map side
 MAX_CLUSTERS = 4         # k <= 4 from the eigengap
@@ -327,7 +328,7 @@ def class_maps(load: Callable[[int], Tuple[torch.Tensor, np.ndarray]], indices: 
         part = normalized(maps).sum(axis=0)
         total = part if total is None else total + part
         for (_, display), m in zip(loaded, maps):
-            small = _thumb(display, thumb)
+            small = shrink_to(display, thumb)
             thumbs.append(small)
             tmaps.append(_scaled(F.adaptive_avg_pool2d(torch.from_numpy(m)[None, None], small.shape[:2])[0, 0]
                                  .numpy()).astype(np.float16))
@@ -337,19 +338,6 @@ def class_maps(load: Callable[[int], Tuple[torch.Tensor, np.ndarray]], indices: 
                      np.concatenate(border) if border else np.zeros(0),
                      np.stack(thumbs) if thumbs else np.zeros((0, 1, 1, 3), np.uint8),
                      np.stack(tmaps) if tmaps else np.zeros((0, 1, 1), np.float16))
-
-
-def _thumb(display: np.ndarray, side: int) -> np.ndarray:
-    img = np.asarray(display, dtype=np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    h, w = img.shape[:2]
-    if max(h, w) <= side:
-        return img
-    from PIL import Image
-    scale = side / max(h, w)
-    return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                  Image.BILINEAR))
 
 
 def _scaled(m: np.ndarray) -> np.ndarray:

@@ -387,3 +387,17 @@ def _rank(path: Path, root: Path, seed: int) -> Tuple[str, str]:
     except ValueError:
         rel = path.as_posix()
     return hashlib.sha256(f"{seed}:{rel}".encode("utf-8")).hexdigest(), rel
+
+
+def shrink_to(display: np.ndarray, side: int) -> np.ndarray:
+    """An RGB uint8 picture whose longer side is at most ``side`` (bilinear, aspect kept, never
+    enlarged): what a section keeps of an image it shows small, so memory stays flat in dataset size."""
+    img = np.asarray(display, dtype=np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    h, w = img.shape[:2]
+    if max(h, w) <= side:
+        return img
+    scale = side / max(h, w)
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                  Image.BILINEAR))
