@@ -102,8 +102,7 @@ def write_pair(out_dir: Path, page: str, data: Dict[str, Any]) -> Tuple[Path, Pa
     if not target.exists():
         _create_folder(target, files)
     elif not _swap_folder(target, files):
-        for name, content in files.items():
-            atomic_write_bytes(target / name, content)
+        _write_one_by_one(target, files)
     return out_dir / "index.html", out_dir / "report.json"
 
 
@@ -120,8 +119,13 @@ def _create_folder(target: Path, files: Dict[str, bytes]) -> None:
     except OSError:
         shutil.rmtree(stage, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            atomic_write_bytes(target / name, content)
+        _write_one_by_one(target, files)
+
+
+def _write_one_by_one(target: Path, files: Dict[str, bytes]) -> None:
+    """The fallback without an atomic folder exchange: each file by rename, in ``files``' order."""
+    for name, content in files.items():
+        atomic_write_bytes(target / name, content)
 
 
 def _swap_folder(target: Path, files: Dict[str, bytes]) -> bool:
@@ -140,9 +144,7 @@ def _swap_folder(target: Path, files: Dict[str, bytes]) -> bool:
                 _link_or_copy(src, dst)
         atomic.write_files(stage, files)
         shutil.copystat(target, stage)
-        if not atomic.exchange(stage, target):
-            return False
-        return True
+        return atomic.exchange(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)   # after the exchange: the old folder
 
@@ -171,8 +173,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
 
 
 # --------------------------------------------------------------------------- reading
@@ -356,7 +356,13 @@ def read_report(path: PathLike, role: str = "report") -> Dict[str, Any]:
     p = report_path(path)
     if not os.path.lexists(p):
         raise InputError(f"{role} report not found (give a report.json or the folder that holds it)", p)
-    return validate_report(read_json_file(p, role), role, p)
+    return read_report_file(p, role)[1]
+
+
+def read_report_file(path: Path, role: str) -> Tuple[bytes, Dict[str, Any]]:
+    """(the file's bytes, its validated report): publish copies exactly the bytes it validated."""
+    raw = read_regular(path, role)
+    return raw, validate_report(loads(raw, role, path), role, path)
 
 
 # --------------------------------------------------------------------------- the manifest

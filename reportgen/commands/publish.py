@@ -45,12 +45,11 @@ from reportgen.report import (
     SEVERITIES,
     check_id,
     is_digest,
-    loads,
     manifest_text,
     read_manifest,
     read_regular,
+    read_report_file,
     sha256_hex,
-    validate_report,
 )
 
 REPORT_FILES = ("index.html", "report.json")
@@ -182,9 +181,7 @@ def read_report_dir(path: PathLike) -> Source:
     if not folder.is_dir():
         raise InputError("not a report folder (publish takes the folders `reportgen build` or "
                          "`reportgen compare` wrote)", folder)
-    raw = read_regular(folder / "report.json", "report.json")
-    data = validate_report(loads(raw, "report.json", folder / "report.json"), "report.json",
-                           folder / "report.json")
+    raw, data = read_report_file(folder / "report.json", "report.json")
     page = read_regular(folder / "index.html", "the report's index.html", MAX_PAGE_BYTES)
     if data.get("page_sha256") and sha256_hex(page) != data["page_sha256"]:
         raise InputError("index.html is not the page this report.json was written with (an interrupted "
