@@ -88,7 +88,7 @@ def cache_inputs_key(res: Resolved) -> str:
     spec = res.spec
     model_src: Dict[str, Any] = dict(spec["model"])
     if model_src.get("torchscript"):
-        model_src["torchscript_digest"] = file_digest(spec.path(model_src["torchscript"]))
+        model_src["torchscript_digest"] = res.file_digest(spec.path(model_src["torchscript"]))
     if model_src.get("factory"):
         import importlib.util
         module = model_src["factory"].split(":")[0]
@@ -105,10 +105,10 @@ def cache_inputs_key(res: Resolved) -> str:
     parts = {
         "version": __version__, "torch": torch.__version__, "device": res.device.type,
         "model": model_src, "seed": spec["seed"], "preprocess": spec["preprocess"],
-        "checkpoints": [(c.label, file_digest(c.path)) for c in res.checkpoints],
+        "checkpoints": [(c.label, res.file_digest(c.path)) for c in res.checkpoints],
         "checkpoint_weights": spec["checkpoint_weights"],
         "audit": res.audit_index,
-        "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
+        "probes": [(p.name, res.file_digest(p.path), p.target) for p in res.probes],
         "classes": res.classes,
         "dataset": [(str(p), c, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, c in res.dataset],
         "metrics": _path_digest(res.metrics_path),
@@ -127,12 +127,12 @@ def audit_inputs_digest(res: Resolved) -> str:
     """
     spec = res.spec
     audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
-    weights = file_digest(audit.path) if audit is not None else None
+    weights = res.file_digest(audit.path) if audit is not None else None
     if spec["model"].get("torchscript"):
-        weights = [weights, file_digest(spec.path(spec["model"]["torchscript"]))]
+        weights = [weights, res.file_digest(spec.path(spec["model"]["torchscript"]))]
     return digest_of({
         "spec": spec.digest, "weights": weights, "checkpoint_weights": spec["checkpoint_weights"],
-        "probes": [(p.name, file_digest(p.path), p.target) for p in res.probes],
+        "probes": [(p.name, res.file_digest(p.path), p.target) for p in res.probes],
         "dataset": [(public_path(p, spec.base_dir), c) for p, c in res.dataset],
         "preprocess": spec["preprocess"], "input_size": list(res.input_size),
     })

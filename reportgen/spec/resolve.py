@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from reportgen.cache import file_digest
 from reportgen.errors import InputError, SpecError
 from reportgen.model.loading import ModelError, build_model, input_size, pick_device
 from reportgen.model.outputs import select_output
@@ -43,6 +44,15 @@ class Resolved:
     notes: List[str] = field(default_factory=list)
     # per preprocessing key (and model.input_size): "spec", "default" or "timm pretrained_cfg"
     preprocess_source: Dict[str, str] = field(default_factory=dict)
+    _digests: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def file_digest(self, path: Path) -> str:
+        """A file's sha256, hashed once per build: the cache key and report.json's inputs_digest
+        both read the checkpoints' and probes' bytes, and checkpoints are big."""
+        key = str(path)
+        if key not in self._digests:
+            self._digests[key] = file_digest(path)
+        return self._digests[key]
 
     def model_at(self, index: int) -> nn.Module:
         """A copy of the model with checkpoint ``index``'s weights (for evolution)."""
