@@ -257,15 +257,21 @@ def _attempt(reports_root: Path, site: Path, run) -> None:
     assert _snapshot(reports_root, site) == before_rest
 
 
+def _mutated(src: Path, root: Path, mutate) -> Path:
+    """A copy of report folder ``src`` whose report.json went through ``mutate(data)``."""
+    folder = variant(src, root / "r")
+    data = json.loads((folder / "report.json").read_text())
+    mutate(data)
+    (folder / "report.json").write_text(json.dumps(data))
+    return folder
+
+
 @PROPERTY
 @given(key=st.sampled_from(KEYS), value=JSON)
 def test_property_any_report_json_publishes_consistently_or_is_exit_2(reports, key, value):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folder = variant(reports.builds[1], root / "r")
-        data = json.loads((folder / "report.json").read_text())
-        data[key] = value
-        (folder / "report.json").write_text(json.dumps(data))
+        folder = _mutated(reports.builds[1], root, lambda data: data.update({key: value}))
         site = root / "site"
         publish([reports.builds[0]], site)
         _attempt(root, site, lambda: publish([folder], site))
@@ -276,10 +282,7 @@ def test_property_any_report_json_publishes_consistently_or_is_exit_2(reports, k
 def test_property_any_finding_publishes_consistently_or_is_exit_2(reports, key, value):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folder = variant(reports.builds[2], root / "r")
-        data = json.loads((folder / "report.json").read_text())
-        data["findings"][0][key] = value
-        (folder / "report.json").write_text(json.dumps(data))
+        folder = _mutated(reports.builds[2], root, lambda data: data["findings"][0].update({key: value}))
         _attempt(root, root / "site", lambda: publish([folder], root / "site"))
 
 
