@@ -283,16 +283,6 @@ def fisher_greater(a: int, n1: int, b: int, n2: int) -> float:
     return float(min(1.0, num / denom))
 
 
-def wilson(k: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
-    """Wilson score interval of a proportion k/n (95 % by default); (0, 1) when n = 0."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 # --------------------------------------------------------------------------- one pass over a class
 
 Attribute = Callable[[torch.Tensor, List[int]], np.ndarray]

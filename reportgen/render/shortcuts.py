@@ -132,8 +132,9 @@ def bars_svg(rows: Sequence[Tuple[str, float, Tuple[float, float]]], width: int 
 def render_shortcuts(result: Any, classes: Sequence[str], seen: Callable[[Any, Any], bool],
                      proven: Callable[[Any, Any], bool], small: bool) -> Dict[str, Any]:
     """The section's view: overview of mean maps, then per class its spectrum and clusters."""
+    from reportgen.analyses.confusion import wilson
     from reportgen.analyses.faithfulness import border_area_share, border_flag
-    from reportgen.analyses.shortcuts import to_fractions, wilson
+    from reportgen.analyses.shortcuts import to_fractions
 
     h, w = result.input_size
     overview, class_views, proven_names, seen_names = [], [], [], []

@@ -21,6 +21,7 @@ import numpy as np
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses import shortcuts as sc
 from reportgen.analyses.agreement import folder_labels
+from reportgen.analyses.confusion import wilson
 from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
 from reportgen.options import Choice, Float, Int, auto_or, layer, layout
@@ -217,8 +218,8 @@ class ShortcutsSection(Section):
             clusters = []
             for cl in ca.clusters:
                 grid = cl.mean_map.shape
-                lo, hi = sc.wilson(cl.transplant_flips, cl.transplanted)
-                clo, chi = sc.wilson(cl.control_flips, cl.transplanted)
+                lo, hi = wilson(cl.transplant_flips, cl.transplanted)
+                clo, chi = wilson(cl.control_flips, cl.transplanted)
                 clusters.append({
                     "size": int(len(cl.members)), "region": _box(cl.region, grid),
                     "mass_in_region": _r(cl.mass_in_region), "location_spread": _r(cl.location_spread),

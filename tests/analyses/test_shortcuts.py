@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from reportgen.analyses import shortcuts as sc
+from reportgen.analyses.confusion import wilson
 
 
 def test_pooled_maps_sum_to_one_and_keep_the_place():
@@ -29,10 +30,10 @@ def test_fisher_one_sided_matches_the_hypergeometric_tail():
 
 
 def test_wilson_interval():
-    lo, hi = sc.wilson(5, 10)
+    lo, hi = wilson(5, 10)
     assert (lo, hi) == (pytest.approx(0.236593, abs=1e-6), pytest.approx(0.763407, abs=1e-6))
-    assert sc.wilson(0, 20)[0] == 0.0 and sc.wilson(20, 20)[1] == 1.0
-    assert sc.wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+    assert wilson(0, 0) == (0.0, 1.0)
 
 
 def test_spray_finds_three_groups_from_the_eigengap():
