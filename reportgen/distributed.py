@@ -70,7 +70,7 @@ def _audit(args: argparse.Namespace, device: torch.device) -> int:
     from reportgen.analyses.audit_pass import distributed_audit_pass, save_audit_pass
     from reportgen.commands.build import audit_pass_header, audit_plan, make_context
     from reportgen.sections.audit import dataset_labels
-    from reportgen.sections.topk import dataset_for
+    from reportgen.sections.dataset_pass import dataset_for
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
 
@@ -112,7 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from reportgen.errors import ReportgenError
     from reportgen.model.layers import layer_layouts
     from reportgen.sections.base import BuildContext
-    from reportgen.sections.topk import TopKSection, choose_layers, dataset_for
+    from reportgen.sections.dataset_pass import dataset_for
+    from reportgen.sections.topk import TopKSection, choose_layers
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
 

@@ -45,7 +45,7 @@ def _one_process(spec: Path):
     from reportgen.analyses import robustness as rb
     from reportgen.commands.build import audit_plan, make_context
     from reportgen.sections.audit import dataset_labels
-    from reportgen.sections.topk import dataset_for
+    from reportgen.sections.dataset_pass import dataset_for
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
 

@@ -21,6 +21,7 @@ which images are odd (mislabelled, out of distribution).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -93,6 +94,55 @@ def _pooled(t: torch.Tensor, layout: Optional[Layout] = None) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+class FeatureTap:
+    """A hook on ``layer`` that keeps, per forward, its pooled input (``use_input``) or output.
+
+    A context manager: the hook is removed on exit, even on an error. Call
+    :meth:`start` before each forward (it forgets the last batch and takes the
+    batch's input size, which a token input needs to find its grid) and
+    :meth:`take` after it. A module called several times keeps its last call.
+    ``read`` is the layout kind the features were pooled from (None: plain).
+    """
+
+    def __init__(self, model: nn.Module, layer: str, use_input: bool, layout: Optional[Layout] = None):
+        self.model, self.layer, self.use_input, self.layout = model, layer, use_input, layout
+        self.read: Optional[str] = layout.kind if layout is not None else None
+        self._current: List[torch.Tensor] = []
+        self._hw: Tuple[int, ...] = ()
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "FeatureTap":
+        module = get_layer(self.model, self.layer)
+        hs = self._stack.enter_context(hooks())
+        hs.append(module.register_forward_pre_hook(self._pre) if self.use_input
+                  else module.register_forward_hook(self._post))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _pooled(self, t: torch.Tensor, lay: Optional[Layout]) -> None:
+        self.read = lay.kind if lay is not None else None
+        self._current.append(_pooled(t, lay))
+
+    def _pre(self, _m, args) -> None:
+        x = args[0]
+        self._pooled(x, linear_input_layout(x.shape, self.model, self._hw) if x.ndim in (3, 4) else None)
+
+    def _post(self, _m, _args, out) -> None:
+        self._pooled(out[0] if isinstance(out, (tuple, list)) else out, self.layout)
+
+    def start(self, x: torch.Tensor) -> None:
+        self._current.clear()
+        self._hw = tuple(x.shape[-2:])
+
+    def take(self) -> torch.Tensor:
+        """(B, D) features of the last forward, on the CPU."""
+        if not self._current:
+            raise ValueError(f"layer {self.layer!r} was not called during the forward pass")
+        return self._current[-1].cpu()
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, batches: Iterable[torch.Tensor], layer: str, use_input: bool,
                      output_key=None, layout: Optional[Layout] = None,
@@ -102,37 +152,23 @@ def extract_features(model: nn.Module, batches: Iterable[torch.Tensor], layer: s
     ``use_input``: take ``layer``'s input (a pre-hook; for the last Linear;
     a 4-D or token input is pooled over its grid, see
     ``layout.linear_input_layout``), else its output, read through ``layout``
-    when given. A module called several times keeps its last call. ``read``,
-    when given, receives the layout kind the features were pooled from.
+    when given. ``read``, when given, receives the layout kind the features
+    were pooled from.
     """
-    module = get_layer(model, layer)
-    current: List[torch.Tensor] = []
-
-    def note(lay: Optional[Layout]) -> Optional[Layout]:
-        if read is not None:
-            read[:] = [lay.kind if lay is not None else None]
-        return lay
-
-    def pre(_m, args):
-        x = args[0]
-        lay = linear_input_layout(x.shape, model, hw) if x.ndim in (3, 4) else None
-        current.append(_pooled(x, note(lay)))
-
-    def post(_m, _args, out):
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        current.append(_pooled(out, note(layout)))
-
     feats, preds = [], []
-    with eval_mode(model), hooks() as hs:
-        hs.append(module.register_forward_pre_hook(pre) if use_input else module.register_forward_hook(post))
+    with eval_mode(model), FeatureTap(model, layer, use_input, layout) as tap:
         for x in batches:
-            current.clear()
-            hw = tuple(x.shape[-2:])
+            tap.start(x)
             scores = select_output(model(x), output_key)
-            if not current:
-                raise ValueError(f"layer {layer!r} was not called during the forward pass")
-            feats.append(current[-1].cpu())
+            feats.append(tap.take())
             preds.append(scores.argmax(dim=1).cpu())
+    if read is not None:
+        read[:] = [tap.read]
+    return stack_features(feats, preds)
+
+
+def stack_features(feats: List[torch.Tensor], preds: List[torch.Tensor]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-batch features and predictions as (N, D) float32 and (N,) int64 arrays."""
     if not feats:
         return np.zeros((0, 0), dtype=np.float32), np.zeros((0,), dtype=np.int64)
     return (torch.cat(feats).numpy().astype(np.float32),
@@ -249,8 +285,11 @@ def thumbnail(display: np.ndarray, size: int) -> np.ndarray:
     return np.array(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-class _WithThumbs(torch.utils.data.Dataset):
-    """Wraps a dataset with ``load(i) -> (tensor, display)`` to yield (tensor, thumbnail)."""
+class WithThumbs(torch.utils.data.Dataset):
+    """(model input, global index, thumbnail) per item of a dataset with ``load(i) -> (tensor, display)``.
+
+    ``size`` 0: no thumbnail (an empty tensor), and the display crop is not made.
+    """
 
     def __init__(self, dataset: Any, size: int):
         self.dataset, self.size = dataset, size
@@ -258,9 +297,11 @@ class _WithThumbs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int, torch.Tensor]:
+        if not self.size:
+            return self.dataset[i][0], i, torch.zeros(0, dtype=torch.uint8)
         x, display = self.dataset.load(i)
-        return x, torch.from_numpy(thumbnail(display, self.size))
+        return x, i, torch.from_numpy(thumbnail(display, self.size))
 
 
 def embeddings(model: nn.Module, dataset: Any, classes: Sequence[str], method: str = "pca",
@@ -278,32 +319,47 @@ def embeddings(model: nn.Module, dataset: Any, classes: Sequence[str], method: s
     if method not in METHODS:
         raise ValueError(f"unknown projection {method!r}; valid: {', '.join(METHODS)}")
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    loader = torch.utils.data.DataLoader(_WithThumbs(dataset, thumb), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(WithThumbs(dataset, thumb), batch_size=batch_size,
                                          shuffle=False, num_workers=workers)
     if progress is not None:
         loader = progress(loader, desc="embeddings", total=len(loader))
     thumbs: List[torch.Tensor] = []
 
     def inputs() -> Iterable[torch.Tensor]:
-        for x, t in loader:
+        for x, _, t in loader:
             thumbs.append(t)
             yield x.to(device)
 
-    use_input = layer is None
-    map_layout = None
-    if layer is None:
-        layer = penultimate_layer(model, dataset.load(0)[0][None].to(device))
-    elif len(dataset):
-        first = dataset.load(0)[0][None].to(device)
-        map_layout = layer_layouts(model, first, [layer], layout, output_key, strict=layout != AUTO).get(layer)
+    use_input, layer, map_layout = feature_layer(model, dataset, layer, output_key, layout, device)
     read: List[Optional[str]] = [map_layout.kind if map_layout is not None else None]
     feats, preds = extract_features(model, inputs(), layer, use_input, output_key, map_layout, read)
+    pictures = torch.cat(thumbs).numpy() if thumbs else None
+    return finish_embeddings(feats, preds, pictures, dataset.items, classes, method, seed, perplexity,
+                             layer, use_input, read[0], thumb)
+
+
+def feature_layer(model: nn.Module, dataset: Any, layer: Optional[str], output_key=None, layout: str = AUTO,
+                  device: Optional[torch.device] = None) -> Tuple[bool, str, Optional[Layout]]:
+    """(use its input, layer, layout of its map): the last Linear's input when ``layer`` is None."""
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    if layer is None:
+        return True, penultimate_layer(model, dataset.load(0)[0][None].to(device)), None
+    if not len(dataset):
+        return False, layer, None
+    first = dataset.load(0)[0][None].to(device)
+    return False, layer, layer_layouts(model, first, [layer], layout, output_key, strict=layout != AUTO).get(layer)
+
+
+def finish_embeddings(feats: np.ndarray, preds: np.ndarray, thumbs: Optional[np.ndarray], items: Sequence[Any],
+                      classes: Sequence[str], method: str, seed: int, perplexity: float, layer: str,
+                      use_input: bool, read: Optional[str], thumb: int) -> EmbeddingResult:
+    """Project the features to 2-D and gather labels, mistakes and thumbnails: the light second step."""
     coords, backend, explained = project(feats, method, seed, perplexity)
-    labels = true_labels([c for _, c in dataset.items], classes)
+    labels = true_labels([c for _, c in items], classes)
     known = labels >= 0
     return EmbeddingResult(
         coords=coords, labels=labels, predictions=preds, misclassified=known & (preds != labels),
-        thumbnails=torch.cat(thumbs).numpy() if thumbs else np.zeros((0, thumb, thumb, 3), np.uint8),
-        names=[f"{c}/{Path(p).name}" if c else Path(p).name for p, c in dataset.items], method=method,
+        thumbnails=thumbs if thumbs is not None else np.zeros((0, thumb, thumb, 3), np.uint8),
+        names=[f"{c}/{Path(p).name}" if c else Path(p).name for p, c in items], method=method,
         backend=backend, layer=layer, layer_input=use_input,
-        feature_dim=int(feats.shape[1]) if feats.ndim == 2 else 0, explained=explained, layout=read[0])
+        feature_dim=int(feats.shape[1]) if feats.ndim == 2 else 0, explained=explained, layout=read)

@@ -76,39 +76,65 @@ class MistakeKeeper:
                         r[3].astype(np.float32), r[4].astype(np.float32))
 
 
+class PredictionCounter:
+    """The per-batch half of the pass: class scores in, sums and arrays kept; ``result`` reads them.
+
+    Split from the loop so another pass over the dataset (``dataset_pass``,
+    which also feeds top-k and embeddings from the same forward) can count
+    predictions without a forward of its own.
+    """
+
+    def __init__(self, labels: Sequence[int], classes: Sequence[str], device: torch.device, keep: int = 8,
+                 bins: int = cal.BINS):
+        self.classes = list(classes)
+        self.device = device
+        self.known = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.confusion = ConfusionCounter(len(self.classes), device)
+        self.calib = cal.CalibrationCounter(bins, device=device)
+        self.keeper = MistakeKeeper(keep)
+        self.conf_parts: list = []
+        self.ok_parts: list = []
+        self.seen = 0
+
+    def update(self, logits: torch.Tensor, index: torch.Tensor) -> None:
+        """One batch: ``logits`` (B, K) class scores of the images whose global indices are ``index``."""
+        logits = logits.float()
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise ValueError(f"the model gives class scores of shape {tuple(logits.shape)}, but "
+                             f"{len(self.classes)} classes are named")
+        dev = self.device
+        lab = self.known[index.long()].to(dev)
+        pred = top1(logits)
+        self.seen += int(logits.shape[0])
+        self.confusion.update(pred, lab)
+        c, ok = self.calib.update(logits, lab)
+        self.conf_parts.append(c.numpy())
+        self.ok_parts.append(ok.numpy())
+        wrong = (lab >= 0) & (pred != lab)
+        if bool(wrong.any()):
+            p = torch.softmax(torch.nan_to_num(logits[wrong].double(), nan=-1e30), dim=1)
+            t, k = lab[wrong], pred[wrong]
+            rows = torch.stack([index.to(dev)[wrong].double(), t.double(), k.double(),
+                                p.gather(1, k[:, None])[:, 0], p.gather(1, t[:, None])[:, 0]])
+            self.keeper.update(rows.cpu().numpy())
+
+    def result(self) -> PredictionPass:
+        conf = np.concatenate(self.conf_parts) if self.conf_parts else np.zeros(0)
+        ok = np.concatenate(self.ok_parts) if self.ok_parts else np.zeros(0)
+        return PredictionPass(self.confusion.result(self.classes), self.calib, conf, ok, self.keeper.result(),
+                              self.seen)
+
+
 def prediction_pass(model: nn.Module, dataset: torch.utils.data.Dataset, labels: Sequence[int],
                     classes: Sequence[str], batch_size: int = 64, workers: int = 0,
                     device: Any = "cpu", output_key: OutputKey = None, keep: int = 8,
                     bins: int = cal.BINS, progress: Optional[Callable[..., Any]] = None) -> PredictionPass:
     """Stream ``dataset`` (items ``(tensor, global index)``) once; see the module doc."""
     dev = model_device(model, torch.device(device))
-    known = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    confusion = ConfusionCounter(len(classes), dev)
-    calib = cal.CalibrationCounter(bins, device=dev)
-    keeper = MistakeKeeper(keep)
-    conf_parts, ok_parts = [], []
-    seen = 0
+    counter = PredictionCounter(labels, classes, dev, keep, bins)
     loader = make_loader(dataset, batch_size, workers, dev)
     batches = progress(loader, desc="dataset predictions", total=len(loader)) if progress else loader
     with eval_mode(model), torch.no_grad():
         for x, index in batches:
-            logits = select_output(model(x.to(dev)), output_key).float()
-            if logits.ndim != 2 or logits.shape[1] != len(classes):
-                raise ValueError(f"the model gives class scores of shape {tuple(logits.shape)}, but "
-                                 f"{len(classes)} classes are named")
-            lab = known[index.long()].to(dev)
-            pred = top1(logits)
-            seen += int(x.shape[0])
-            confusion.update(pred, lab)
-            c, ok = calib.update(logits, lab)
-            conf_parts.append(c.numpy())
-            ok_parts.append(ok.numpy())
-            wrong = (lab >= 0) & (pred != lab)
-            if bool(wrong.any()):
-                p = torch.softmax(torch.nan_to_num(logits[wrong].double(), nan=-1e30), dim=1)
-                t, k = lab[wrong], pred[wrong]
-                keeper.update(torch.stack([index.to(dev)[wrong].double(), t.double(), k.double(),
-                                           p.gather(1, k[:, None])[:, 0], p.gather(1, t[:, None])[:, 0]]).cpu().numpy())
-    conf = np.concatenate(conf_parts) if conf_parts else np.zeros(0)
-    ok = np.concatenate(ok_parts) if ok_parts else np.zeros(0)
-    return PredictionPass(confusion.result(classes), calib, conf, ok, keeper.result(), seen)
+            counter.update(select_output(model(x.to(dev)), output_key), index)
+    return counter.result()

@@ -185,10 +185,14 @@ class TopKTracker:
 
     def __init__(self, model: nn.Module, layers: Sequence[str], k: int,
                  device: Union[str, torch.device] = "cpu",
-                 layouts: Optional[Dict[str, Layout]] = None):
+                 layouts: Optional[Dict[str, Layout]] = None, keep_errors: bool = False):
         self.model, self.layers, self.k = model, list(layers), int(k)
         self.device = torch.device(device)
         self.layouts = layouts
+        # keep_errors: a layer that cannot be read stops this tracker (``error``), not the forward
+        # pass it rides on, which other readers of the same pass share (``dataset_pass``)
+        self.keep_errors = keep_errors
+        self.error: Optional[Exception] = None
         self.states: Dict[str, RunningTopK] = {}
         self.shapes: Dict[str, Tuple[int, int, int]] = {}
         self.seen = 0
@@ -216,9 +220,16 @@ class TopKTracker:
     def absorb(self, index: torch.Tensor) -> None:
         """Merge what the hooks caught in the last forward, run by someone else (``index``: its
         (B,) global image indices). Needs ``layouts`` given up front."""
+        if self.error is not None:
+            return
+        missing = [name for name in self.layers if name not in self._batch]
+        if missing:
+            err = ValueError(f"layer {missing[0]!r} was not called during the forward pass")
+            if not self.keep_errors:
+                raise err
+            self.error = err
+            return
         for name in self.layers:
-            if name not in self._batch:
-                raise ValueError(f"layer {name!r} was not called during the forward pass")
             best, pos = self._batch[name]
             if name not in self.states:
                 self.states[name] = RunningTopK(best.shape[1], self.k, self.device)
@@ -236,10 +247,16 @@ class TopKTracker:
         A module called several times keeps its last call, as ``ActivationRecorder`` does.
         """
         def fn(_module, _inputs, output):
-            if self.layouts is None:
+            if self.layouts is None or self.error is not None:
                 return
             out = output[0] if isinstance(output, (tuple, list)) else output
-            out = _check_map(name, out, self.layouts.get(name))
+            try:
+                out = _check_map(name, out, self.layouts.get(name))
+            except ValueError as err:
+                if not self.keep_errors:
+                    raise
+                self.error = err
+                return
             self.shapes[name] = tuple(int(v) for v in out.shape[1:])
             self._batch[name] = out.detach().float().flatten(2).max(dim=2)
         return fn

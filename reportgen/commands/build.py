@@ -31,6 +31,7 @@ from reportgen.paths import public_path, public_text
 from reportgen.progress import Progress
 from reportgen.report import write_pair
 from reportgen.sections.base import BuildContext, Finding
+from reportgen.sections.dataset_pass import gather
 from reportgen.sections.registry import registry
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
@@ -364,6 +365,8 @@ def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache
     """
     ctx = make_context(res)
     ctx.progress = progress
+    # one pass over the dataset for every section that reads it: gathered before the plan prices it
+    gather({name: registry()[name](res.spec["sections"].get(name) or {}) for name in names}, ctx)
     cache = SectionCache(cache_dir, enabled=use_cache)
     base_key = cache_inputs_key(res)
     if shared is not None:

@@ -20,7 +20,7 @@ import torch
 from reportgen.cache import digest_of
 from reportgen.engine import budget as bud
 from reportgen.engine import throughput as tp
-from reportgen.errors import NotApplicable, SpecError
+from reportgen.sections.base import ask_sections
 
 # How the caption names an option (section-specific names first).
 OPTION_WORDS = {("gradients", "steps"): "integrated-gradients steps", ("gradients", "samples"): "SmoothGrad samples",
@@ -117,35 +117,15 @@ def section_threads(ctx: Any, macs: Optional[int]) -> Optional[int]:
 
 def section_needs(sections: Dict[str, Any], ctx: Any) -> Dict[str, bud.Needs]:
     """Each applicable section's cost; one that does not say is priced as one pass over the probes."""
-    needs: Dict[str, bud.Needs] = {}
-    for name, section in sections.items():
-        try:
-            section.check_applicable(ctx)
-        except NotApplicable:
-            continue
-        try:
-            found = section.budget(ctx, section.options)
-        except SpecError:
-            raise
-        except Exception:  # noqa: BLE001 - the section itself will say what is wrong when it runs
-            found = None
-        needs[name] = found if found is not None else bud.Needs(fixed=bud.Cost(forward=len(ctx.probes)))
-    return needs
+    found = ask_sections(sections, ctx, lambda section: section.budget(ctx, section.options))
+    return {name: needs if needs is not None else bud.Needs(fixed=bud.Cost(forward=len(ctx.probes)))
+            for name, needs in found.items()}
 
 
 def page_shares(sections: Dict[str, Any], ctx: Any, page_bytes: int) -> Dict[str, int]:
     """Shares of the page for the sections that can shrink their pictures, when the page would not fit."""
-    weights: Dict[str, float] = {}
-    for name, section in sections.items():
-        try:
-            section.check_applicable(ctx)
-            found = section.page_bytes(ctx, section.options)
-        except NotApplicable:
-            continue
-        except Exception:  # noqa: BLE001 - as in section_needs
-            found = None
-        if found:
-            weights[name] = float(found)
+    found = ask_sections(sections, ctx, lambda section: section.page_bytes(ctx, section.options))
+    weights = {name: float(v) for name, v in found.items() if v}
     room = page_bytes * (1 - bud.PAGE_RESERVE_FRACTION)
     if sum(weights.values()) <= room:
         return {}

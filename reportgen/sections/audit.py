@@ -3,28 +3,26 @@
 * :func:`dataset_labels`: the dataset's true classes from its class folders
   (``agreement.folder_labels``, the rule the compare's flips use);
 * :func:`clean_pass`: the model over the labelled dataset, once per build:
-  errors and calibration read the same ``predictions.PredictionPass``. It is
-  kept per model object and keyed on every input it reads, so a second section
-  of the same build reuses it and another build (another model, dataset or
-  preprocessing) never does.
+  errors and calibration read the same ``predictions.PredictionPass``, from
+  the build's one dataset pass (``sections.dataset_pass``), which top-k and
+  embeddings share.
 """
 from __future__ import annotations
 
-import json
 import weakref
-from typing import Any, Dict, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from reportgen.analyses import predictions as pr
 from reportgen.analyses.agreement import FolderLabels, folder_labels
+from reportgen.analyses.dataset_pass import Taps, labels_tuple
 from reportgen.errors import NotApplicable
 from reportgen.sections.base import BuildContext
-from reportgen.sections.topk import dataset_for
+from reportgen.sections.dataset_pass import shared
 
 MISTAKES_KEPT = 32    # the pass keeps this many confident mistakes; the errors section shows up to it
 
-_PASSES: "weakref.WeakKeyDictionary[Any, Dict[str, pr.PredictionPass]]" = weakref.WeakKeyDictionary()
 _GIVEN: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()   # build --audit-pass, per model
 
 NO_LABELS_HINT = ("Put the dataset's images in ImageFolder class folders named like the model's classes "
@@ -43,28 +41,26 @@ def require_labels(ctx: BuildContext, what: str) -> Tuple[np.ndarray, FolderLabe
     return found.labels, found
 
 
-def _key(ctx: BuildContext, labels: np.ndarray) -> str:
-    data = ctx.spec["dataset"]
-    return json.dumps({"dataset": [(str(p), c) for p, c in ctx.dataset], "labels": labels.tolist(),
-                       "preprocess": ctx.spec["preprocess"], "input": list(ctx.input_size),
-                       "output": repr(ctx.output_key), "device": str(ctx.device), "seed": ctx.seed,
-                       "batch": data["batch_size"], "classes": list(ctx.classes)}, sort_keys=True, default=str)
+def prediction_taps(ctx: BuildContext) -> Optional[Taps]:
+    """What errors and calibration read from the dataset pass: class scores against the folder labels
+    (None: a sharded audit pass was given, or no image is labelled)."""
+    given = _GIVEN.get(ctx.model)
+    if given is not None and given.predictions is not None:
+        return None
+    labels, found = require_labels(ctx, "The audit")
+    return Taps(labels=labels_tuple(labels), classes=tuple(found.names), keep=MISTAKES_KEPT)
 
 
 def clean_pass(ctx: BuildContext, labels: np.ndarray, names) -> pr.PredictionPass:
-    """The one clean pass of this build's model over its labelled dataset (computed on first use)."""
+    """The one clean pass of this build's model over its labelled dataset: the build's shared dataset
+    pass (``sections.dataset_pass``), or the sharded pass given to ``build --audit-pass``."""
     given = _GIVEN.get(ctx.model)
     if given is not None and given.predictions is not None:
         return given.predictions
-    key = _key(ctx, labels)
-    found = _PASSES.setdefault(ctx.model, {})
-    if key not in found:
-        data = ctx.spec["dataset"]
-        found.clear()            # one pass per model object: an older build's is dropped
-        found[key] = pr.prediction_pass(
-            ctx.model, dataset_for(ctx), labels, names, data["batch_size"], data["workers"], ctx.device,
-            ctx.output_key, keep=MISTAKES_KEPT, progress=ctx.progress)
-    return found[key]
+    run = shared(ctx, Taps(labels=labels_tuple(labels), classes=tuple(names), keep=MISTAKES_KEPT))
+    if run.labelled_error is not None:
+        raise run.labelled_error
+    return run.labelled
 
 
 # --------------------------------------------------------------------------- a sharded pass, read back

@@ -37,7 +37,7 @@ import torch
 
 from reportgen.analyses import faithfulness as fa
 from reportgen.engine import budget as bud
-from reportgen.errors import NotApplicable
+from reportgen.errors import NotApplicable, SpecError
 from reportgen.options import AUTO, Float, Mapping, Option
 
 
@@ -98,6 +98,11 @@ class BuildContext:
     progress: Callable[..., Any] = field(default=lambda iterable, desc="", total=None: iterable)
     plan: Optional[bud.Plan] = None   # the build's choices for settings left on auto (None: best values)
     page_shares: Dict[str, int] = field(default_factory=dict)   # section -> bytes of page it may fill
+    # the taps of every section of this build that reads the dataset (``sections.dataset_pass``), and
+    # the one the shared pass is priced in; None: not gathered, each section prices its own pass
+    dataset_taps: Optional[Any] = None
+    dataset_owner: Optional[str] = None
+    memo: Dict[str, Any] = field(default_factory=dict)   # what sections of one build share (the dataset pass)
 
     def planned(self, section: str, option: str, value: Any, best: Any) -> Any:
         """A setting as written in the spec; left on auto, the plan's choice (no plan: ``best``)."""
@@ -199,6 +204,11 @@ class Section:
         """Image passes this section will make and its knobs (settings on auto); None: not estimated."""
         return None
 
+    def dataset_taps(self, ctx: "BuildContext", options: Dict[str, Any]) -> Optional[Any]:
+        """What this section reads from the build's one pass over the dataset
+        (``analyses.dataset_pass.Taps``), so the build can run it once for all readers; None: nothing."""
+        return None
+
     def page_bytes(self, ctx: "BuildContext", options: Dict[str, Any]) -> Optional[float]:
         """Estimated bytes of its pictures at full settings when it can shrink them; None: it cannot."""
         return None
@@ -228,3 +238,28 @@ def register_section(name: str) -> Callable[[Type[Section]], Type[Section]]:
         return cls
     return deco
 
+
+
+def ask_sections(sections: Dict[str, "Section"], ctx: BuildContext,
+                 question: Callable[["Section"], Any]) -> Dict[str, Any]:
+    """``question(section)`` of every applicable section, before any runs (cost, page weight, dataset taps).
+
+    A section that does not apply is left out; one whose answer raises gets
+    None (it says what is wrong in place when it runs), except a spec error,
+    which stops the build as it would have anyway.
+    """
+    out: Dict[str, Any] = {}
+    for name, section in sections.items():
+        try:
+            section.check_applicable(ctx)
+        except NotApplicable:
+            continue
+        try:
+            out[name] = question(section)
+        except SpecError:
+            raise
+        except NotApplicable:
+            continue
+        except Exception:  # noqa: BLE001 - the section itself will say what is wrong when it runs
+            out[name] = None
+    return out

@@ -5,11 +5,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import calibration as cal
+from reportgen.analyses.dataset_pass import Taps
 from reportgen.engine import budget as bud
 from reportgen.options import Float, Int
 from reportgen.render.audit import RELIABILITY_CSS, reliability_svg
-from reportgen.sections.audit import clean_pass, require_labels
+from reportgen.sections.audit import clean_pass, prediction_taps, require_labels
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
+from reportgen.sections.dataset_pass import pass_cost
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,12 @@ class CalibrationSection(Section):
                      doc="ECE above which the model is over- or underconfident (its 95 % interval must lie above)"),
     }
 
+    def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Optional[Taps]:
+        return prediction_taps(ctx)
+
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
-        """One forward pass per dataset image (the same pass as errors: counted by both, computed once)."""
-        return bud.Needs(fixed=bud.Cost(forward=len(ctx.dataset or ())))
+        """The dataset pass, when this section owns it (errors, top-k or embeddings usually do)."""
+        return bud.Needs(fixed=pass_cost(ctx, self.name))
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> CalibrationSectionResult:
         labels, found = require_labels(ctx, "Calibration")

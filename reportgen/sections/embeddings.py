@@ -5,10 +5,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import embeddings as emb
+from reportgen.analyses.dataset_pass import Taps
+from reportgen.engine import budget as bud
 from reportgen.options import Choice, Float, Int, layer, layout
 from reportgen.render.embeddings import render_embeddings
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
-from reportgen.sections.topk import dataset_for
+from reportgen.sections.dataset_pass import dataset_for, pass_cost, shared
 
 
 @dataclass(frozen=True)
@@ -35,21 +37,34 @@ class EmbeddingsSection(Section):
                              "nhwc (channels-last) or tokens (N, L, C; class/register tokens dropped)"),
     }
 
+    def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Taps:
+        """One layer's pooled features (auto: the last Linear's input) and every image's thumbnail."""
+        use_input, layer, lay = emb.feature_layer(ctx.model, dataset_for(ctx),
+                                                  None if options["layer"] == "auto" else options["layer"],
+                                                  ctx.output_key, options["layout"], ctx.device)
+        return Taps(features_layer=layer, features_input=use_input, features_layout=lay,
+                    thumbnail=int(options["thumbnail"]))
+
+    def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
+        """The dataset pass, when this section owns it; the projection is no image pass."""
+        return bud.Needs(fixed=pass_cost(ctx, self.name))
+
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> EmbeddingsSectionResult:
         opts = options
-        data = ctx.spec["dataset"]
         method, note = opts["method"], None
         if method == "tsne" and emb.tsne_backend() is None:
             # a missing optional package must not cost the whole section: fall back, say so
             method = "pca"
             note = (f"t-SNE was requested but needs {emb.TSNE_PACKAGES}, and neither is installed; "
                     "showing PCA instead.")
-        result = emb.embeddings(
-            ctx.model, dataset_for(ctx), ctx.classes, method=method,
-            layer=None if opts["layer"] == "auto" else opts["layer"], output_key=ctx.output_key,
-            batch_size=data["batch_size"], workers=data["workers"], device=ctx.device,
-            seed=ctx.seed, perplexity=float(opts["perplexity"]), thumb=int(opts["thumbnail"]),
-            progress=ctx.progress, layout=opts["layout"])
+        taps = self.dataset_taps(ctx, opts)
+        run = shared(ctx, taps)
+        if run.features_error is not None:
+            raise run.features_error
+        result = emb.finish_embeddings(
+            run.features, run.predictions, run.thumbnails, ctx.dataset, ctx.classes, method, ctx.seed,
+            float(opts["perplexity"]), taps.features_layer, taps.features_input, run.features_read,
+            taps.thumbnail)
         return EmbeddingsSectionResult(result, opts["method"], note, opts["layer"] == "auto")
 
     def view(self, result: EmbeddingsSectionResult, ctx: BuildContext) -> Dict[str, Any]:

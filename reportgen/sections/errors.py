@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from reportgen.analyses.confusion import ConfusionResult
+from reportgen.analyses.dataset_pass import Taps
 from reportgen.engine import budget as bud
 from reportgen.options import Float, Int
 from reportgen.render.audit import cam_overlay_uri, heat_cell, picture_uri
 from reportgen.render.page import public_path
-from reportgen.sections.audit import MISTAKES_KEPT, clean_pass, require_labels
+from reportgen.sections.audit import MISTAKES_KEPT, clean_pass, prediction_taps, require_labels
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
-from reportgen.sections.topk import dataset_for
+from reportgen.sections.dataset_pass import dataset_for, pass_cost
 
 CAM_METHOD = "gradcam"
 
@@ -54,9 +55,12 @@ class ErrorsSection(Section):
                                "overall accuracy minus this"),
     }
 
+    def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Optional[Taps]:
+        return prediction_taps(ctx)
+
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
-        """One forward pass per dataset image (shared with calibration), two Grad-CAMs per mistake shown."""
-        return bud.Needs(fixed=bud.Cost(forward=len(ctx.dataset or ()), backward=2 * int(options["mistakes"])))
+        """The dataset pass (when this section owns it), two Grad-CAMs per mistake shown."""
+        return bud.Needs(fixed=pass_cost(ctx, self.name) + bud.Cost(backward=2 * int(options["mistakes"])))
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> ErrorsResult:
         labels, found = require_labels(ctx, "The error analysis")

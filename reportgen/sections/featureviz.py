@@ -39,7 +39,7 @@ def reference_batches(ctx: BuildContext, limit: int, batch_size: int = 32) -> Di
     if ctx.probes:
         out["probes"].append(ctx.probe_batch())
     if ctx.dataset and limit > 0:
-        from reportgen.sections.topk import dataset_for
+        from reportgen.sections.dataset_pass import dataset_for
 
         data = dataset_for(ctx)
         picks = np.linspace(0, len(data) - 1, min(limit, len(data))).round().astype(int)

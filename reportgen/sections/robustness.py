@@ -11,7 +11,7 @@ from reportgen.options import AUTO, Choice, Float, Int, ListOf, auto_or
 from reportgen.render.audit import DROP_CMAP, heat_cell, thumb
 from reportgen.sections.audit import dataset_labels, given_robustness
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
-from reportgen.sections.topk import dataset_for
+from reportgen.sections.dataset_pass import dataset_for
 
 ALL_SEVERITIES = [1, 2, 3, 4, 5]
 FEWER_SEVERITIES = [1, 3, 5]

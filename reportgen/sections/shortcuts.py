@@ -28,7 +28,7 @@ from reportgen.options import Choice, Float, Int, auto_or, layer, layout
 from reportgen.render import shortcuts as rs
 from reportgen.sections.attribution import CAM_METHODS, GRADIENT_METHODS, _gradient_params, cam_plan
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
-from reportgen.sections.topk import dataset_for
+from reportgen.sections.dataset_pass import dataset_for
 
 # Passes one map costs, relative to one forward + backward pass (CAM: one; path and noise methods: their
 # automatic sample counts; Score-CAM and Eigen-CAM are priced as forward passes in ``_map_cost``).

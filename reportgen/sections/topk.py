@@ -7,10 +7,13 @@ from typing import Any, Dict, List, Optional
 
 from reportgen.analyses import topk as tk
 from reportgen.analyses.activations import stage_layers
+from reportgen.analyses.dataset_pass import Taps
+from reportgen.engine import budget as bud
 from reportgen.model.layers import layer_layouts
 from reportgen.options import AUTO, Choice, Int, ListOf, OneOf, layers, layout
 from reportgen.render.topk import render_topk
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
+from reportgen.sections.dataset_pass import dataset_for, pass_cost, shared
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF
 
@@ -18,13 +21,6 @@ AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic uni
 def _finite(v: float) -> Optional[float]:
     """report.json allows no NaN/inf (a broken model's NaN maps rank as -inf): null instead."""
     return float(v) if math.isfinite(float(v)) else None
-
-
-def dataset_for(ctx: BuildContext) -> tk.ImageDataset:
-    """The spec's dataset, preprocessed exactly like the probes."""
-    pre = ctx.spec["preprocess"]
-    return tk.ImageDataset(ctx.dataset, ctx.input_size, pre["resize"], pre["center_crop"],
-                           pre["mean"], pre["std"], pre["interpolation"])
 
 
 @dataclass(frozen=True)
@@ -59,17 +55,33 @@ class TopKSection(Section):
         "layout": layout(),
     }
 
-    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
-        data = ctx.spec["dataset"]
+    def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Taps:
+        """Every channel's running top-k of the chosen layers, read through their layouts."""
         auto = options["layers"] == "auto"
         names = choose_layers(ctx, options["layers"])
         layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"],
                                 ctx.output_key)
-        result = tk.topk_patches(
-            ctx.model, dataset_for(ctx), names, options["channels"],
-            options["k"], data["batch_size"], data["workers"], ctx.device,
-            ctx.input_size, options["projection"], progress=ctx.progress, layouts=layouts)
-        return TopKSectionResult(result, auto)
+        return Taps(topk_layers=tuple(names), topk_k=int(options["k"]), topk_layouts=layouts)
+
+    def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
+        """The dataset pass (when this section owns it), then one pass per winning patch projected."""
+        k = min(int(options["k"]), len(ctx.dataset or ()))
+        channels = len(options["channels"]) if isinstance(options["channels"], list) else int(options["channels"])
+        given = options["layers"]
+        layers = AUTO_LAYERS if given == "auto" else len(given) if isinstance(given, list) else 1
+        projected = bud.Cost(backward=layers * channels * k) if options["projection"] != "none" else bud.Cost()
+        return bud.Needs(fixed=pass_cost(ctx, self.name) + projected)
+
+    def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
+        data = ctx.spec["dataset"]
+        taps = self.dataset_taps(ctx, options)
+        run = shared(ctx, taps)
+        if run.topk_error is not None:
+            raise run.topk_error
+        result = tk.finish_topk(ctx.model, dataset_for(ctx), run.topk, list(taps.topk_layers),
+                                options["channels"], options["k"], ctx.device, ctx.input_size,
+                                options["projection"], data["batch_size"])
+        return TopKSectionResult(result, options["layers"] == "auto")
 
     def view(self, result: TopKSectionResult, ctx: BuildContext) -> Dict[str, Any]:
         view = render_topk(result.topk)

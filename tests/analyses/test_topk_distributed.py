@@ -119,7 +119,7 @@ sections:
 
 def test_torchrun_entry_point_matches_one_process(tmp_path):
     from reportgen.sections.base import BuildContext
-    from reportgen.sections.topk import dataset_for
+    from reportgen.sections.dataset_pass import dataset_for
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
 

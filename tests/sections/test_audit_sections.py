@@ -81,27 +81,36 @@ def test_without_labels_errors_and_calibration_say_why_and_robustness_reports_fl
     assert r["worst"]["flip_rate"] >= 0
 
 
-def test_errors_and_calibration_share_one_dataset_pass(tmp_path, monkeypatch):
-    from reportgen.analyses import predictions
+def test_every_dataset_reader_shares_one_dataset_pass(tmp_path, monkeypatch):
+    """Top-k, embeddings, errors and calibration: one forward of each dataset image, not four."""
+    from reportgen.analyses import dataset_pass
 
     calls = []
-    real = predictions.prediction_pass
-    monkeypatch.setattr(predictions, "prediction_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = dataset_pass.dataset_pass
+    monkeypatch.setattr(dataset_pass, "dataset_pass", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     spec = make_project(tmp_path, LABELLED)
     _dataset(tmp_path)
-    build(spec, out_dir=tmp_path / "site", only=["errors", "calibration"], use_cache=False)
+    report = build(spec, out_dir=tmp_path / "site", only=["topk", "embeddings", "errors", "calibration"],
+                   use_cache=False)
     assert len(calls) == 1
+    taps = calls[0]
+    assert taps.topk_layers and taps.features_layer and taps.labels is not None
+    sections = report.data["sections"]
+    assert all("error" not in sections[n] and "skipped" not in sections[n]
+               for n in ("topk", "embeddings", "errors", "calibration"))
+    n = len(list((tmp_path / "data").rglob("*.png")))
+    assert sections["topk"]["images"] == sections["embeddings"]["images"] == sections["errors"]["n"] == n
 
 
 def test_a_second_build_reads_all_three_from_the_cache(tmp_path, monkeypatch):
-    from reportgen.analyses import predictions, robustness
+    from reportgen.analyses import dataset_pass, robustness
 
     spec = make_project(tmp_path, LABELLED)
     _dataset(tmp_path)
     only = ["errors", "calibration", "robustness"]
     first = build(spec, out_dir=tmp_path / "a", only=only, cache_dir=tmp_path / "cache")
     calls = []
-    for module, name in ((predictions, "prediction_pass"), (robustness, "robustness_pass")):
+    for module, name in ((dataset_pass, "dataset_pass"), (robustness, "robustness_pass")):
         monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
     second = build(spec, out_dir=tmp_path / "b", only=only, cache_dir=tmp_path / "cache")
     assert calls == []      # the views are plain JSON, so each section's entry was stored
