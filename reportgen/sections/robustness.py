@@ -16,7 +16,8 @@ from reportgen.sections.dataset_pass import dataset_for
 ALL_SEVERITIES = [1, 2, 3, 4, 5]
 FEWER_SEVERITIES = [1, 3, 5]
 JUDGED_SEVERITY = 2
-MIN_IMAGES = 50          # auto never goes below this many images (or the dataset, when smaller)
+MIN_IMAGES = 50          # auto keeps three severities down to this many images (or the dataset, when smaller)
+MIN_JUDGED_IMAGES = 16   # then only the judged severity, down to this many: the fewest a drop is judged on
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,10 @@ class RobustnessSectionResult:
     images_total: int                  # dataset images (the pass may use fewer)
 
 
-def image_ladder(n: int) -> List[int]:
-    """All images, then halves, down to MIN_IMAGES (or n when smaller)."""
+def image_ladder(n: int, floor: int = MIN_IMAGES) -> List[int]:
+    """All images, then halves, down to ``floor`` (or n when smaller)."""
     out, v = [n], n
-    while v // 2 >= MIN_IMAGES:
+    while v // 2 >= floor:
         v //= 2
         out.append(v)
     return out
@@ -65,10 +66,11 @@ class RobustnessSection(Section):
         "corruptions": ListOf(Choice(list(cr.CORRUPTIONS)), min_len=1, default=list(cr.CORRUPTIONS),
                               doc="ImageNet-C corruptions applied after resize/crop, before normalization"),
         "severities": auto_or(ListOf(Int(min=1, max=5), min_len=1),
-                              doc="severities 1..5 (auto: all five, or 1, 3, 5 when the build's time budget "
-                                  "needs it)"),
+                              doc="severities 1..5 (auto: all five; 1, 3, 5, then the judged severity "
+                                  f"{JUDGED_SEVERITY} alone, when the build's time budget needs it)"),
         "images": auto_or(Int(min=1), doc="dataset images run under every corruption (auto: all, halved while "
-                                          f"the budget needs it, not below {MIN_IMAGES})"),
+                                          f"the budget needs it: to {MIN_IMAGES} at three severities, then at "
+                                          f"severity {JUDGED_SEVERITY} alone to {MIN_JUDGED_IMAGES})"),
     }
     thresholds = {
         "robustness_drop": Float(min=0, max=1, default=0.25,
@@ -77,11 +79,18 @@ class RobustnessSection(Section):
     }
 
     def _ladder(self, ctx: BuildContext, options: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Best first: all severities, then 1, 3, 5, on all images halved down to MIN_IMAGES; then the
+        judged severity alone, halved down to MIN_JUDGED_IMAGES (a fragility verdict needs no more)."""
         n = len(ctx.dataset or ())
-        sev = [ALL_SEVERITIES, FEWER_SEVERITIES] if options["severities"] == AUTO else [options["severities"]]
-        imgs = image_ladder(n) if options["images"] == AUTO else [min(int(options["images"]), n)]
+        sev_auto, img_auto = options["severities"] == AUTO, options["images"] == AUTO
+        sev = [ALL_SEVERITIES, FEWER_SEVERITIES] if sev_auto else [options["severities"]]
+        imgs = image_ladder(n) if img_auto else [min(int(options["images"]), n)]
         out = [{"severities": s, "images": imgs[0]} for s in sev]
         out += [{"severities": sev[-1], "images": i} for i in imgs[1:]]
+        if sev_auto:
+            last = imgs[-1] if img_auto else imgs[0]
+            fewest = image_ladder(last, MIN_JUDGED_IMAGES) if img_auto else [last]
+            out += [{"severities": [JUDGED_SEVERITY], "images": i} for i in fewest]
         return out
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:

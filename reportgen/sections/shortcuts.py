@@ -35,6 +35,7 @@ from reportgen.sections.dataset_pass import dataset_for
 GRADIENT_PASSES = {"integrated_gradients": bud.IG_STEPS[0], "smoothgrad": bud.SMOOTHGRAD_SAMPLES[0]}
 STRIP = 6            # images shown per cluster
 THUMB = 64           # side of the thumbnails kept per image
+PRICED_CLUSTERS = 2  # clusters a class is priced for (SpRAy finds up to analyses.shortcuts.MAX_CLUSTERS)
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,10 @@ class ShortcutsSection(Section):
             return one * float(np.minimum(present, int(v)).sum())
 
         def transplants(v: Any) -> bud.Cost:
-            # per class: the candidates once, then transplant and control per cluster (at most MAX_CLUSTERS)
-            return bud.Cost(forward=len(present) * int(v) * (1 + 2 * sc.MAX_CLUSTERS))
+            # per class: the candidates once, then transplant and control per cluster; priced at
+            # PRICED_CLUSTERS, not the MAX_CLUSTERS bound (the eigengap gives one or two on most
+            # classes, and pricing four made the plan drop every other section for time never spent)
+            return bud.Cost(forward=len(present) * int(v) * (1 + 2 * PRICED_CLUSTERS))
 
         return bud.Needs(knobs=(
             bud.knob("images", "images", options["images"], bud.SHORTCUT_MAPS, maps,

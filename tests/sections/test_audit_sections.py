@@ -118,3 +118,21 @@ def test_a_second_build_reads_all_three_from_the_cache(tmp_path, monkeypatch):
     for name in only:
         for key in set(a[name]) - {"budget"}:    # the budget entry says what was spent: cached now
             assert a[name][key] == b[name][key], (name, key, a[name][key], b[name][key])
+
+
+def test_robustness_ladder_ends_at_the_judged_severity_on_few_images():
+    """Auto gives way from all five severities on every image to severity 2 alone on 16 images, each rung cheaper."""
+    from types import SimpleNamespace
+
+    from reportgen.sections.robustness import JUDGED_SEVERITY, MIN_JUDGED_IMAGES, RobustnessSection
+
+    section = RobustnessSection({})
+    ctx = SimpleNamespace(dataset=[None] * 200)
+    ladder = section._ladder(ctx, section.options)
+    assert ladder[0] == {"severities": [1, 2, 3, 4, 5], "images": 200}
+    assert ladder[-1]["severities"] == [JUDGED_SEVERITY]
+    assert MIN_JUDGED_IMAGES <= ladder[-1]["images"] < 2 * MIN_JUDGED_IMAGES
+    costs = [v["images"] * (1 + 15 * len(v["severities"])) for v in ladder]
+    assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
+    written = RobustnessSection({"images": 40}).options
+    assert section._ladder(ctx, written)[-1] == {"severities": [JUDGED_SEVERITY], "images": 40}
