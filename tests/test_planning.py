@@ -50,11 +50,12 @@ def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
     assert b["throughput"]["forward_s_per_image"] == FAST.forward_s
     assert {"planned_s", "actual_s", "reserve_s", "measure_s", "page"} <= set(b)
     grads = data["sections"]["gradients"]["budget"]
-    assert grads["choices"] == {"steps": 32, "samples": 16, "faithfulness_steps": 32}
+    assert grads["choices"] == {"steps": 32, "samples": 16, "faithfulness_steps": 32, "faithfulness_probes": 2}
     assert grads["scaled"] == [] and grads["estimated_s"] == grads["full_s"]
     assert grads["actual_s"] >= 0
     occ = data["sections"]["occlusion"]["budget"]
-    assert occ["choices"] == {"window": 16, "stride": 8, "faithfulness_steps": 32}   # 16 px input: fits
+    assert occ["choices"] == {"window": 16, "stride": 8, "faithfulness_steps": 32,
+                              "faithfulness_probes": 2}   # 16 px input: fits
     assert data["sections"]["occlusion"]["methods"]["occlusion"]["settings"]["window"] == [16, 16]
     assert data["sections"]["cam"]["faithfulness"]["steps"] == 32
     assert data["sections"]["cam"]["faithfulness"]["steps_auto"] is True
@@ -62,7 +63,7 @@ def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
     assert data["sections"]["featureviz"]["steps"] == 128
     page = Path(data and build(spec, tmp_path, only=["gradients"]).path).read_text()
     assert "Automatic settings: integrated-gradients steps 32, SmoothGrad samples 16, deletion/insertion " \
-           "steps 32, the full settings, which fit the build&#39;s 90 s time budget. Estimated " in page
+           "steps 32, probes scored 2, the full settings, which fit the build&#39;s 90 s time budget. Estimated " in page
 
 
 def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeypatch):
@@ -93,8 +94,9 @@ def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeyp
     for name in ("cam", "gradients", "occlusion", "featureviz"):
         sp = plan.sections[name]
         assert sp.scaled == () and sp.choices == {**sp.best}, name
-    assert plan.sections["occlusion"].choices == {"window": 8, "stride": 4, "faithfulness_steps": 32}
-    assert plan.sections["gradients"].choices == {"steps": 32, "faithfulness_steps": 32}
+    assert plan.sections["occlusion"].choices == {"window": 8, "stride": 4, "faithfulness_steps": 32,
+                                                  "faithfulness_probes": 6}
+    assert plan.sections["gradients"].choices == {"steps": 32, "faithfulness_steps": 32, "faithfulness_probes": 6}
     assert planning.page_shares(sections, ctx, 5_000_000) == {}
 
 
@@ -104,14 +106,29 @@ def test_a_slow_machine_scales_auto_settings_down_and_says_why(tmp_path, speed):
     report = build(spec, tmp_path, only=["gradients"], budget=60)
     grads = report.data["sections"]["gradients"]["budget"]
     assert grads["choices"]["steps"] < 32 and grads["choices"]["faithfulness_steps"] < 32
-    assert set(grads["scaled"]) == {"steps", "faithfulness_steps"}
+    assert {"steps", "faithfulness_steps"} <= set(grads["scaled"])
     assert grads["estimated_s"] < grads["full_s"]
     assert report.data["sections"]["gradients"]["faithfulness"]["steps"] == grads["choices"]["faithfulness_steps"]
     assert report.data["budget"]["seconds"] == 60 and report.data["budget"]["source"] == "--budget"
     page = report.path.read_text()
-    assert "scaled down from integrated-gradients steps 32, deletion/insertion steps 32 (estimated " in page
+    assert "scaled down from integrated-gradients steps 32, deletion/insertion steps 32" in page
     estimate = f"Estimated {bud.duration(grads['estimated_s'])} on this machine."
     assert estimate in page and ", took " not in page   # actual time only with output.timestamp
+
+
+def test_scoring_gives_way_to_fewer_probes_once_its_steps_are_at_their_fewest(tmp_path, speed):
+    """Deletion/insertion on the first probes only: the scores and the page say which."""
+    spec = make_project(tmp_path)
+    speed(SLOW)
+    report = build(spec, tmp_path, only=["cam"], budget=8)
+    cam = report.data["sections"]["cam"]
+    assert cam["budget"]["choices"]["faithfulness_steps"] == bud.FAITHFULNESS_STEPS[-1]
+    assert cam["budget"]["choices"]["faithfulness_probes"] == 1
+    assert "faithfulness_probes" in cam["budget"]["scaled"]
+    assert cam["faithfulness"]["probes"] == cam["probes"][:1] and len(cam["probes"]) == 2
+    method = next(iter(cam["methods"].values()))
+    assert len(method["deletion_auc"]) == len(cam["faithfulness"]["random_baseline"]["deletion_auc"]) == 1
+    assert "Scored on the first 1 of the 2 probes" in report.path.read_text()
 
 
 def test_caption_adds_the_actual_time_when_the_spec_asks_for_run_specific_text(tmp_path, speed):

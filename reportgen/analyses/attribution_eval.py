@@ -171,9 +171,11 @@ def random_maps(n: int, shape: Tuple[int, int], seed: int) -> np.ndarray:
 
 
 def score(result: MethodResult, model: nn.Module, images: torch.Tensor, targets: Sequence[int],
-          steps: int, border_frac: float, output_key: OutputKey = None) -> MethodResult:
-    """``result`` with its deletion/insertion scores and border share (a new, frozen result)."""
-    di = deletion_insertion_per_probe(model, images, result.maps, targets, steps, output_key)
+          steps: int, border_frac: float, output_key: OutputKey = None, scored: Optional[int] = None) -> MethodResult:
+    """``result`` with its deletion/insertion scores (of the first ``scored`` probes; None: all) and
+    border share (every probe), as a new, frozen result."""
+    n = len(targets) if scored is None else int(scored)
+    di = deletion_insertion_per_probe(model, images[:n], result.maps[:n], targets[:n], steps, output_key)
     return replace(result, deletion_auc=di["deletion_auc"], insertion_auc=di["insertion_auc"],
                    deletion_curves=di["deletion_curves"], insertion_curves=di["insertion_curves"],
                    border_share=np.asarray(fa.border_concentration(result.maps, border_frac), dtype=np.float64))
@@ -236,11 +238,14 @@ def evaluate(model: nn.Module, images: torch.Tensor, methods: Mapping[str, Metho
              border_frac: float = fa.BORDER_FRAC, top_classes: int = 1,
              sanity_threshold: Optional[float] = None, seed: int = 0, output_key: OutputKey = None,
              section: str = "", probe_names: Optional[Sequence[str]] = None, layer: Optional[str] = None,
-             layer_auto: bool = False, extras: Optional[Dict[str, Any]] = None) -> AttributionResult:
+             layer_auto: bool = False, extras: Optional[Dict[str, Any]] = None,
+             scored: Optional[int] = None) -> AttributionResult:
     """Every method over the probes ``images`` (N, C, H, W), scored.
 
     ``targets``: one class per probe, None for the predicted one. ``steps``: per
     deletion/insertion curve, "auto" (or None) for :func:`auto_steps`.
+    ``scored``: deletion/insertion scores only the first this many probes
+    (None: all); its forward passes dominate a big model's attribution cost.
     ``top_classes`` > 1 adds maps for each probe's k most likely classes.
     ``sanity_threshold`` not None runs the randomization check (seeded with
     ``seed``; so is the random reference). ``section``, ``probe_names``, ``layer``,
@@ -251,11 +256,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, methods: Mapping[str, Metho
     results = {name: run_method(name, fn, model, images, chosen) for name, fn in methods.items()}
     n_ok = sum(m.ok for m in results.values())
     auto = steps in (None, "auto")
-    n_steps = auto_steps(model, images[:1], len(chosen), n_ok + 1, output_key) if auto else int(steps)
+    n_scored = len(chosen) if scored is None else max(1, min(int(scored), len(chosen)))
+    n_steps = auto_steps(model, images[:1], n_scored, n_ok + 1, output_key) if auto else int(steps)
     h, w = (int(s) for s in images.shape[-2:])
-    rand = deletion_insertion_per_probe(model, images, random_maps(len(chosen), (h, w), seed), chosen, n_steps,
-                                        output_key)
-    results = {name: score(m, model, images, chosen, n_steps, border_frac, output_key) if m.ok else m
+    rand = deletion_insertion_per_probe(model, images[:n_scored], random_maps(n_scored, (h, w), seed),
+                                        chosen[:n_scored], n_steps, output_key)
+    results = {name: score(m, model, images, chosen, n_steps, border_frac, output_key, n_scored) if m.ok else m
                for name, m in results.items()}
     probs = probs.astype(np.float32)
     top = None

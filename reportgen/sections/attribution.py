@@ -49,6 +49,11 @@ def _shared_options(sanity: bool) -> Dict[str, Option]:
                                     expected="'auto' or a number of deletion/insertion steps",
                                     doc="deletion/insertion steps (auto: up to 32, fewer when the build's time "
                                         "budget needs it)"),
+        "faithfulness_probes": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
+                                     expected="'auto' or a number of probes",
+                                     doc="probes scored by deletion/insertion, the first ones (auto: all; halved "
+                                         "down to one once the steps are at their fewest and the build's time "
+                                         "budget still needs it)"),
     }
     if sanity:
         out["sanity_threshold"] = OneOf(
@@ -60,6 +65,28 @@ def _shared_options(sanity: bool) -> Dict[str, Option]:
 
 
 GRADIENT_BATCH = 32            # path points / noisy copies per forward-backward pass
+
+
+def faithfulness_knob(options: Dict[str, Any], n_probes: int, n_maps: int, label: str) -> bud.Knob:
+    """Deletion/insertion steps, then (at the fewest steps) the probes scored, halved down to one.
+
+    Its forward passes are most of a big model's attribution cost (ResNet-50 on
+    2 cores: 34 s of the CAM, gradient and occlusion sections' 52 s at four
+    steps on six probes), and the first probes' scores still say whether a
+    method beats the random order.
+    """
+    steps, probes = options["faithfulness_steps"], options["faithfulness_probes"]
+    step_values = list(bud.FAITHFULNESS_STEPS) if steps == AUTO else [int(steps)]
+    counts = [n_probes] if probes == AUTO else [min(int(probes), n_probes)]
+    if probes == AUTO:
+        while counts[-1] > 1:
+            counts.append(counts[-1] // 2)
+    values = ([{"faithfulness_steps": v, "faithfulness_probes": counts[0]} for v in step_values]
+              + [{"faithfulness_steps": step_values[-1], "faithfulness_probes": c} for c in counts[1:]])
+    auto = tuple(o for o in ("faithfulness_steps", "faithfulness_probes") if options[o] == AUTO)
+    return bud.Knob("faithfulness", tuple(values),
+                    tuple(bud.faithfulness_cost(v["faithfulness_probes"], n_maps, v["faithfulness_steps"])
+                          for v in values), auto=auto, label=label)
 
 
 class AttributionSection(Section):
@@ -104,15 +131,14 @@ class AttributionSection(Section):
         for name in methods:
             if name not in self.knobbed(options):
                 fixed = fixed + self.method_cost(name, ctx, options) * runs
-        n, maps = len(ctx.probes), len(methods) + 1          # + the random-order reference
-        steps = bud.knob("faithfulness_steps", "faithfulness_steps", options["faithfulness_steps"],
-                         bud.FAITHFULNESS_STEPS, lambda v: bud.faithfulness_cost(n, maps, int(v)),
-                         label=f"{self.name} deletion/insertion")
-        return bud.Needs(fixed=fixed, knobs=tuple(self.knobs(ctx, options, runs)) + (steps,))
+        scoring = faithfulness_knob(options, len(ctx.probes), len(methods) + 1,   # + the random reference
+                                    f"{self.name} deletion/insertion")
+        return bud.Needs(fixed=fixed, knobs=tuple(self.knobs(ctx, options, runs)) + (scoring,))
 
     def best(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
         """What each setting left on auto takes without a build plan (the pre-budget defaults)."""
-        return {"faithfulness_steps": AUTO}    # the analysis's own rule, from the model's MACs
+        # steps: the analysis's own rule, from the model's MACs; probes: every one
+        return {"faithfulness_steps": AUTO, "faithfulness_probes": AUTO}
 
     def settings(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
         """``options`` with every setting left on auto replaced by the build's choice."""
@@ -138,7 +164,8 @@ class AttributionSection(Section):
             top_classes=options["top_classes"], sanity_threshold=threshold, seed=ctx.seed,
             output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
             layer=plan.get("layer"), layer_auto=bool(plan.get("layer_auto", False)),
-            extras={k: v for k, v in plan.items() if k not in ("layer", "layer_auto")})
+            extras={k: v for k, v in plan.items() if k not in ("layer", "layer_auto")},
+            scored=None if options["faithfulness_probes"] == AUTO else int(options["faithfulness_probes"]))
         result = replace(result, steps_auto=steps_auto)    # a planned number is still an automatic choice
         return public_errors(result, ctx.spec.base_dir)
 
@@ -164,6 +191,7 @@ class AttributionSection(Section):
         out["faithfulness"] = {
             "metric": "deletion/insertion AUC of p(target) (Petsiuk et al. 2018)",
             "steps": result.steps, "steps_auto": result.steps_auto,
+            "probes": result.probe_names[:len(result.random_deletion_auc)],
             "deletion_baseline": result.deletion_baseline, "insertion_baseline": result.insertion_baseline,
             "random_baseline": {"deletion_auc": _r(result.random_deletion_auc),
                                 "insertion_auc": _r(result.random_insertion_auc)}}
@@ -340,7 +368,9 @@ class AttributionSection(Section):
                      "mean_deletion": float(result.random_deletion_auc.mean()),
                      "mean_insertion": float(result.random_insertion_auc.mean()), "reference": True,
                      "beats_random": False})
-        return {"rows": rows, "probes": result.probe_names, "steps": result.steps,
+        scored = len(result.random_deletion_auc)
+        return {"rows": rows, "probes": result.probe_names[:scored], "scored": scored,
+                "probes_total": len(result.probe_names), "steps": result.steps,
                 "steps_auto": result.steps_auto, "deletion_baseline": result.deletion_baseline,
                 "insertion_baseline": result.insertion_baseline}
 
