@@ -467,7 +467,7 @@ def topk_patches(model: nn.Module, dataset: ImageDataset, layers: Sequence[str],
 def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, layers: Sequence[str],
                 channels: Union[int, Sequence[int]], k: int, device: Union[str, torch.device],
                 input_size: Sequence[int], projection: str = "none",
-                batch_size: int = 64) -> TopKResult:
+                batch_size: int = 64, patch_cap: int = MAX_PATCH) -> TopKResult:
     """Choose channels, then crop (and optionally project) the winners: the light second step."""
     if projection not in ("none", "guided", "deconv"):
         raise ValueError(f"unknown projection {projection!r}; valid: none, guided, deconv")
@@ -482,10 +482,10 @@ def finish_topk(model: nn.Module, dataset: ImageDataset, state: StreamState, lay
         w = state.shapes[name][2]
         sel = {f: st[f][chosen, :k_eff] for f in ("values", "images", "positions")}
         ys, xs = sel["positions"] // w, sel["positions"] % w
-        layer = _crop_layer(dataset, rf, sel["images"], ys, xs)
+        layer = _crop_layer(dataset, rf, sel["images"], ys, xs, patch_cap)
         lay = state.layouts.get(name)
         proj = (_project_layer(model, dataset, name, rf, chosen, sel["images"], ys, xs,
-                               projection, torch.device(device), batch_size, lay)
+                               projection, torch.device(device), batch_size, lay, patch_cap)
                 if projection != "none" and k_eff else None)
         out.append(LayerTopK(layer=name, shape=list(state.shapes[name]), rf_note=rf.get("note", ""),
                              rf={key: list(v) for key, v in rf.items() if key != "note"},
@@ -533,9 +533,9 @@ def _by_image(images: np.ndarray) -> Dict[int, List[Tuple[int, int]]]:
 
 
 def _crop_layer(dataset: ImageDataset, rf: Dict, images: np.ndarray, ys: np.ndarray,
-                xs: np.ndarray) -> Dict:
+                xs: np.ndarray, cap: int = MAX_PATCH) -> Dict:
     """Patches, boxes and labels of one layer; one image in memory at a time."""
-    side = stored_side(rf["size"])
+    side = stored_side(rf["size"], cap)
     fill = dataset.fill_colour()
     s, k = images.shape
     patches = np.zeros((s, k) + side + (3,), dtype=np.uint8)
@@ -554,11 +554,12 @@ def _crop_layer(dataset: ImageDataset, rf: Dict, images: np.ndarray, ys: np.ndar
 
 def _project_layer(model: nn.Module, dataset: ImageDataset, name: str, rf: Dict,
                    chosen: np.ndarray, images: np.ndarray, ys: np.ndarray, xs: np.ndarray, rule: str,
-                   device: torch.device, batch_size: int, layout: Optional[Layout] = None) -> np.ndarray:
+                   device: torch.device, batch_size: int, layout: Optional[Layout] = None,
+                   cap: int = MAX_PATCH) -> np.ndarray:
     """Projections of every (channel, rank) unit, batched, cropped like the patches."""
     s, k = images.shape
     flat = [(r, j) for r in range(s) for j in range(k)]
-    side = stored_side(rf["size"])
+    side = stored_side(rf["size"], cap)
     c_in = int(dataset.input_size[0])
     out = np.zeros((s, k) + side + (c_in,), dtype=np.float32)
     for lo in range(0, len(flat), max(1, batch_size)):

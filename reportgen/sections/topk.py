@@ -16,6 +16,7 @@ from reportgen.sections.base import BuildContext, Finding, Section, register_sec
 from reportgen.sections.dataset_pass import dataset_for, pass_cost, shared
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF
+MIN_PATCH = 32    # a page share never shrinks stored patches below this side
 
 
 def _finite(v: float) -> Optional[float]:
@@ -65,12 +66,29 @@ class TopKSection(Section):
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
         """The dataset pass (when this section owns it), then one pass per winning patch projected."""
+        projected = (bud.Cost(backward=self._tiles(ctx, options) / 2) if options["projection"] != "none"
+                     else bud.Cost())
+        return bud.Needs(fixed=pass_cost(ctx, self.name) + projected)
+
+    def _tiles(self, ctx: BuildContext, options: Dict[str, Any]) -> int:
+        """Patches on the page (projections count twice: a second grid of the same size)."""
         k = min(int(options["k"]), len(ctx.dataset or ()))
         channels = len(options["channels"]) if isinstance(options["channels"], list) else int(options["channels"])
         given = options["layers"]
         layers = AUTO_LAYERS if given == "auto" else len(given) if isinstance(given, list) else 1
-        projected = bud.Cost(backward=layers * channels * k) if options["projection"] != "none" else bud.Cost()
-        return bud.Needs(fixed=pass_cost(ctx, self.name) + projected)
+        return layers * channels * k * (2 if options["projection"] != "none" else 1)
+
+    def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
+        """Every patch at the stored-side cap (deep layers' fields reach it): the worst case."""
+        return self._tiles(ctx, options) * tk.MAX_PATCH ** 2 * bud.WEBP_BYTES_PER_PIXEL
+
+    def patch_cap(self, ctx: BuildContext, options: Dict[str, Any]) -> int:
+        """The stored patch side that fits the section's page share (the cap when the page fits)."""
+        share = ctx.page_share(self.name)
+        if share is None:
+            return tk.MAX_PATCH
+        side = int(math.sqrt(share / max(1, self._tiles(ctx, options)) / bud.WEBP_BYTES_PER_PIXEL))
+        return max(MIN_PATCH, min(tk.MAX_PATCH, side))
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
         data = ctx.spec["dataset"]
@@ -80,7 +98,7 @@ class TopKSection(Section):
             raise run.topk_error
         result = tk.finish_topk(ctx.model, dataset_for(ctx), run.topk, list(taps.topk_layers),
                                 options["channels"], options["k"], ctx.device, ctx.input_size,
-                                options["projection"], data["batch_size"])
+                                options["projection"], data["batch_size"], self.patch_cap(ctx, options))
         return TopKSectionResult(result, options["layers"] == "auto")
 
     def view(self, result: TopKSectionResult, ctx: BuildContext) -> Dict[str, Any]:

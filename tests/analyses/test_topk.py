@@ -400,3 +400,22 @@ def test_a_channels_first_layer_whose_field_cannot_be_traced_shows_whole_input_p
     assert "whole input" in untraced.rf_note and "'roll'" in untraced.rf_note
     from reportgen.render.topk import layer_view
     assert layer_view(untraced)["rf_note"] == untraced.rf_note
+
+
+def test_a_page_share_shrinks_the_stored_patches(tmp_path):
+    """Top-k takes part in the page budget: a small share caps the patch side, never below MIN_PATCH."""
+    from types import SimpleNamespace
+
+    from reportgen.sections.topk import MIN_PATCH, TopKSection
+
+    section = TopKSection({})
+    opts = section.options
+    tiles = 2 * 16 * 9
+    full = SimpleNamespace(dataset=[None] * 200, page_share=lambda name: None)
+    assert section.page_bytes(full, opts) == tiles * tk.MAX_PATCH ** 2
+    assert section.patch_cap(full, opts) == tk.MAX_PATCH
+    half = SimpleNamespace(dataset=[None] * 200, page_share=lambda name: tiles * 64 ** 2)
+    assert section.patch_cap(half, opts) == 64
+    tiny = SimpleNamespace(dataset=[None] * 200, page_share=lambda name: 1000)
+    assert section.patch_cap(tiny, opts) == MIN_PATCH
+    assert tk.stored_side((200, 100), 64) == (64, 32)
