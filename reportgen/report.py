@@ -15,8 +15,10 @@ check what the rest of the code relies on before anything is written:
 * sizes: the file, each string, the nesting depth.
 
 A bad file is an :class:`InputError` (exit 2) naming the file and the key.
-:func:`write_pair` is the writer: report.json and index.html replace the old
-pair in one step (see its docstring).
+
+A section's :class:`Outcome` (what a build computed of it) is defined here,
+the plain data report.json is written from. :func:`write_pair` is the writer:
+report.json and index.html replace the old pair in one step (see its docstring).
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ import re
 import shutil
 import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from reportgen import atomic
 from reportgen.atomic import atomic_write_bytes
@@ -71,6 +74,76 @@ def is_digest(text: Any) -> bool:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- a section's outcome
+
+@dataclass
+class Outcome:
+    """One section of one build (computed, or read from the cache): what its readers need of it.
+
+    A build's page, its report.json and a compare all read the same outcomes,
+    so the fields are plain data (this module sits below the model, the
+    sections and the pages); each is here because a reader needs it:
+
+    * ``summary``: report.json's ``sections.NAME``, the numbers a CI gate, a
+      compare's audit and ``summary`` read; ``{"skipped": reason}`` where the
+      section did not apply, ``{"error": text}`` where it failed.
+    * ``findings``: its findings as report.json writes them (``Finding.to_json``).
+    * ``seconds``: its wall time here (a cache hit's is the lookup's), for
+      report.json's ``timings``, the budget's actual time and the overshoot check.
+    * ``cached``: it came from the cache, so its ``seconds`` measured nothing:
+      report.json's ``cached`` and the budget leave it out of their judgement.
+    * ``title``, ``partial``, ``template_dir``: the page's heading, the Jinja2
+      partial that draws ``view`` and the plugin's own templates folder (None for
+      a built-in), taken from the registered section class.
+    * ``results``: the analysis result as plain data (``cache.to_plain``): what
+      ``reportgen.build`` returns and what a compare reads across models (the
+      attribution maps, the predictions, the shortcut maps); None where it
+      did not apply or failed.
+    * ``view``: what ``partial`` renders; None where there is nothing to draw.
+    * ``error``: the failure, paths in public form, shown in place of the section.
+    * ``skipped``, ``hint``: why it does not apply, and what would make it apply.
+    * ``budget_note``: the caption sentence on what the budget plan chose for it
+      (set by ``planning.annotate`` once every section ran).
+    * ``budget``: report.json's ``sections.NAME.budget``, the plan's choices and
+      the page share it had (also set by ``planning.annotate``).
+    """
+
+    summary: Dict[str, Any]
+    findings: List[Dict[str, Any]]
+    seconds: float
+    cached: bool
+    title: str
+    partial: str
+    template_dir: Optional[Path] = None
+    results: Any = None
+    view: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+    hint: Optional[str] = None
+    budget_note: Optional[str] = None
+    budget: Optional[Dict[str, Any]] = None
+
+
+def ran(outcomes: Mapping[str, Outcome], name: str) -> Optional[Outcome]:
+    """Section ``name``'s outcome where it ran (computed or cached); None where it was not selected,
+    did not apply or failed."""
+    found = outcomes.get(name)
+    summary = (found.summary if found is not None else None) or {}
+    return None if found is None or "skipped" in summary or "error" in summary else found
+
+
+def summary_of(outcomes: Mapping[str, Outcome], name: str) -> Dict[str, Any]:
+    """Section ``name``'s summary where it ran; {} where it was not selected, did not apply or failed."""
+    found = ran(outcomes, name)
+    return (found.summary or {}) if found is not None else {}
+
+
+def results_of(outcomes: Mapping[str, Outcome], name: str) -> Any:
+    """Section ``name``'s results; None where it was not selected, did not apply or failed."""
+    found = outcomes.get(name)
+    return found.results if found is not None else None
 
 
 # --------------------------------------------------------------------------- writing

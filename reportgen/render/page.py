@@ -11,6 +11,7 @@ import jinja2
 from reportgen import __version__
 from reportgen.paths import public_path, public_text
 from reportgen.render.markdown import render_markdown
+from reportgen.report import Outcome
 
 
 def environment(extra_dirs: Sequence[Optional[Path]] = ()) -> jinja2.Environment:
@@ -66,14 +67,13 @@ def public_notes(res) -> List[str]:
     return [public_text(n, res.spec.base_dir) for n in res.notes]
 
 
-def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+def render_page(res, outcomes: Dict[str, Outcome], findings: List[Dict[str, Any]],
                 resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None) -> str:
-    """``outcomes``: per section its view and title, partial and template_dir (from the registry)."""
+    """``outcomes``: per section its view, title, partial and template_dir, and why it is not shown."""
     spec = res.spec
-    env = environment(list(dict.fromkeys(o.get("template_dir") for o in outcomes.values())))
-    entries = [{"name": name, "title": o["title"], "partial": o["partial"], "view": o["view"],
-                "error": o["error"], "skipped": o.get("skipped"), "hint": o.get("hint"),
-                "budget_note": o.get("budget_note")}
+    env = environment(list(dict.fromkeys(o.template_dir for o in outcomes.values())))
+    entries = [{"name": name, "title": o.title, "partial": o.partial, "view": o.view, "error": o.error,
+                "skipped": o.skipped, "hint": o.hint, "budget_note": o.budget_note}
                for name, o in outcomes.items()]
     audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
     build_time = None
@@ -136,13 +136,12 @@ def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, A
             "reportgen": baseline.get("reportgen"), "findings": len(baseline["findings"])}
 
 
-def section_summaries(outcomes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def section_summaries(outcomes: Dict[str, Outcome]) -> Dict[str, Any]:
     """report.json's ``sections``: each summary, with what the budget plan chose for it."""
-    return {name: dict(o["summary"], budget=o["budget"]) if o.get("budget") else o["summary"]
-            for name, o in outcomes.items()}
+    return {name: dict(o.summary, budget=o.budget) if o.budget else o.summary for name, o in outcomes.items()}
 
 
-def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+def report_json(res, outcomes: Dict[str, Outcome], findings: List[Dict[str, Any]],
                 resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None,
                 budget: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from reportgen.model.loading import parameter_count
@@ -175,8 +174,8 @@ def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[st
         "findings": findings,
         "resolved": list(resolved),
         "baseline": baseline_summary(baseline),
-        "timings": {name: round(o["seconds"], 4) for name, o in outcomes.items()},
-        "cached": sorted(name for name, o in outcomes.items() if o["cached"]),
+        "timings": {name: round(o.seconds, 4) for name, o in outcomes.items()},
+        "cached": sorted(name for name, o in outcomes.items() if o.cached),
     }
     if budget is not None:
         data["budget"] = budget
