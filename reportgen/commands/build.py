@@ -29,7 +29,7 @@ from reportgen.engine.throughput import cpu_threads
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.paths import public_path, public_text
 from reportgen.progress import Progress
-from reportgen.report import Outcome, write_pair
+from reportgen.report import Outcome, build_report, write_pair
 from reportgen.sections.base import BuildContext, Finding
 from reportgen.sections.registry import registry
 from reportgen.spec import Spec, load_spec
@@ -289,22 +289,48 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     target_dir = _out_dir(spec, out_dir)
     computed = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress, budget)
     outcomes = computed.outcomes
-    from reportgen.render.page import page_size, render_page, report_json
+    from reportgen.render.page import page_size, public_notes, render_page
 
     findings, resolved = diff_findings([f for o in outcomes.values() for f in o.findings],
                                        previous["findings"] if previous else None)
     page = render_page(res, outcomes, findings, resolved, previous)
     size = page_size(page, list(outcomes))
     warn_if_heavy(size)
-    data = report_json(res, outcomes, findings, resolved, previous,
-                       budget=computed.budget_entry(time.perf_counter() - started, size["bytes"]))
-    data["size"] = size
-    data["inputs_digest"] = audit_inputs_digest(res)
+    data = build_report(spec_digest=spec.digest, title=spec["title"], model=model_entry(res),
+                        notes=public_notes(res), outcomes=outcomes, findings=findings, resolved=resolved,
+                        baseline=previous,
+                        budget=computed.budget_entry(time.perf_counter() - started, size["bytes"]),
+                        size=size, inputs_digest=audit_inputs_digest(res))
     index, json_path = write_pair(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
     results = {n: o.results for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
                   resolved=resolved)
+
+
+def model_entry(res: Resolved) -> Dict[str, Any]:
+    """report.json's ``model``: where the model came from, its classes, checkpoints and preprocessing."""
+    from reportgen.model.loading import parameter_count
+    from reportgen.render.page import model_source
+
+    spec = res.spec
+    audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
+    return {
+        "source": model_source(spec),
+        "parameters": parameter_count(res.model),
+        "input_size": list(res.input_size),
+        "num_classes": res.num_classes,
+        "classes": res.classes,
+        "output": res.output_key if res.output_key is not None else "auto",
+        "device": res.device.type,
+        "audit_checkpoint": audit.label if audit else None,
+        "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir), "metrics": c.metrics,
+                         "weights": c.weights, "other_weights": list(c.other_weights)}
+                        for c in res.checkpoints],
+        "checkpoint_weights": spec["checkpoint_weights"],
+        "preprocess": {key: spec["preprocess"][key] for key in sorted(spec["preprocess"])},
+        "preprocess_source": res.preprocess_source,
+    }
 
 
 def warn_if_heavy(size: Dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from reportgen.commands.build import (
 from reportgen.commands.compare_audit import audit_json, audit_sentences
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
-from reportgen.report import Outcome, results_of, write_pair
+from reportgen.report import Outcome, compare_report, results_of, write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
@@ -437,7 +437,9 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     flips_by_class = _negative_flips_by_class(parts.agreement)
     comparison["audit"] = audit_json(base_out, new_out)
     sentences = verdict(comparison, findings, resolved, flips_by_class)
-    data = _report_json(base_spec, new_spec, parts, comparison, findings, resolved, sentences, timings)
+    data = compare_report(base=_side(base_spec, base), new=_side(new_spec, new), comparison=comparison,
+                          verdict=sentences, base_outcomes=base_out, new_outcomes=new_out, findings=findings,
+                          resolved=resolved, flips_by_class=flips_by_class, timings=timings)
     data["budget"] = {side: computed.budget_entry(sum(o.seconds for o in computed.outcomes.values()), None)
                       for side, computed in (("base", base_computed), ("new", new_computed))}
     from reportgen.render.compare import render_compare_page
@@ -570,20 +572,3 @@ def _side(spec: Spec, res: Resolved) -> Dict[str, Any]:
                       "audit_checkpoint": (res.checkpoints[res.audit_index].label
                                            if res.audit_index is not None else None)}}
 
-
-def _report_json(base_spec: Spec, new_spec: Spec, parts: CompareParts, comparison: Dict[str, Any],
-                 findings, resolved, sentences: List[str], timings: Dict[str, float]) -> Dict[str, Any]:
-    from reportgen.render.page import _finite, section_summaries
-
-    base, new = section_summaries(parts.base_outcomes), section_summaries(parts.new_outcomes)
-    sections = {name: {"base": base.get(name), "new": new[name]} for name in new}
-    data = {
-        "reportgen": __version__, "kind": "compare",
-        "base": _side(base_spec, parts.base), "new": _side(new_spec, parts.new),
-        "inputs_note": "Both models ran on NEW's probes and dataset; BASE's probes and dataset are ignored.",
-        "comparison": comparison, "verdict": sentences, "sections": sections,
-        "findings": findings, "resolved": resolved,
-        "flips_by_class": _negative_flips_by_class(parts.agreement),
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-    }
-    return _finite(data)
