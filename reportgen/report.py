@@ -15,8 +15,12 @@ check what the rest of the code relies on before anything is written:
 * sizes: the file, each string, the nesting depth.
 
 A bad file is an :class:`InputError` (exit 2) naming the file and the key.
-:func:`write_pair` is the writer: report.json and index.html replace the old
-pair in one step (see its docstring).
+
+The writing side lives here too, so the format has one home: a section's
+:class:`Outcome` (what a build computed of it), :func:`build_report` and
+:func:`compare_report` (the report.json document, from outcomes and metadata
+the commands gather), and :func:`write_pair`, the writer: report.json and
+index.html replace the old pair in one step (see its docstring).
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ import re
 import shutil
 import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from reportgen import atomic
+from reportgen import __version__, atomic
 from reportgen.atomic import atomic_write_bytes
 from reportgen.errors import InputError
 
@@ -71,6 +76,163 @@ def is_digest(text: Any) -> bool:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- a section's outcome
+
+@dataclass
+class Outcome:
+    """One section of one build (computed, or read from the cache): what its readers need of it.
+
+    A build's page, its report.json and a compare all read the same outcomes,
+    so the fields are plain data (this module sits below the model, the
+    sections and the pages); each is here because a reader needs it:
+
+    * ``summary``: report.json's ``sections.NAME``, the numbers a CI gate, a
+      compare's audit and ``summary`` read; ``{"skipped": reason}`` where the
+      section did not apply, ``{"error": text}`` where it failed.
+    * ``findings``: its findings as report.json writes them (``Finding.to_json``).
+    * ``seconds``: its wall time here (a cache hit's is the lookup's), for
+      report.json's ``timings``, the budget's actual time and the overshoot check.
+    * ``cached``: it came from the cache, so its ``seconds`` measured nothing:
+      report.json's ``cached`` and the budget leave it out of their judgement.
+    * ``title``, ``partial``, ``template_dir``: the page's heading, the Jinja2
+      partial that draws ``view`` and the plugin's own templates folder (None for
+      a built-in), taken from the registered section class.
+    * ``results``: the analysis result as plain data (``cache.to_plain``): what
+      ``reportgen.build`` returns and what a compare reads across models (the
+      attribution maps, the predictions, the shortcut maps); None where it
+      did not apply or failed.
+    * ``view``: what ``partial`` renders; None where there is nothing to draw.
+    * ``error``: the failure, paths in public form, shown in place of the section.
+    * ``skipped``, ``hint``: why it does not apply, and what would make it apply.
+    * ``budget_note``: the caption sentence on what the budget plan chose for it
+      (set by ``planning.annotate`` once every section ran).
+    * ``budget``: report.json's ``sections.NAME.budget``, the plan's choices and
+      the page share it had (also set by ``planning.annotate``).
+    """
+
+    summary: Dict[str, Any]
+    findings: List[Dict[str, Any]]
+    seconds: float
+    cached: bool
+    title: str
+    partial: str
+    template_dir: Optional[Path] = None
+    results: Any = None
+    view: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+    hint: Optional[str] = None
+    budget_note: Optional[str] = None
+    budget: Optional[Dict[str, Any]] = None
+
+
+def ran(outcomes: Mapping[str, Outcome], name: str) -> Optional[Outcome]:
+    """Section ``name``'s outcome where it ran (computed or cached); None where it was not selected,
+    did not apply or failed."""
+    found = outcomes.get(name)
+    summary = (found.summary if found is not None else None) or {}
+    return None if found is None or "skipped" in summary or "error" in summary else found
+
+
+def summary_of(outcomes: Mapping[str, Outcome], name: str) -> Dict[str, Any]:
+    """Section ``name``'s summary where it ran; {} where it was not selected, did not apply or failed."""
+    found = ran(outcomes, name)
+    return (found.summary or {}) if found is not None else {}
+
+
+def results_of(outcomes: Mapping[str, Outcome], name: str) -> Any:
+    """Section ``name``'s results; None where it was not selected, did not apply or failed."""
+    found = outcomes.get(name)
+    return found.results if found is not None else None
+
+
+# --------------------------------------------------------------------------- the document
+
+INPUTS_NOTE = "Both models ran on NEW's probes and dataset; BASE's probes and dataset are ignored."
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: they become null so strict parsers accept the file (arrays become lists)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return json_safe(obj.tolist())
+    return obj
+
+
+def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """What a report says of the report it was compared with (no paths: reports get published)."""
+    if baseline is None:
+        return None
+    return {"title": baseline.get("title"), "spec_digest": baseline.get("spec_digest"),
+            "reportgen": baseline.get("reportgen"), "findings": len(baseline["findings"])}
+
+
+def section_summaries(outcomes: Mapping[str, Outcome]) -> Dict[str, Any]:
+    """report.json's ``sections``: each summary, with what the budget plan chose for it."""
+    return {name: dict(o.summary, budget=o.budget) if o.budget else o.summary for name, o in outcomes.items()}
+
+
+def build_report(*, spec_digest: str, title: str, model: Dict[str, Any], notes: List[str],
+                 outcomes: Mapping[str, Outcome], findings: List[Dict[str, Any]],
+                 resolved: Sequence[Dict[str, Any]], baseline: Optional[Dict[str, Any]],
+                 budget: Optional[Dict[str, Any]], size: Dict[str, Any], inputs_digest: str) -> Dict[str, Any]:
+    """A build's report.json (SPEC.md), less the ``page_sha256`` that :func:`write_pair` adds.
+
+    ``model``: the model block (where it came from, its classes, checkpoints and
+    preprocessing); ``notes``: the resolve step's notes; ``baseline``: the
+    ``--baseline`` report, summarized; ``size``: the page's bytes per section.
+    """
+    data: Dict[str, Any] = {
+        "reportgen": __version__,
+        "kind": "build",
+        "spec_digest": spec_digest,
+        "title": title,
+        "model": model,
+        "notes": notes,
+        "sections": section_summaries(outcomes),
+        "findings": findings,
+        "resolved": list(resolved),
+        "baseline": baseline_summary(baseline),
+        "timings": {name: round(o.seconds, 4) for name, o in outcomes.items()},
+        "cached": sorted(name for name, o in outcomes.items() if o.cached),
+    }
+    if budget is not None:
+        data["budget"] = budget
+    data = json_safe(data)
+    data["size"] = size
+    data["inputs_digest"] = inputs_digest
+    return data
+
+
+def compare_report(*, base: Dict[str, Any], new: Dict[str, Any], comparison: Dict[str, Any], verdict: List[str],
+                   base_outcomes: Mapping[str, Outcome], new_outcomes: Mapping[str, Outcome],
+                   findings: List[Dict[str, Any]], resolved: List[Dict[str, Any]],
+                   flips_by_class: Dict[str, int], timings: Dict[str, float]) -> Dict[str, Any]:
+    """A compare's report.json (SPEC.md) before its page is drawn from it: the ``budget``, ``size``
+    and inputs digests join it afterwards, ``page_sha256`` in :func:`write_pair`.
+
+    ``base``, ``new``: each side's title, spec digest and model; ``sections``
+    pairs each of NEW's section summaries with BASE's (None where BASE lacks it).
+    """
+    base_sections, new_sections = section_summaries(base_outcomes), section_summaries(new_outcomes)
+    data = {
+        "reportgen": __version__, "kind": "compare",
+        "base": base, "new": new,
+        "inputs_note": INPUTS_NOTE,
+        "comparison": comparison, "verdict": verdict,
+        "sections": {name: {"base": base_sections.get(name), "new": new_sections[name]} for name in new_sections},
+        "findings": findings, "resolved": resolved,
+        "flips_by_class": flips_by_class,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    return json_safe(data)
 
 
 # --------------------------------------------------------------------------- writing

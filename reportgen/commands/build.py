@@ -29,7 +29,7 @@ from reportgen.engine.throughput import cpu_threads
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.paths import public_path, public_text
 from reportgen.progress import Progress
-from reportgen.report import write_pair
+from reportgen.report import Outcome, build_report, write_pair
 from reportgen.sections.base import BuildContext, Finding
 from reportgen.sections.dataset_pass import gather
 from reportgen.sections.registry import registry
@@ -195,7 +195,7 @@ def _budget_key(name: str, ctx: BuildContext) -> Optional[Dict[str, Any]]:
 
 
 def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: SectionCache,
-                 base_key: str, progress: Progress) -> Dict[str, Any]:
+                 base_key: str, progress: Progress) -> Outcome:
     cls = registry()[name]
     section = cls(options)
     options = section.options
@@ -205,14 +205,18 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
         parts["budget"] = planned
     key = digest_of(parts)
     started = time.perf_counter()
+
+    def outcome(summary: Dict[str, Any], findings: List[Dict[str, Any]], cached: bool = False,
+                **rest: Any) -> Outcome:
+        return Outcome(summary=summary, findings=findings, seconds=time.perf_counter() - started, cached=cached,
+                       title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir, **rest)
+
     hit = cache.get(key)
     if hit is not None:
         results, view, summary, findings = hit
-        skipped = view is None          # a cached "does not apply": its reason and hint
-        return {"results": None if skipped else results, "view": view, "summary": summary,
-                "findings": findings, "seconds": time.perf_counter() - started, "cached": True,
-                "error": None, "skipped": summary["skipped"] if skipped else None,
-                "hint": results.get("hint") if skipped else None}
+        if view is None:                # a cached "does not apply": its reason and hint
+            return outcome(summary, findings, cached=True, skipped=summary["skipped"], hint=results.get("hint"))
+        return outcome(summary, findings, cached=True, results=results, view=view)
     torch.manual_seed(ctx.seed)
     try:
         section.check_applicable(ctx)
@@ -225,9 +229,7 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
     except NotApplicable as e:
         summary = {"skipped": e.reason}
         cache.put(key, {"hint": e.hint}, None, summary, [])
-        return {"results": None, "view": None, "summary": summary, "findings": [],
-                "seconds": time.perf_counter() - started, "cached": False, "error": None,
-                "skipped": e.reason, "hint": e.hint}
+        return outcome(summary, [], skipped=e.reason, hint=e.hint)
     except Exception as e:  # a bug or an unsupported model: report it, keep the rest
         raw = "".join(traceback.format_exception_only(type(e), e)).strip()
         progress.log(f"reportgen: section {name!r} failed: {raw}")   # this machine's log: paths in full
@@ -235,14 +237,10 @@ def _run_section(name: str, ctx: BuildContext, options: Dict[str, Any], cache: S
         finding = Finding(id=f"section-failed-{name}", severity="error",
                           title=f"Section {section.title or name} could not be computed",
                           evidence=detail, section=name).to_json()
-        return {"results": None, "view": None, "summary": {"error": detail}, "findings": [finding],
-                "seconds": time.perf_counter() - started, "cached": False, "error": detail,
-                "skipped": None, "hint": None}
+        return outcome({"error": detail}, [finding], error=detail)
     plain = to_plain(result)
     cache.put(key, plain, view, summary, findings)
-    return {"results": plain, "view": view, "summary": summary, "findings": findings,
-            "seconds": time.perf_counter() - started, "cached": False, "error": None, "skipped": None,
-            "hint": None}
+    return outcome(summary, findings, results=plain, view=view)
 
 
 def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]] = None,
@@ -292,22 +290,48 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
     target_dir = _out_dir(spec, out_dir)
     computed = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress, budget)
     outcomes = computed.outcomes
-    from reportgen.render.page import page_size, render_page, report_json
+    from reportgen.render.page import page_size, public_notes, render_page
 
-    findings, resolved = diff_findings([f for o in outcomes.values() for f in o["findings"]],
+    findings, resolved = diff_findings([f for o in outcomes.values() for f in o.findings],
                                        previous["findings"] if previous else None)
     page = render_page(res, outcomes, findings, resolved, previous)
     size = page_size(page, list(outcomes))
     warn_if_heavy(size)
-    data = report_json(res, outcomes, findings, resolved, previous,
-                       budget=computed.budget_entry(time.perf_counter() - started, size["bytes"]))
-    data["size"] = size
-    data["inputs_digest"] = audit_inputs_digest(res)
+    data = build_report(spec_digest=spec.digest, title=spec["title"], model=model_entry(res),
+                        notes=public_notes(res), outcomes=outcomes, findings=findings, resolved=resolved,
+                        baseline=previous,
+                        budget=computed.budget_entry(time.perf_counter() - started, size["bytes"]),
+                        size=size, inputs_digest=audit_inputs_digest(res))
     index, json_path = write_pair(target_dir, page, data)
     progress.log(f"reportgen: wrote {index}")
-    results = {n: o["results"] for n, o in outcomes.items()}
+    results = {n: o.results for n, o in outcomes.items()}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
                   resolved=resolved)
+
+
+def model_entry(res: Resolved) -> Dict[str, Any]:
+    """report.json's ``model``: where the model came from, its classes, checkpoints and preprocessing."""
+    from reportgen.model.loading import parameter_count
+    from reportgen.render.page import model_source
+
+    spec = res.spec
+    audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
+    return {
+        "source": model_source(spec),
+        "parameters": parameter_count(res.model),
+        "input_size": list(res.input_size),
+        "num_classes": res.num_classes,
+        "classes": res.classes,
+        "output": res.output_key if res.output_key is not None else "auto",
+        "device": res.device.type,
+        "audit_checkpoint": audit.label if audit else None,
+        "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir), "metrics": c.metrics,
+                         "weights": c.weights, "other_weights": list(c.other_weights)}
+                        for c in res.checkpoints],
+        "checkpoint_weights": spec["checkpoint_weights"],
+        "preprocess": {key: spec["preprocess"][key] for key in sorted(spec["preprocess"])},
+        "preprocess_source": res.preprocess_source,
+    }
 
 
 def warn_if_heavy(size: Dict[str, Any]) -> None:
@@ -327,7 +351,7 @@ def warn_if_heavy(size: Dict[str, Any]) -> None:
 class Computed:
     """The sections' outcomes and the budget plan they ran under."""
 
-    outcomes: Dict[str, Dict[str, Any]]
+    outcomes: Dict[str, Outcome]
     ctx: BuildContext
     planned: Dict[str, Any]
 
@@ -374,16 +398,13 @@ def compute_sections(res: Resolved, names: Sequence[str], use_cache: bool, cache
         planned = {k: v for k, v in shared.items() if k not in ("plan", "page_shares")}
     else:
         planned = _plan(ctx, res.spec, names, budget, cache, progress)
-    sections = registry()
-    outcomes: Dict[str, Dict[str, Any]] = {}
+    outcomes: Dict[str, Outcome] = {}
     with cpu_threads(planned["threads"]):
         for name in progress(names, desc="sections"):
             options = res.spec["sections"].get(name) or {}
             outcome = _run_section(name, ctx, options, cache, base_key, progress)
-            progress.log(f"reportgen: {name} done in {outcome['seconds']:.1f}s"
-                         + (" (cached)" if outcome["cached"] else ""))
-            cls = sections[name]
-            outcome.update(title=cls.title or name, partial=cls.partial, template_dir=cls.template_dir)
+            progress.log(f"reportgen: {name} done in {outcome.seconds:.1f}s"
+                         + (" (cached)" if outcome.cached else ""))
             outcomes[name] = outcome
     planning.annotate(outcomes, ctx)
     planned["overshoot"] = over = planning.overshoot(ctx.plan, outcomes)

@@ -39,7 +39,7 @@ from reportgen.commands.build import (
 from reportgen.commands.compare_audit import audit_json, audit_sentences
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
-from reportgen.report import write_pair
+from reportgen.report import Outcome, compare_report, results_of, write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
@@ -214,15 +214,13 @@ def audit_step(res: Resolved, table: Optional[Any]) -> Optional[float]:
 
 # --------------------------------------------------------------------------- explanations
 
-def explanation_similarity(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]]
-                           ) -> Dict[str, Dict[str, Any]]:
+def explanation_similarity(base_out: Dict[str, Outcome], new_out: Dict[str, Outcome]) -> Dict[str, Dict[str, Any]]:
     """Per attribution section and method: Spearman rank similarity of the two models' maps per probe."""
     from reportgen.analyses.faithfulness import spearman
 
     out: Dict[str, Dict[str, Any]] = {}
     for section in ATTRIBUTION_SECTIONS:
-        b = (base_out.get(section) or {}).get("results")
-        n = (new_out.get(section) or {}).get("results")
+        b, n = results_of(base_out, section), results_of(new_out, section)
         if not b or not n:
             continue
         methods: Dict[str, Any] = {}
@@ -333,8 +331,8 @@ class CompareParts:
 
     base: Resolved
     new: Resolved
-    base_outcomes: Dict[str, Dict[str, Any]]
-    new_outcomes: Dict[str, Dict[str, Any]]
+    base_outcomes: Dict[str, Outcome]
+    new_outcomes: Dict[str, Outcome]
     similarity: Dict[str, Dict[str, Any]]
     filters: Any = None
     cka: Any = None
@@ -433,14 +431,16 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     parts, comparison = _cross(base, new, base_out, new_out, timings, progress, precomputed)
     comparison["inputs"]["pass_file"] = (public_path(Path(pass_file).resolve(), new_spec.base_dir)
                                          if pass_file is not None else None)     # --pass: from the cwd
-    base_findings = [f for o in base_out.values() for f in o["findings"]]
-    new_findings = [f for o in new_out.values() for f in o["findings"]] + sanity_regressions(parts.similarity)
+    base_findings = [f for o in base_out.values() for f in o.findings]
+    new_findings = [f for o in new_out.values() for f in o.findings] + sanity_regressions(parts.similarity)
     findings, resolved = diff_findings(new_findings, base_findings)
     flips_by_class = _negative_flips_by_class(parts.agreement)
     comparison["audit"] = audit_json(base_out, new_out)
     sentences = verdict(comparison, findings, resolved, flips_by_class)
-    data = _report_json(base_spec, new_spec, parts, comparison, findings, resolved, sentences, timings)
-    data["budget"] = {side: computed.budget_entry(sum(o["seconds"] for o in computed.outcomes.values()), None)
+    data = compare_report(base=_side(base_spec, base), new=_side(new_spec, new), comparison=comparison,
+                          verdict=sentences, base_outcomes=base_out, new_outcomes=new_out, findings=findings,
+                          resolved=resolved, flips_by_class=flips_by_class, timings=timings)
+    data["budget"] = {side: computed.budget_entry(sum(o.seconds for o in computed.outcomes.values()), None)
                       for side, computed in (("base", base_computed), ("new", new_computed))}
     from reportgen.render.compare import render_compare_page
     from reportgen.render.page import page_size
@@ -451,8 +451,8 @@ def _compare(base_src: SpecSource, new_src: SpecSource, out_dir, only, device, u
     warn_if_heavy(data["size"])
     index, json_path = write_pair(target, page, data)
     progress.log(f"reportgen: wrote {index}")
-    results = {"base": {n: o["results"] for n, o in base_out.items()},
-               "new": {n: o["results"] for n, o in new_out.items()}}
+    results = {"base": {n: o.results for n, o in base_out.items()},
+               "new": {n: o.results for n, o in new_out.items()}}
     return Report(path=index, json_path=json_path, results=results, data=data, findings=findings,
                   resolved=resolved)
 
@@ -572,20 +572,3 @@ def _side(spec: Spec, res: Resolved) -> Dict[str, Any]:
                       "audit_checkpoint": (res.checkpoints[res.audit_index].label
                                            if res.audit_index is not None else None)}}
 
-
-def _report_json(base_spec: Spec, new_spec: Spec, parts: CompareParts, comparison: Dict[str, Any],
-                 findings, resolved, sentences: List[str], timings: Dict[str, float]) -> Dict[str, Any]:
-    from reportgen.render.page import _finite, section_summaries
-
-    base, new = section_summaries(parts.base_outcomes), section_summaries(parts.new_outcomes)
-    sections = {name: {"base": base.get(name), "new": new[name]} for name in new}
-    data = {
-        "reportgen": __version__, "kind": "compare",
-        "base": _side(base_spec, parts.base), "new": _side(new_spec, parts.new),
-        "inputs_note": "Both models ran on NEW's probes and dataset; BASE's probes and dataset are ignored.",
-        "comparison": comparison, "verdict": sentences, "sections": sections,
-        "findings": findings, "resolved": resolved,
-        "flips_by_class": _negative_flips_by_class(parts.agreement),
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-    }
-    return _finite(data)

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from reportgen.report import Outcome, summary_of
+
 ROBUSTNESS_REGRESSION = 0.05   # mean accuracy (or flip rate) over severities worse by this much: named
 
 
-def _summary(outcomes: Dict[str, Dict[str, Any]], section: str) -> Dict[str, Any]:
-    found = (outcomes.get(section) or {}).get("summary") or {}
-    return {} if "skipped" in found or "error" in found else found
-
-
-def audit_json(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def audit_json(base_out: Dict[str, Outcome], new_out: Dict[str, Outcome]) -> Dict[str, Any]:
     sides = {"base": base_out, "new": new_out}
 
     def pair(section: str, key: str) -> Dict[str, Any]:
-        return {side: _summary(out, section).get(key) for side, out in sides.items()}
+        return {side: summary_of(out, section).get(key) for side, out in sides.items()}
 
     robustness: Dict[str, Dict[str, Any]] = {}
     for side, out in sides.items():
-        for name, v in (_summary(out, "robustness").get("corruptions") or {}).items():
+        for name, v in (summary_of(out, "robustness").get("corruptions") or {}).items():
             row = robustness.setdefault(name, {"base": None, "new": None})
             row[side] = v["accuracy"] if v["accuracy"] is not None else v["flip_rate"]
     return {"accuracy": pair("errors", "accuracy"), "ece": pair("calibration", "ece"),
@@ -35,7 +32,7 @@ def audit_json(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str,
             "robustness_metric": "accuracy" if pair("robustness", "clean_accuracy")["new"] is not None
             else "flip_rate",
             "robustness": robustness,
-            "shortcuts": {side: sorted(s["class"] for s in _summary(out, "shortcuts").get("suspected") or [])
+            "shortcuts": {side: sorted(s["class"] for s in summary_of(out, "shortcuts").get("suspected") or [])
                           for side, out in sides.items()}}
 
 

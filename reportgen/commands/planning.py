@@ -20,6 +20,7 @@ import torch
 from reportgen.cache import digest_of
 from reportgen.engine import budget as bud
 from reportgen.engine import throughput as tp
+from reportgen.report import Outcome
 from reportgen.sections.base import ask_sections
 
 # How the caption names an option (section-specific names first).
@@ -184,13 +185,12 @@ def section_entry(section: str, plan: Optional[bud.Plan], seconds: float, cached
     return out
 
 
-def annotate(outcomes: Dict[str, Dict[str, Any]], ctx: Any) -> None:
+def annotate(outcomes: Dict[str, Outcome], ctx: Any) -> None:
     """Each outcome's caption sentence (``budget_note``) and report.json entry (``budget``)."""
     for name, outcome in outcomes.items():
-        actual = outcome["seconds"] if ctx.spec["output"]["timestamp"] and not outcome["cached"] else None
-        outcome["budget_note"] = note(name, ctx.plan, actual) if outcome["view"] is not None and ctx.plan else None
-        outcome["budget"] = section_entry(name, ctx.plan, outcome["seconds"], outcome["cached"],
-                                          ctx.page_share(name))
+        actual = outcome.seconds if ctx.spec["output"]["timestamp"] and not outcome.cached else None
+        outcome.budget_note = note(name, ctx.plan, actual) if outcome.view is not None and ctx.plan else None
+        outcome.budget = section_entry(name, ctx.plan, outcome.seconds, outcome.cached, ctx.page_share(name))
 
 
 def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, page_size: Optional[int],
@@ -205,7 +205,7 @@ def build_entry(plan: bud.Plan, source: str, measure_s: float, actual_s: float, 
     return out
 
 
-def overshoot(plan: Optional[bud.Plan], outcomes: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def overshoot(plan: Optional[bud.Plan], outcomes: Dict[str, Outcome]) -> Optional[Dict[str, Any]]:
     """The sections computed under a timed plan took far longer than it estimated: how much, else None.
 
     Only sections computed here count (a cached one took no time); only a plan
@@ -214,9 +214,9 @@ def overshoot(plan: Optional[bud.Plan], outcomes: Dict[str, Dict[str, Any]]) -> 
     """
     if plan is None or plan.throughput.source not in ("measured", "stored"):
         return None
-    ran = [n for n, o in outcomes.items() if not o["cached"] and n in plan.sections]
+    ran = [n for n, o in outcomes.items() if not o.cached and n in plan.sections]
     estimated = sum(plan.sections[n].estimated_s for n in ran)
-    actual = sum(outcomes[n]["seconds"] for n in ran)
+    actual = sum(outcomes[n].seconds for n in ran)
     if not bud.overshot(estimated, actual):
         return None
     return {"estimated_s": round(estimated, 2), "actual_s": round(actual, 2),

@@ -18,6 +18,7 @@ import numpy as np
 from reportgen.render.colormap import apply_cmap
 from reportgen.render.heatmap import overlay
 from reportgen.render.images import thumbnail_uri, webp_uri
+from reportgen.report import Outcome, summary_of
 
 HEAT_CMAP = "Blues"
 DROP_CMAP = "Reds"
@@ -138,13 +139,8 @@ def severity_cells(values: Optional[Sequence[float]], vmin: float = 0.0, vmax: f
 
 # --------------------------------------------------------------------------- compare
 
-def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]],
-                 audit: Dict[str, Any]) -> Dict[str, Any]:
+def compare_view(base_out: Dict[str, Outcome], new_out: Dict[str, Outcome], audit: Dict[str, Any]) -> Dict[str, Any]:
     """The compare page's audit part: headline numbers, both reliability diagrams, robustness BASE | NEW | Δ."""
-    def summary(out: Dict[str, Dict[str, Any]], name: str) -> Dict[str, Any]:
-        found = (out.get(name) or {}).get("summary") or {}
-        return {} if "skipped" in found or "error" in found else found
-
     rows = []
     for key, label, scale in (("accuracy", "accuracy", 100), ("ece", "ECE", 1),
                               ("mean_accuracy_drop", "mean accuracy drop under corruptions", 100)):
@@ -155,7 +151,7 @@ def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[st
                      "delta": None if b is None or n is None else n - b})
     diagrams = []
     for side, out in (("BASE", base_out), ("NEW", new_out)):
-        cal = summary(out, "calibration")
+        cal = summary_of(out, "calibration")
         if cal.get("reliability"):
             diagrams.append({"side": side, "ece": cal["ece"], "temperature": cal["temperature"],
                              "svg": reliability_svg(cal["reliability"], f"Reliability diagram of {side}")})
@@ -177,7 +173,7 @@ def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[st
     return {"rows": rows, "diagrams": diagrams, "robustness": robust, "severities": sev["new"] or [],
             "metric": "accuracy" if accuracy else "flip rate", "css": RELIABILITY_CSS,
             "shortcuts": audit["shortcuts"], "mismatch": bool(sev["base"] and sev["base"] != sev["new"]),
-            "confusion": confusion_diff(summary(base_out, "errors"), summary(new_out, "errors"))}
+            "confusion": confusion_diff(summary_of(base_out, "errors"), summary_of(new_out, "errors"))}
 
 
 CONFUSION_SHOWN = 20     # classes in the difference's heat table; more classes: those that changed most

@@ -13,6 +13,7 @@ from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, colorize
 from reportgen.render.images import pack_grid, png_uri, upscale_nearest
 from reportgen.render.markdown import render_markdown
 from reportgen.render.shortcuts import compare_view as shortcut_maps
+from reportgen.report import Outcome, results_of
 
 FLIP_THUMBS = 24
 THUMB = 64
@@ -85,8 +86,8 @@ def _thumb(display: np.ndarray) -> np.ndarray:
     return np.asarray(img)
 
 
-def _top5(outcomes: Dict[str, Dict[str, Any]], classes: Sequence[str], i: int) -> List[Dict[str, Any]]:
-    preds = ((outcomes.get("summary") or {}).get("results") or {}).get("predictions")
+def _top5(outcomes: Dict[str, Outcome], classes: Sequence[str], i: int) -> List[Dict[str, Any]]:
+    preds = (results_of(outcomes, "summary") or {}).get("predictions")
     if not preds:
         return []
     return [{"cls": classes[int(c)], "p": float(p)} for c, p in zip(preds["indices"][i], preds["probs"][i])]

@@ -1,4 +1,4 @@
-"""Filling the page template and report.json from the computed sections."""
+"""Filling the page template from the computed sections (report.json is assembled in ``reportgen.report``)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,7 @@ import jinja2
 from reportgen import __version__
 from reportgen.paths import public_path, public_text
 from reportgen.render.markdown import render_markdown
+from reportgen.report import Outcome, baseline_summary
 
 
 def environment(extra_dirs: Sequence[Optional[Path]] = ()) -> jinja2.Environment:
@@ -66,14 +67,13 @@ def public_notes(res) -> List[str]:
     return [public_text(n, res.spec.base_dir) for n in res.notes]
 
 
-def render_page(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
+def render_page(res, outcomes: Dict[str, Outcome], findings: List[Dict[str, Any]],
                 resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None) -> str:
-    """``outcomes``: per section its view and title, partial and template_dir (from the registry)."""
+    """``outcomes``: per section its view, title, partial and template_dir, and why it is not shown."""
     spec = res.spec
-    env = environment(list(dict.fromkeys(o.get("template_dir") for o in outcomes.values())))
-    entries = [{"name": name, "title": o["title"], "partial": o["partial"], "view": o["view"],
-                "error": o["error"], "skipped": o.get("skipped"), "hint": o.get("hint"),
-                "budget_note": o.get("budget_note")}
+    env = environment(list(dict.fromkeys(o.template_dir for o in outcomes.values())))
+    entries = [{"name": name, "title": o.title, "partial": o.partial, "view": o.view, "error": o.error,
+                "skipped": o.skipped, "hint": o.hint, "budget_note": o.budget_note}
                for name, o in outcomes.items()]
     audit = res.checkpoints[res.audit_index].label if res.audit_index is not None else None
     build_time = None
@@ -113,71 +113,3 @@ def page_size(page: str, names: Sequence[str]) -> Dict[str, Any]:
     ends = [i for i, _ in marks[1:]] + [end if end >= 0 else len(page)]
     sections = {n: len(page[i:j].encode("utf-8")) for (i, n), j in zip(marks, ends)}
     return {"bytes": len(page.encode("utf-8")), "sections": dict(sorted(sections.items()))}
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/Infinity: they become null so strict parsers accept the file."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _finite(obj.tolist())
-    return obj
-
-
-def baseline_summary(baseline: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """What a report says of the report it was compared with (no paths: reports get published)."""
-    if baseline is None:
-        return None
-    return {"title": baseline.get("title"), "spec_digest": baseline.get("spec_digest"),
-            "reportgen": baseline.get("reportgen"), "findings": len(baseline["findings"])}
-
-
-def section_summaries(outcomes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """report.json's ``sections``: each summary, with what the budget plan chose for it."""
-    return {name: dict(o["summary"], budget=o["budget"]) if o.get("budget") else o["summary"]
-            for name, o in outcomes.items()}
-
-
-def report_json(res, outcomes: Dict[str, Dict[str, Any]], findings: List[Dict[str, Any]],
-                resolved: Sequence[Dict[str, Any]] = (), baseline: Optional[Dict[str, Any]] = None,
-                budget: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    from reportgen.model.loading import parameter_count
-
-    spec = res.spec
-    audit = res.checkpoints[res.audit_index] if res.audit_index is not None else None
-    data = {
-        "reportgen": __version__,
-        "kind": "build",
-        "spec_digest": spec.digest,
-        "title": spec["title"],
-        "model": {
-            "source": model_source(spec),
-            "parameters": parameter_count(res.model),
-            "input_size": list(res.input_size),
-            "num_classes": res.num_classes,
-            "classes": res.classes,
-            "output": res.output_key if res.output_key is not None else "auto",
-            "device": res.device.type,
-            "audit_checkpoint": audit.label if audit else None,
-            "checkpoints": [{"label": c.label, "path": public_path(c.path, spec.base_dir), "metrics": c.metrics,
-                             "weights": c.weights, "other_weights": list(c.other_weights)}
-                            for c in res.checkpoints],
-            "checkpoint_weights": spec["checkpoint_weights"],
-            "preprocess": {key: spec["preprocess"][key] for key in sorted(spec["preprocess"])},
-            "preprocess_source": res.preprocess_source,
-        },
-        "notes": public_notes(res),
-        "sections": section_summaries(outcomes),
-        "findings": findings,
-        "resolved": list(resolved),
-        "baseline": baseline_summary(baseline),
-        "timings": {name: round(o["seconds"], 4) for name, o in outcomes.items()},
-        "cached": sorted(name for name, o in outcomes.items() if o["cached"]),
-    }
-    if budget is not None:
-        data["budget"] = budget
-    return _finite(data)

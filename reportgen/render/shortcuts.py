@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from reportgen.render.attribution import colorbar_view, compact_uri, label
 from reportgen.render.heatmap import DEFAULT_CMAP, overlay
 from reportgen.render.images import pack_grid, upscale_nearest
+from reportgen.report import Outcome, ran
 
 REGION = (230, 25, 75)       # solid outline: where the cluster's maps concentrate
 CONTROL = (0, 190, 220)      # dashed outline: the control region
@@ -192,7 +193,7 @@ def render_shortcuts(result: Any, classes: Sequence[str], seen: Callable[[Any, A
     }
 
 
-def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+def compare_view(base_out: Dict[str, Outcome], new_out: Dict[str, Outcome]) -> List[Dict[str, Any]]:
     """The compare page's shortcuts part: per class, BASE's and NEW's mean maps on one scale, side by side.
 
     Read from each side's ``shortcuts`` results (both sides ran on NEW's dataset, so
@@ -201,10 +202,10 @@ def compare_view(base_out: Dict[str, Dict[str, Any]], new_out: Dict[str, Dict[st
     """
     sides = []
     for out in (base_out, new_out):
-        found = out.get("shortcuts") or {}
-        results, summary = found.get("results"), found.get("summary") or {}
-        if not results or "skipped" in summary or "error" in summary:
+        found = ran(out, "shortcuts")
+        if found is None or not found.results:
             return []
+        results, summary = found.results, found.summary or {}
         names = results["class_names"]
         sides.append(({names[c["index"]]: c for c in results["classes"]},
                       {s["class"]: s for s in summary.get("suspected") or []}, summary.get("classes") or {}))
