@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from reportgen import __version__
-from reportgen.commands.baseline import SEVERITIES, gate_tripped
+from reportgen.commands.baseline import FAIL_ON, gate_tripped
 from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
-
-FAIL_ON = ["warning", "error", "new-warning", "new-error"]
+from reportgen.report import worst_finding
 
 
 def _run_options(p: argparse.ArgumentParser, out: str, fail_on: str) -> None:
@@ -139,7 +138,7 @@ def _gate(findings, level: Optional[str]) -> int:
     tripped = gate_tripped(findings, level)
     if not tripped:
         return EXIT_OK
-    worst = max(tripped, key=lambda f: SEVERITIES.index(f["severity"]))
+    worst = worst_finding(tripped)
     print(f"reportgen: --fail-on {level}: {len(tripped)} finding(s), worst {worst['severity']}: "
           f"{worst['title']}", file=sys.stderr)
     return EXIT_FAIL_ON

@@ -23,7 +23,7 @@ import torch
 from reportgen import __version__
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.commands import planning
-from reportgen.commands.baseline import SEVERITIES, diff_findings, load_baseline
+from reportgen.commands.baseline import diff_findings, load_baseline
 from reportgen.engine import budget as bud
 from reportgen.engine.throughput import cpu_threads
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
@@ -63,10 +63,9 @@ class Report:
 
     def __repr__(self) -> str:
         """One line for a console (the dataclass default would print every result array)."""
-        from reportgen.commands.publish import finding_counts
+        from reportgen.commands.publish import counts_text
 
-        counts = finding_counts(self.findings)
-        found = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]) or "no findings"
+        found = counts_text(self.findings) or "no findings"
         return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
 
     def _title(self) -> str:

@@ -39,7 +39,7 @@ from reportgen.commands.build import (
 from reportgen.commands.compare_audit import audit_json, audit_sentences
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
-from reportgen.report import write_pair
+from reportgen.report import worst_finding, write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
@@ -315,7 +315,7 @@ def verdict(comparison: Dict[str, Any], findings: Sequence[Dict[str, Any]], reso
         out.extend(audit_sentences(comparison["audit"]))
     new = [f for f in findings if f.get("state") == "new"]
     if new or resolved:
-        worst = max(new, key=lambda f: ("info", "warning", "error").index(f["severity"])) if new else None
+        worst = worst_finding(new)
         out.append(f"{len(new)} new finding(s)" + (f", worst: {worst['title']}" if worst else "")
                    + (f"; {len(resolved)} resolved." if resolved else "."))
     return out
