@@ -5,8 +5,9 @@ the key path, and the loader turns the path into a line number.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from reportgen.errors import suggest
 
 
 class OptionError(Exception):
@@ -238,14 +239,6 @@ class FreeMapping(Option):
             if not isinstance(k, str):
                 raise OptionError(f"keys must be strings, got {k!r}", join_path(path, k))
         return dict(value)
-
-
-def suggest(value: Any, choices) -> str:
-    """A ' (did you mean 'x'?)' hint, or ''."""
-    if not isinstance(value, str):
-        return ""
-    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --------------------------------------------------------------------------- shared shapes

@@ -55,7 +55,7 @@ def test_unknown_method_lists_the_choices(make_cnn, make_images):
 
 
 def test_unknown_layer_lists_the_choices(make_cnn, make_images):
-    with pytest.raises(ValueError, match=r"unknown layer 'conv3'.*Did you mean.*'conv2'.*Valid layers: conv1"):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv3'.*did you mean.*'conv2'.*Valid layers: conv1"):
         reportgen.explain(make_cnn(), make_images(n=1), "gradcam", layer="conv3")
 
 

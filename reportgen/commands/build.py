@@ -160,7 +160,7 @@ def selected_sections(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
     if only:
         unknown = [n for n in only if n not in sections]
         if unknown:
-            from reportgen.options import suggest
+            from reportgen.errors import suggest
 
             raise SpecError(f"unknown section {unknown[0]!r}{suggest(unknown[0], sections)}; "
                             f"sections: {', '.join(sections)}", spec.file, "--only")

@@ -7,7 +7,6 @@ chance to.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -20,6 +19,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from reportgen.errors import suggest
 
 # torchvision builders whose architecture needs a minimum input size or a fixed one.
 _MIN_SIDE = {"inception_v3": 75, "googlenet": 15}
@@ -46,7 +47,7 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
 
     names = torchvision_classifiers()
     if name not in names:
-        raise ModelError(f"unknown torchvision classification model {name!r}{_did_you_mean(name, names)}",
+        raise ModelError(f"unknown torchvision classification model {name!r}{suggest(name, names, most=3)}",
                          "model.torchvision")
     kw = _without_downloads(kwargs, ("weights", "pretrained"))
     if name in ("googlenet", "inception_v3"):
@@ -60,11 +61,6 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         raise ModelError(f"torchvision {name}(): {e}", "model.kwargs") from None
     except ValueError as e:
         raise ModelError(f"torchvision {name}(): {e}", "model.kwargs") from None
-
-
-def _did_you_mean(name: str, names: List[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 def _without_downloads(kwargs: Dict[str, Any], keys: Tuple[str, ...]) -> Dict[str, Any]:
@@ -100,7 +96,7 @@ def build_timm(name: str, kwargs: Dict[str, Any]) -> nn.Module:
                          "(timm.list_models()) and list the weights under checkpoints", "model.timm")
     arch = name.partition(".")[0]
     if not timm.is_model(arch):
-        raise ModelError(f"unknown timm model {name!r}{_did_you_mean(arch, timm.list_models())}", "model.timm")
+        raise ModelError(f"unknown timm model {name!r}{suggest(arch, timm.list_models(), most=3)}", "model.timm")
     kw = _without_downloads(kwargs, ("pretrained", "checkpoint_path"))
     try:
         return timm.create_model(name, pretrained=False, **kw)
@@ -250,9 +246,8 @@ def build_factory(ref: str, kwargs: Dict[str, Any], base_dir: Path) -> nn.Module
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(module) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ModelError(f"module {module_name!r} has no attribute {part!r}{hint}", "model.factory")
+            raise ModelError(f"module {module_name!r} has no attribute {part!r}{suggest(part, names, most=3)}",
+                             "model.factory")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelError(f"{ref!r} is not callable", "model.factory")

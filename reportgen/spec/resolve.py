@@ -164,7 +164,7 @@ def audit_index(spec: Spec, checkpoints: List[CheckpointInfo]) -> Optional[int]:
         return choice % len(checkpoints)
     labels = [c.label for c in checkpoints]
     if choice not in labels:
-        from reportgen.options import suggest
+        from reportgen.errors import suggest
         raise spec.error("audit_checkpoint", f"no checkpoint labelled {choice!r}{suggest(choice, labels)}; "
                                              f"labels: {', '.join(labels)}")
     return labels.index(choice)
@@ -283,7 +283,7 @@ def _class_index(spec: Spec, key: str, value: Any, classes: List[str]) -> int:
         return value
     if value in classes:
         return classes.index(value)
-    from reportgen.options import suggest
+    from reportgen.errors import suggest
     raise spec.error(key, f"unknown class {value!r}{suggest(value, classes)}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from reportgen.engine.budget import DEFAULT_PAGE_MB
+from reportgen.errors import suggest
 from reportgen.model.images import INTERPOLATIONS
 from reportgen.options import (
     Bool,
@@ -22,7 +23,6 @@ from reportgen.options import (
     Str,
     int_or_pair,
     join_path,
-    suggest,
 )
 
 MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
