@@ -33,7 +33,7 @@ from reportgen.options import AUTO, Choice, Float, Int, ListOf, OneOf, Option, a
 from reportgen.paths import public_text
 from reportgen.render import attribution as ra
 from reportgen.render.activations import LAYOUT_WORDS
-from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
+from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map, hex_colour, palette
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
@@ -637,7 +637,7 @@ class OcclusionSection(AttributionSection):
         """One colour per class that wins anywhere in any probe: consistent across probes."""
         m = result.methods["occlusion"]
         present = sorted(set(np.unique(m.extras["top_class"]).tolist()) | set(result.targets.tolist()))
-        return dict(zip(present, ra.palette(len(present))))
+        return dict(zip(present, palette(len(present))))
 
     def extra_tiles(self, result, i, image, ctx):
         px = self._class_pixels(result, i)
@@ -653,7 +653,7 @@ class OcclusionSection(AttributionSection):
         colours = self._colours(result)
         cells = m.extras["top_class"][i]
         classes, counts = np.unique(cells, return_counts=True)
-        return [{"cls": ctx.classes[int(c)], "colour": ra.hex_colour(colours[int(c)]),
+        return [{"cls": ctx.classes[int(c)], "colour": hex_colour(colours[int(c)]),
                  "share": float(n / cells.size), "target": int(c) == int(result.targets[i])}
                 for c, n in sorted(zip(classes.tolist(), counts.tolist()), key=lambda cn: (-cn[1], cn[0]))]
 
