@@ -23,21 +23,50 @@ import torch
 from torch import nn
 
 from reportgen.analyses import attribution_eval as ae
+from reportgen.analyses import explain as explain_registry
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
 from reportgen.model.layers import last_spatial_call, layer_layouts
-from reportgen.options import AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer, layout
+from reportgen.options import (
+    AUTO,
+    Choice,
+    Float,
+    Int,
+    ListOf,
+    OneOf,
+    Option,
+    OptionError,
+    auto_or,
+    int_or_pair,
+    layer,
+    layout,
+)
 from reportgen.paths import public_text
 from reportgen.render import attribution as ra
 from reportgen.render.activations import LAYOUT_WORDS
 from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map, hex_colour, palette
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
-CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
-GRADIENT_METHODS = ["saliency", "deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad"]
+# The methods each section draws, from the one registry (``reportgen.explain``'s)
+CAM_METHODS = explain_registry.methods("cam")
+GRADIENT_METHODS = explain_registry.methods("gradients")
+
+
+class MethodChoice(Choice):
+    """A method from the registry's ``choices``; a registered method another section draws
+    is refused with that section's name."""
+
+    def check(self, value: Any, path: str) -> Any:
+        try:
+            return super().check(value, path)
+        except OptionError as e:
+            other = explain_registry.drawn_by(value)
+            if other is None:
+                raise
+            raise OptionError(f"{e.message}; {value!r} is drawn by sections.{other}", path) from None
 
 
 def _shared_options(sanity: bool) -> Dict[str, Option]:
@@ -384,7 +413,7 @@ class CamSection(AttributionSection):
     order = 50
     run_sanity = True
     options = {
-        "methods": ListOf(Choice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"],
+        "methods": ListOf(MethodChoice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"],
                           doc="CAM-family methods, each drawn over every probe"),
         "layer": layer(spatial=True, doc="layer whose feature maps are weighted (auto: the last layer with "
                                          "a spatial output the class score depends on)"),
@@ -455,7 +484,7 @@ class GradientsSection(AttributionSection):
     order = 55
     run_sanity = True
     options = {
-        "methods": ListOf(Choice(GRADIENT_METHODS), min_len=1, coerce=True,
+        "methods": ListOf(MethodChoice(GRADIENT_METHODS), min_len=1, coerce=True,
                           default=["saliency", "guided_backprop", "integrated_gradients"],
                           doc="gradient methods, each drawn over every probe"),
         "steps": auto_or(Int(min=2), expected="'auto' or a number of steps >= 2",

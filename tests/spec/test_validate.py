@@ -58,6 +58,8 @@ BAD_SPECS = [
      ["did you mean 'occlusion'"]),
     ("bad-cam-method", GOOD + "sections:\n  cam:\n    methods: [gradcam, gradcamm]\n",
      "sections.cam.methods[1]", 13, ["did you mean 'gradcam'"]),
+    ("method-of-another-section", GOOD + "sections:\n  cam:\n    methods: [gradcam, saliency]\n",
+     "sections.cam.methods[1]", 13, ["'saliency' is drawn by sections.gradients"]),
     ("bad-type", GOOD + "sections:\n  activations: {max_channels: many}\n",
      "sections.activations.max_channels", 12, ["expected 'auto' or a number of channels", "got 'many'"]),
     ("two-sources", GOOD.replace("  factory: tinynet:TinyNet\n",
