@@ -277,18 +277,32 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+# The ways a spec names its model, model: {<source>: ...}, exactly one of them
+MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
+ONE_SOURCE = f"needs exactly one of {', '.join(MODEL_SOURCES[:-1])} or {MODEL_SOURCES[-1]}"
+
+
+def source_of(model_spec: Dict[str, Any]) -> Optional[str]:
+    """Which of MODEL_SOURCES the spec's ``model`` uses (the first one given), or None."""
+    return next((key for key in MODEL_SOURCES if model_spec.get(key)), None)
+
+
 def build_model(model_spec: Dict[str, Any], base_dir: Path) -> nn.Module:
     """The nn.Module the spec names, on the CPU, in eval mode, with its initial weights."""
     kwargs = model_spec.get("kwargs") or {}
-    if model_spec.get("torchvision"):
-        model = build_torchvision(model_spec["torchvision"], kwargs)
-    elif model_spec.get("factory"):
-        model = build_factory(model_spec["factory"], kwargs, base_dir)
-    elif model_spec.get("timm"):
-        model = build_timm(model_spec["timm"], kwargs)
-    else:
-        ts = Path(model_spec["torchscript"])
+    source = source_of(model_spec)
+    value = model_spec.get(source) if source else None
+    if source == "torchvision":
+        model = build_torchvision(value, kwargs)
+    elif source == "factory":
+        model = build_factory(value, kwargs, base_dir)
+    elif source == "timm":
+        model = build_timm(value, kwargs)
+    elif source == "torchscript":
+        ts = Path(value)
         model = load_torchscript(ts if ts.is_absolute() else base_dir / ts)
+    else:
+        raise ModelError(ONE_SOURCE, "model")
     return unwrap(model).eval()
 
 

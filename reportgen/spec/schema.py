@@ -9,6 +9,7 @@ from typing import Any, Dict
 from reportgen.engine.budget import DEFAULT_PAGE_MB
 from reportgen.errors import suggest
 from reportgen.model.images import INTERPOLATIONS
+from reportgen.model.loading import MODEL_SOURCES, ONE_SOURCE
 from reportgen.options import (
     Bool,
     Choice,
@@ -25,13 +26,11 @@ from reportgen.options import (
     join_path,
 )
 
-MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
-
 
 def _model_post(value: Dict[str, Any], path: str) -> None:
     sources = [k for k in MODEL_SOURCES if value.get(k) is not None]
     if not sources:
-        raise OptionError("needs exactly one of torchvision, factory, torchscript or timm", path)
+        raise OptionError(ONE_SOURCE, path)
     if len(sources) > 1:
         raise OptionError(f"give exactly one model source, not {' and '.join(sources)}",
                           join_path(path, sources[1]))
