@@ -20,7 +20,7 @@ from reportgen.errors import InputError, SpecError
 from reportgen.model.loading import ModelError, build_model, input_size, pick_device
 from reportgen.model.outputs import select_output
 from reportgen.options import AUTO, LayerName, layer_option
-from reportgen.sections.base import CheckpointInfo, Probe
+from reportgen.sections.base import CheckpointInfo, Probe, example_input
 from reportgen.spec import Spec
 
 
@@ -53,6 +53,9 @@ class Resolved:
         if key not in self._digests:
             self._digests[key] = file_digest(path)
         return self._digests[key]
+
+    def example(self) -> torch.Tensor:
+        return example_input(self.probes, self.input_size, self.device)
 
     def model_at(self, index: int) -> nn.Module:
         """A copy of the model with checkpoint ``index``'s weights (for evolution)."""
