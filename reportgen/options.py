@@ -243,6 +243,15 @@ class FreeMapping(Option):
 
 # --------------------------------------------------------------------------- shared shapes
 
+def class_targets(default: Any = "predicted", doc: str = "", nullable: bool = False) -> Option:
+    """Which class maps explain, per probe: ``predicted``, a class name or index (every probe), or
+    a list with one per probe; ``model.classes.resolve_targets`` reads it against the classes."""
+    alternatives: List[Option] = [Choice(["predicted"]), Str(),
+                                  ListOf(OneOf(Int(min=0), Str(), expected="a class index or name")), Int(min=0)]
+    return OneOf(*([Choice([None])] if nullable else []), *alternatives, default=default, doc=doc,
+                 expected=("null, " if nullable else "") + "'predicted', a class name or a list (one per image)")
+
+
 AUTO = "auto"
 
 

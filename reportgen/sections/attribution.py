@@ -29,6 +29,7 @@ from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
+from reportgen.model.classes import resolve_targets
 from reportgen.model.layers import last_spatial_call, layer_layouts
 from reportgen.options import (
     AUTO,
@@ -40,6 +41,7 @@ from reportgen.options import (
     Option,
     OptionError,
     auto_or,
+    class_targets,
     int_or_pair,
     layer,
     layout,
@@ -149,6 +151,10 @@ class AttributionSection(Section):
         return dict(options, **{k: ctx.planned(self.name, k, options[k], v) for k, v in best.items()})
 
     # ----------------------------------------------------------- analysis
+    def probe_targets(self, ctx: BuildContext, options: Dict[str, Any]) -> List[Optional[int]]:
+        """The class each probe's maps explain (None: the predicted one): the spec's probes.targets."""
+        return [p.target for p in ctx.probes]
+
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> AttributionResult:
         steps_auto = options["faithfulness_steps"] == AUTO
         options = self.settings(ctx, options)
@@ -162,7 +168,7 @@ class AttributionSection(Section):
             own = options["sanity_threshold"]
             threshold = float(own) if own is not None else ctx.threshold("sanity_spearman")
         result = ae.evaluate(
-            ctx.model, ctx.probe_batch(), methods, targets=[p.target for p in ctx.probes],
+            ctx.model, ctx.probe_batch(), methods, targets=self.probe_targets(ctx, options),
             steps=options["faithfulness_steps"], border_frac=ctx.threshold("border_band"),
             top_classes=options["top_classes"], sanity_threshold=threshold, seed=ctx.seed,
             output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
@@ -605,9 +611,10 @@ class OcclusionSection(AttributionSection):
                           expected="mean, zero, grey, blur or a number",
                           doc="what fills the occluder: the image's mean colour, zeros in input space, "
                               "mid-grey, a blurred copy, or a number"),
-        "target": Choice(["predicted"], default="predicted",
-                         doc="kept so old specs validate; occlusion draws the probe's own target "
-                             "(probes.targets), like the other methods"),
+        "target": class_targets(default=None, nullable=True,
+                                doc="the class each map explains: null (default) the probe's own (probes.targets, "
+                                    "like the other methods), predicted (the model's top class), a class name or "
+                                    "index for every probe, or a list with one per probe"),
         "incremental": Choice([False, True, AUTO], default=AUTO,
                               doc="recompute only what each occluder changes (exact): true, false or auto "
                                   "(when it saves work)"),
@@ -616,6 +623,12 @@ class OcclusionSection(AttributionSection):
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return ["occlusion"]
+
+    def probe_targets(self, ctx: BuildContext, options: Dict[str, Any]) -> List[Optional[int]]:
+        """``target`` when written (the resolver probes.targets uses), else the probe's own."""
+        if options["target"] is None:
+            return super().probe_targets(ctx, options)
+        return resolve_targets(options["target"], len(ctx.probes), ctx.classes)
 
     def best(self, ctx, options):
         _, h, w = ctx.input_size

@@ -206,7 +206,7 @@ def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -
             except (InputError, ValueError) as e:
                 raise spec.error(key, str(e)) from None
             probes.append(Probe(name=path.name, path=path, tensor=tensor, display=display))
-    targets = _resolve_targets(spec, probes_spec["targets"], len(probes), classes)
+    targets = _resolve_targets(spec, "probes.targets", probes_spec["targets"], len(probes), classes)
     for probe, target in zip(probes, targets):
         probe.target = target
     return probes
@@ -279,27 +279,21 @@ def _check_norm(spec: Spec, channels: int) -> None:
                                                   f"{channels} input channel(s)")
 
 
-def _class_index(spec: Spec, key: str, value: Any, classes: List[str]) -> int:
-    if isinstance(value, int):
-        if not 0 <= value < len(classes):
-            raise spec.error(key, f"class index {value} is out of range (0..{len(classes) - 1})")
-        return value
-    if value in classes:
-        return classes.index(value)
-    from reportgen.errors import suggest
-    raise spec.error(key, f"unknown class {value!r}{suggest(value, classes)}")
+def _resolve_targets(spec: Spec, key: str, targets: Any, n: int, classes: List[str]) -> List[Optional[int]]:
+    """``resolve_targets`` on the spec's ``key``, a bad class named at its key path and line."""
+    from reportgen.model.classes import TargetError, resolve_targets
+
+    try:
+        return resolve_targets(targets, n, classes)
+    except TargetError as e:
+        raise spec.error(key if e.index is None else f"{key}[{e.index}]", str(e)) from None
 
 
-def _resolve_targets(spec: Spec, targets: Any, n: int, classes: List[str]) -> List[Optional[int]]:
-    key = "probes.targets"
-    if targets == "predicted":
-        return [None] * n
-    if isinstance(targets, list):
-        if len(targets) != n:
-            raise spec.error(key, f"has {len(targets)} targets but {n} probe images matched")
-        return [None if t == "predicted" else _class_index(spec, f"{key}[{i}]", t, classes)
-                for i, t in enumerate(targets)]
-    return [_class_index(spec, key, targets, classes)] * n
+def check_occlusion_target(spec: Spec, n_probes: int, classes: List[str]) -> None:
+    """``sections.occlusion.target`` must name the model's classes, one per probe when a list."""
+    options = spec["sections"].get("occlusion")
+    if options and options.get("target") is not None:
+        _resolve_targets(spec, "sections.occlusion.target", options["target"], n_probes, classes)
 
 
 def resolve_dataset(spec: Spec) -> List[Tuple[Path, str]]:
@@ -451,6 +445,7 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     notes += preprocess_notes
     classes = resolve_classes(spec, num_classes)
     probes = resolve_probes(spec, size, classes)
+    check_occlusion_target(spec, len(probes), classes)
     dataset = resolve_dataset(spec)
     metrics_path = None
     if spec["metrics"]:

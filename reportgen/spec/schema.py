@@ -22,6 +22,7 @@ from reportgen.options import (
     Option,
     OptionError,
     Str,
+    class_targets,
     int_or_pair,
     join_path,
 )
@@ -59,10 +60,7 @@ CHECKPOINT_ITEM = OneOf(
 
 PROBES = Mapping({
     "images": ListOf(Str(), coerce=True, min_len=1, doc="paths or globs"),
-    "targets": OneOf(Choice(["predicted"]), Str(), ListOf(OneOf(Int(min=0), Str(),
-                                                                expected="a class index or name")),
-                     Int(min=0), default="predicted",
-                     expected="'predicted', a class name or a list (one per image)"),
+    "targets": class_targets(),
 })
 
 PREPROCESS = Mapping({
