@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the errors/calibration/robustness dataset pass saved by `torchrun ... -m "
                         "reportgen.distributed audit`, used instead of running it (refused, exit 2, when it "
                         "was made on other weights, images, preprocessing or options)")
+    b.add_argument("--topk", metavar="TOPK.npz",
+                   help="the top-k section's dataset pass saved by `torchrun ... -m reportgen.distributed topk`, "
+                        "used instead of streaming the dataset (refused, exit 2, when it was made on other "
+                        "weights, images, preprocessing or top-k options)")
     b.add_argument("--baseline", metavar="PREVIOUS",
                    help="a previous report.json (or its folder): every finding gets a state "
                         "(new, updated, unchanged) and gone ones are listed as resolved")
@@ -128,7 +132,7 @@ def cmd_build(args) -> int:
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
                    use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget,
-                   audit_pass=args.audit_pass)
+                   audit_pass=args.audit_pass, topk=args.topk)
     print(report.path)
     return _gate(report.findings, args.fail_on)
 

@@ -448,6 +448,11 @@ def validate_audit_pass_header(header: Any, where: Optional[PathLike] = None) ->
     return _pass_header(header, where, "the audit pass file's header", "audit-pass", ("inputs",), ("plan",))
 
 
+def validate_topk_pass_header(header: Any, where: Optional[PathLike] = None) -> Dict[str, Any]:
+    """A saved top-k pass's header (``build --topk``): what it was computed on."""
+    return _pass_header(header, where, "the top-k pass file's header", "topk-pass", ("inputs",), ("plan",))
+
+
 def _pass_header(header: Any, where: Optional[PathLike], what: str, kind: str, digests: Sequence[str],
                  texts: Sequence[str] = ()) -> Dict[str, Any]:
     c = _Checker(what, where)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -13,6 +14,12 @@ from reportgen.render.topk import render_topk
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF
+_GIVEN: "weakref.WeakKeyDictionary[Any, tk.StreamState]" = weakref.WeakKeyDictionary()   # build --topk, per model
+
+
+def use_topk_pass(model: Any, state: tk.StreamState) -> None:
+    """This build's top-k section finishes ``state`` (a checked saved pass) instead of streaming the dataset."""
+    _GIVEN[model] = state
 
 
 def _finite(v: float) -> Optional[float]:
@@ -65,6 +72,11 @@ class TopKSection(Section):
         names = choose_layers(ctx, options["layers"])
         layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"],
                                 ctx.output_key)
+        given = _GIVEN.get(ctx.model)
+        if given is not None:     # build --topk: the sharded pass's state, checked against these options
+            result = tk.finish_topk(ctx.model, dataset_for(ctx), given, names, options["channels"], options["k"],
+                                    ctx.device, ctx.input_size, options["projection"], data["batch_size"])
+            return TopKSectionResult(result, auto)
         result = tk.topk_patches(
             ctx.model, dataset_for(ctx), names, options["channels"],
             options["k"], data["batch_size"], data["workers"], ctx.device,
