@@ -11,8 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -97,6 +99,24 @@ def load_plain(path: Path) -> Any:
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     return _join_arrays(json.loads(str(arrays.pop("__skeleton__"))), arrays)
+
+
+T = TypeVar("T")
+# What a file that is not a saved pass can raise while read: a zip cut short or not a zip at all,
+# an inflated member that fails its CRC, JSON that is not a skeleton, fields of the wrong kind.
+NOT_A_PASS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError, EOFError,
+              zipfile.BadZipFile, zlib.error)
+
+
+def read_pass_file(path: Any, what: str, read: Callable[[], T]) -> T:
+    """``read()`` a saved pass (compare, audit, top-k); a file that is not one is a ValueError
+    saying "PATH is not WHAT (why)" in the file's terms (numpy's pickle advice is not ours to give)."""
+    try:
+        return read()
+    except NOT_A_PASS as e:
+        why = ((f"no {e.args[0]!r} in it" if e.args else "a key is missing") if isinstance(e, KeyError) else
+               "not an .npz of plain arrays: pickled data is never loaded" if "pickle" in str(e) else str(e))
+        raise ValueError(f"{path} is not {what} ({why})") from e
 
 
 class SectionCache:

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from reportgen import __version__
-from reportgen.commands.baseline import SEVERITIES, gate_tripped
+from reportgen.commands.baseline import FAIL_ON, gate_tripped
 from reportgen.errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_FAIL_ON, EXIT_OK, ReportgenError
-
-FAIL_ON = ["warning", "error", "new-warning", "new-error"]
+from reportgen.report import worst_finding
 
 
 def _run_options(p: argparse.ArgumentParser, out: str, fail_on: str) -> None:
@@ -47,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the errors/calibration/robustness dataset pass saved by `torchrun ... -m "
                         "reportgen.distributed audit`, used instead of running it (refused, exit 2, when it "
                         "was made on other weights, images, preprocessing or options)")
+    b.add_argument("--topk", metavar="TOPK.npz",
+                   help="the top-k section's dataset pass saved by `torchrun ... -m reportgen.distributed topk`, "
+                        "used instead of streaming the dataset (refused, exit 2, when it was made on other "
+                        "weights, images, preprocessing or top-k options)")
     b.add_argument("--baseline", metavar="PREVIOUS",
                    help="a previous report.json (or its folder): every finding gets a state "
                         "(new, updated, unchanged) and gone ones are listed as resolved")
@@ -129,7 +132,7 @@ def cmd_build(args) -> int:
 
     report = build(args.spec, out_dir=args.out_dir, only=args.only, device=args.device,
                    use_cache=not args.no_cache, quiet=args.quiet, baseline=args.baseline, budget=args.budget,
-                   audit_pass=args.audit_pass)
+                   audit_pass=args.audit_pass, topk=args.topk)
     print(report.path)
     return _gate(report.findings, args.fail_on)
 
@@ -139,7 +142,7 @@ def _gate(findings, level: Optional[str]) -> int:
     tripped = gate_tripped(findings, level)
     if not tripped:
         return EXIT_OK
-    worst = max(tripped, key=lambda f: SEVERITIES.index(f["severity"]))
+    worst = worst_finding(tripped)
     print(f"reportgen: --fail-on {level}: {len(tripped)} finding(s), worst {worst['severity']}: "
           f"{worst['title']}", file=sys.stderr)
     return EXIT_FAIL_ON

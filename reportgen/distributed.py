@@ -1,7 +1,8 @@
 """Dataset passes sharded over processes with ``torch.distributed`` (launched by torchrun).
 
     torchrun --standalone --nproc_per_node N -m reportgen.distributed topk \\
-        --spec spec.yaml --out topk.npz [--layers a b] [--channels 16] [--k 9] [--projection guided]
+        --spec spec.yaml --out topk.npz [--layers a b] [--channels 16] [--k 9]
+    reportgen build spec.yaml --topk topk.npz
     torchrun --standalone --nproc_per_node N -m reportgen.distributed compare \\
         --base BASE.yaml --new NEW.yaml --out pass.npz
     reportgen compare BASE.yaml NEW.yaml --pass pass.npz
@@ -13,9 +14,9 @@ Each rank resolves the spec(s) (the same checks as ``reportgen build`` /
 ``compare``), streams its shard of the dataset, and rank 0 writes the merged
 result, equal to one process (top-k exactly; the compare's CKA up to float64
 rounding, its counts and flips exactly). gloo on CPU, nccl when CUDA is
-available (``cuda:LOCAL_RANK``). ``reportgen compare --pass`` then uses the
-saved pass instead of running it, after checking it was made on the same
-models and inputs.
+available (``cuda:LOCAL_RANK``). ``reportgen build --topk``, ``--audit-pass``
+and ``reportgen compare --pass`` then use the saved pass instead of running
+it, after checking it was made on the same models, inputs and options.
 The algorithms live in ``reportgen.analyses``; this module is only the entry.
 """
 from __future__ import annotations
@@ -26,12 +27,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from reportgen.analyses.topk_distributed import distributed_topk_patches, result_arrays
-from reportgen.atomic import atomic_write_with
+from reportgen.analyses.topk_distributed import distributed_stream_topk, save_topk_pass
 
 
 def _device() -> torch.device:
@@ -48,11 +47,11 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     sub = root.add_subparsers(dest="command", required=True)
     ap = sub.add_parser("topk", help="top-k dataset patches (sections.topk)")
     ap.add_argument("--spec", required=True, help="the report spec (model, checkpoints, dataset)")
-    ap.add_argument("--out", required=True, help="where rank 0 writes the result (.npz)")
+    ap.add_argument("--out", required=True, help="where rank 0 writes the merged pass (.npz), for `reportgen "
+                                                 "build --topk`")
     ap.add_argument("--layers", nargs="*", default=None, help="default: the spec's sections.topk.layers")
-    ap.add_argument("--channels", type=int, default=None)
-    ap.add_argument("--k", type=int, default=None)
-    ap.add_argument("--projection", choices=["none", "guided", "deconv"], default=None)
+    ap.add_argument("--channels", type=int, default=None, help="default: the spec's sections.topk.channels")
+    ap.add_argument("--k", type=int, default=None, help="default: the spec's sections.topk.k")
     cp = sub.add_parser("compare", help="the dataset pass of `reportgen compare` (CKA, predictions, units)")
     cp.add_argument("--base", required=True, help="BASE's spec (as `reportgen compare BASE NEW`)")
     cp.add_argument("--new", required=True, help="NEW's spec: its probes and dataset are the inputs")
@@ -109,11 +108,10 @@ def _compare(args: argparse.Namespace, device: torch.device) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """torchrun entry: each rank resolves the spec, streams its shard; rank 0 writes the npz."""
+    from reportgen.commands.build import make_context, topk_pass_header, topk_plan
     from reportgen.errors import ReportgenError
-    from reportgen.model.layers import layer_layouts
-    from reportgen.sections.base import BuildContext
     from reportgen.sections.dataset_pass import dataset_for
-    from reportgen.sections.topk import TopKSection, choose_layers
+    from reportgen.sections.topk import TopKSection
     from reportgen.spec import load_spec
     from reportgen.spec.resolve import resolve
 
@@ -137,21 +135,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not res.dataset:
             print(f"reportgen: {args.spec}: the spec has no dataset: add a `dataset:` to it", file=sys.stderr)
             return 2
+        ctx = make_context(res)
         options = TopKSection(res.spec["sections"].get("topk") or {}).options
-        ctx = BuildContext(model=res.model, device=device, input_size=res.input_size, probes=res.probes,
-                           classes=res.classes, checkpoints=res.checkpoints, spec=res.spec,
-                           dataset=res.dataset)
-        layers = args.layers or choose_layers(ctx, options["layers"])
-        named = bool(args.layers) or options["layers"] != "auto"
-        layouts = layer_layouts(res.model.to(device), ctx.example(), layers,
-                                options["layout"] if named else "auto")
+        if args.layers:                 # named on the command line: read as the spec would name them
+            options = dict(options, layers=list(args.layers))
+        options = dict(options, channels=args.channels or options["channels"], k=args.k or options["k"])
+        plan = topk_plan(ctx, options)
         data = res.spec["dataset"]
-        result = distributed_topk_patches(
-            res.model.to(device), dataset_for(ctx), layers, args.channels or options["channels"],
-            args.k or options["k"], data["batch_size"], data["workers"], device, res.input_size,
-            args.projection or options["projection"], layouts=layouts)
-        if result is not None:
-            atomic_write_with(Path(args.out), lambda f: np.savez_compressed(f, **result_arrays(result)))
+        state = distributed_stream_topk(res.model.to(device), dataset_for(ctx), plan["layers"], plan["k"],
+                                        data["batch_size"], data["workers"], device, layouts=plan["layouts"])
+        if dist.get_rank() == 0:
+            save_topk_pass(Path(args.out), state, topk_pass_header(res, plan))
             print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
         # the other ranks wait for rank 0's second step: tearing gloo down while a peer
         # still holds the group aborts the process ("terminate called without an active exception")

@@ -5,13 +5,25 @@ inputs, 1 for our bugs, 3 for a tripped ``--fail-on`` gate.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
 EXIT_FAIL_ON = 3
+
+# How alike a misspelt name and a valid one must be (difflib's ratio) to be suggested
+SUGGEST_CUTOFF = 0.6
+
+
+def suggest(value: Any, choices: Iterable[Any], most: int = 1) -> str:
+    """The " (did you mean 'x'?)" hint every error about an unknown name carries, or ''."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=most, cutoff=SUGGEST_CUTOFF)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 class ReportgenError(Exception):

@@ -5,8 +5,9 @@ the key path, and the loader turns the path into a line number.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from reportgen.errors import suggest
 
 
 class OptionError(Exception):
@@ -240,15 +241,16 @@ class FreeMapping(Option):
         return dict(value)
 
 
-def suggest(value: Any, choices) -> str:
-    """A ' (did you mean 'x'?)' hint, or ''."""
-    if not isinstance(value, str):
-        return ""
-    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 # --------------------------------------------------------------------------- shared shapes
+
+def class_targets(default: Any = "predicted", doc: str = "", nullable: bool = False) -> Option:
+    """Which class maps explain, per probe: ``predicted``, a class name or index (every probe), or
+    a list with one per probe; ``model.classes.resolve_targets`` reads it against the classes."""
+    alternatives: List[Option] = [Choice(["predicted"]), Str(),
+                                  ListOf(OneOf(Int(min=0), Str(), expected="a class index or name")), Int(min=0)]
+    return OneOf(*([Choice([None])] if nullable else []), *alternatives, default=default, doc=doc,
+                 expected=("null, " if nullable else "") + "'predicted', a class name or a list (one per image)")
+
 
 AUTO = "auto"
 

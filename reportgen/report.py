@@ -41,7 +41,7 @@ from reportgen.atomic import atomic_write_bytes
 from reportgen.errors import InputError
 
 KINDS = ("build", "compare")
-SEVERITIES = ("info", "warning", "error")
+SEVERITIES = ("info", "warning", "error")      # the one order: error > warning > info
 STATES = ("new", "updated", "unchanged")
 ID_LENGTH = 100
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -53,6 +53,19 @@ MAX_DEPTH = 64
 MAX_INT = 2**63                     # larger integers are not counts of anything we write
 
 PathLike = Union[str, Path]
+
+
+# --------------------------------------------------------------------------- findings' severity
+
+def severity_rank(severity: str) -> int:
+    """How bad ``severity`` is, in SEVERITIES' order (info 0, warning 1, error 2): every gate,
+    sort and verdict ranks findings by it."""
+    return SEVERITIES.index(severity)
+
+
+def worst_finding(findings: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The first finding of the worst severity in ``findings``; None when there is none."""
+    return max(findings, key=lambda f: severity_rank(f["severity"]), default=None)
 
 
 # --------------------------------------------------------------------------- names and digests
@@ -595,6 +608,11 @@ def validate_pass_header(header: Any, where: Optional[PathLike] = None) -> Dict[
 def validate_audit_pass_header(header: Any, where: Optional[PathLike] = None) -> Dict[str, Any]:
     """A saved audit pass's header (``build --audit-pass``): what it was computed on."""
     return _pass_header(header, where, "the audit pass file's header", "audit-pass", ("inputs",), ("plan",))
+
+
+def validate_topk_pass_header(header: Any, where: Optional[PathLike] = None) -> Dict[str, Any]:
+    """A saved top-k pass's header (``build --topk``): what it was computed on."""
+    return _pass_header(header, where, "the top-k pass file's header", "topk-pass", ("inputs",), ("plan",))
 
 
 def _pass_header(header: Any, where: Optional[PathLike], what: str, kind: str, digests: Sequence[str],

@@ -125,3 +125,23 @@ def test_compare_uses_the_pass_and_refuses_a_stale_one(project, tmp_path, capsys
     assert main(["compare", str(project / "new.yaml"), str(project / "base.yaml"), "-o", str(tmp_path / "c"),
                  "--pass", str(project / "pass.npz"), *args]) == 2
     assert "other inputs" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_a_compare_reads_its_dataset_and_counts_its_flips_once(tmp_path, monkeypatch):
+    """compare_dataset (the listing, labels and preprocessing of NEW's inputs) and the flips per class
+    each ran twice per compare; one compare calls each once, and report.json still has the flips."""
+    from reportgen.commands import compare as cmp
+
+    root = write_pair(tmp_path, 3)
+    calls = {"compare_dataset": 0, "_negative_flips_by_class": 0}
+    for name in calls:
+        real = getattr(cmp, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(cmp, name, counted)
+    assert main(["compare", str(root / "base.yaml"), str(root / "new.yaml"), "-o", str(tmp_path / "out"),
+                 "--only", "summary", "--quiet", "--no-cache"]) == 0
+    assert calls == {"compare_dataset": 1, "_negative_flips_by_class": 1}
+    assert "flips_by_class" in json.loads((tmp_path / "out" / "report.json").read_text())

@@ -54,8 +54,20 @@ def test_unknown_method_lists_the_choices(make_cnn, make_images):
         assert name in msg
 
 
+def test_sections_take_their_method_choices_from_the_registry():
+    """One registry: what cam and gradients accept is what reportgen.explain runs, by section."""
+    from reportgen.analyses.explain import drawn_by, methods
+    from reportgen.sections.attribution import CamSection, GradientsSection
+
+    assert methods("cam") == CAM_METHODS and methods("gradients") == INPUT_METHODS
+    for section, cls in (("cam", CamSection), ("gradients", GradientsSection)):
+        assert cls.options["methods"].item.choices == methods(section)
+        assert all(drawn_by(m) == section for m in methods(section))
+    assert set(methods()) >= set(methods("cam") + methods("gradients"))
+
+
 def test_unknown_layer_lists_the_choices(make_cnn, make_images):
-    with pytest.raises(ValueError, match=r"unknown layer 'conv3'.*Did you mean.*'conv2'.*Valid layers: conv1"):
+    with pytest.raises(ValueError, match=r"unknown layer 'conv3'.*did you mean.*'conv2'.*Valid layers: conv1"):
         reportgen.explain(make_cnn(), make_images(n=1), "gradcam", layer="conv3")
 
 

@@ -21,8 +21,6 @@ checking every array's dtype and shape: the file may come from anywhere.
 from __future__ import annotations
 
 import json
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -37,6 +35,7 @@ from reportgen.analyses import predictions as pr
 from reportgen.analyses import robustness as rb
 from reportgen.analyses.confusion import ConfusionResult
 from reportgen.analyses.topk_distributed import shard
+from reportgen.cache import read_pass_file
 
 KIND = "audit-pass"
 
@@ -149,10 +148,6 @@ def save_audit_pass(path: Path, result: AuditPass, header: Dict[str, str]) -> No
     atomic_write_with(Path(path), lambda f: np.savez_compressed(f, **arrays))
 
 
-_NOT_A_PASS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError, EOFError,
-               zipfile.BadZipFile, zlib.error)
-
-
 def _array(a: Dict[str, np.ndarray], key: str, kind: str, shape: Tuple[Optional[int], ...]) -> np.ndarray:
     v = a[key]
     if v.dtype.kind != kind or v.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, v.shape)):
@@ -171,7 +166,7 @@ def _json(a: Dict[str, np.ndarray], key: str) -> Any:
 
 def load_audit_pass(path: Path) -> Tuple[AuditPass, Dict[str, Any]]:
     """(pass, header) from :func:`save_audit_pass`'s file; ValueError naming what is wrong otherwise."""
-    try:
+    def read() -> Tuple[AuditPass, Dict[str, Any]]:
         with np.load(path, allow_pickle=False) as npz:
             a = {k: npz[k] for k in npz.files}
         header = _json(a, "header")
@@ -179,11 +174,8 @@ def load_audit_pass(path: Path) -> Tuple[AuditPass, Dict[str, Any]]:
             raise ValueError("'header' is not an object")
         predictions = _load_predictions(a) if "p/confusion" in a else None
         robustness = _load_robustness(a) if "r/meta" in a else None
-    except _NOT_A_PASS as e:
-        why = (f"no {e.args[0]!r} in it" if isinstance(e, KeyError) and e.args else
-               "not an .npz of plain arrays: pickled data is never loaded" if "pickle" in str(e) else str(e))
-        raise ValueError(f"{path} is not an audit pass written by reportgen.distributed audit ({why})") from e
-    return AuditPass(predictions, robustness), header
+        return AuditPass(predictions, robustness), header
+    return read_pass_file(path, "an audit pass written by reportgen.distributed audit", read)
 
 
 def _load_predictions(a: Dict[str, np.ndarray]) -> pr.PredictionPass:

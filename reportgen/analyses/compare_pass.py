@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import typing
-import zipfile
-import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,7 +31,7 @@ from reportgen.analyses.agreement import AgreementCounter, AgreementResult
 from reportgen.analyses.topk_distributed import gather_states, shard
 from reportgen.analyses.units import UnitsPass, UnitsPlan, units_pass
 from reportgen.analyses.weight_diff import WeightChange
-from reportgen.cache import load_plain
+from reportgen.cache import load_plain, read_pass_file
 from reportgen.model.loading import model_device
 from reportgen.model.outputs import OutputKey, select_output
 
@@ -167,32 +165,15 @@ def load_pass(path) -> Tuple[ComparePassResult, Dict[str, Any]]:
     type and the arrays their shapes, or the whole file is refused here, before
     a wrong value can fail the compare later as if it were our bug.
     """
-    try:
+    def read() -> Tuple[ComparePassResult, Dict[str, Any]]:
         data = load_plain(path)
         header = data["header"]
         _check_type(header, Dict[str, str], "header")
         result = _pass_from_plain(data["result"])
         _check_type(result, ComparePassResult, "result")
         _check_shapes(result)
-    except _NOT_A_PASS as e:
-        raise ValueError(f"{path} is not a compare pass written by reportgen.distributed compare "
-                         f"({_reason(e)})") from e
-    return result, header
-
-
-def _reason(e: BaseException) -> str:
-    """The reader's error in the file's terms (numpy's pickle advice is not ours to give)."""
-    if isinstance(e, KeyError):
-        return f"no {e.args[0]!r} in it" if e.args else "a key is missing"
-    if "pickle" in str(e):
-        return "not an .npz of plain arrays: pickled data is never loaded"
-    return str(e)
-
-
-# What a file that is not a pass can raise while read: a zip cut short or not a zip at all,
-# an inflated member that fails its CRC, JSON that is not a skeleton, fields of the wrong kind.
-_NOT_A_PASS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError, EOFError,
-               zipfile.BadZipFile, zlib.error)
+        return result, header
+    return read_pass_file(path, "a compare pass written by reportgen.distributed compare", read)
 
 
 def _pass_from_plain(r: Dict[str, Any]) -> ComparePassResult:

@@ -2,9 +2,11 @@
 
 Methods live in a registry, name -> callable, like Captum's single
 ``attribute()``: each callable is ``fn(model, images, target, [layer], *,
-output_key, **params) -> numpy array``. The report's sections and the
-public function read the same registry, so a bad name lists the same
-choices everywhere. Another module adds a method with ``register_method``;
+output_key, **params) -> numpy array``. The registry also says which report
+section draws each built-in method (``methods(section)``): the sections'
+``methods`` options take their choices from it, so the public function and
+the spec name the same methods and a bad name lists them from one place.
+Another module adds a method with ``register_method`` (drawn by no section);
 occlusion is registered lazily from ``reportgen.analyses.occlusion.occlusion``
 when that module exists (``_LAZY``).
 """
@@ -26,18 +28,17 @@ from reportgen.model.loading import model_device
 
 Method = Callable[..., Any]
 
-_METHODS: Dict[str, Method] = {
-    "cam": _cam.cam,
-    "gradcam": _cam.gradcam,
-    "gradcampp": _cam.gradcampp,
-    "scorecam": _cam.scorecam,
-    "eigencam": _cam.eigencam,
-    "saliency": _grad.saliency,
-    "deconvnet": _grad.deconvnet,
-    "guided_backprop": _grad.guided_backprop,
-    "integrated_gradients": _grad.integrated_gradients,
-    "smoothgrad": _grad.smoothgrad,
+# The built-in methods, by the report section that draws them (occlusion: its own, below)
+_BUILTIN: Dict[str, Dict[str, Method]] = {
+    "cam": {"cam": _cam.cam, "gradcam": _cam.gradcam, "gradcampp": _cam.gradcampp,
+            "scorecam": _cam.scorecam, "eigencam": _cam.eigencam},
+    "gradients": {"saliency": _grad.saliency, "deconvnet": _grad.deconvnet,
+                  "guided_backprop": _grad.guided_backprop,
+                  "integrated_gradients": _grad.integrated_gradients, "smoothgrad": _grad.smoothgrad},
 }
+_METHODS: Dict[str, Method] = {name: fn for group in _BUILTIN.values() for name, fn in group.items()}
+_DRAWN_BY: Dict[str, str] = {name: section for section, group in _BUILTIN.items() for name in group}
+_DRAWN_BY["occlusion"] = "occlusion"
 
 # filled in by explain() itself, never by the caller's **params
 _RESERVED = ("model", "images", "target", "layer", "output_key")
@@ -80,10 +81,18 @@ def _ensure_lazy_methods() -> None:
             _METHODS[name] = _lazy(module, attr)
 
 
-def methods() -> List[str]:
-    """Sorted names of every available method."""
+def methods(section: Optional[str] = None) -> List[str]:
+    """Sorted names of every available method; with ``section``, the methods that report
+    section draws, in the registry's order (the choices of its ``methods`` option)."""
     _ensure_lazy_methods()
-    return sorted(_METHODS)
+    if section is None:
+        return sorted(_METHODS)
+    return [name for name in _METHODS if _DRAWN_BY.get(name) == section]
+
+
+def drawn_by(name: Any) -> Optional[str]:
+    """The report section that draws method ``name``; None for a registered or unknown one."""
+    return _DRAWN_BY.get(name) if isinstance(name, str) else None
 
 
 def get_method(name: str) -> Method:

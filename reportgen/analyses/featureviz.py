@@ -493,9 +493,10 @@ def visualize(model: nn.Module, objectives: Sequence[Objective], channels: int,
 
 # --------------------------------------------------------------------------- choices and budget
 
-# Below this many forward MACs per optimization step, extra CPU threads cost more than they
-# give. The demo's step (ShapesNet at 64 px, 12 objectives: 0.20 GMACs) sat just above the old
-# 2e8 and ran 12x slower on two threads of a busy 2-core machine (16 steps: 10.1 s CPU vs 0.8 s).
+# Up to this many forward MACs per optimization step, extra CPU threads cost more than they
+# give (``engine.throughput.threads_for``). The demo's step (ShapesNet at 64 px, 12 objectives:
+# 0.20 GMACs) sat just above the old 2e8 and ran 12x slower on two threads of a busy 2-core
+# machine (16 steps: 10.1 s CPU vs 0.8 s).
 SMALL_WORK_MACS = 1e9
 
 

@@ -77,6 +77,15 @@ def is_heldout(name: str) -> bool:
 
 # --------------------------------------------------------------------------- checkpoints
 
+def stored_curves(metrics: Sequence[Mapping[str, float]]) -> Optional[MetricsTable]:
+    """The training curves stored in a checkpoint series: None for fewer than two checkpoints
+    or none with a metric (one point is no curve)."""
+    if len(metrics) < 2:
+        return None
+    table = from_checkpoints(metrics)
+    return table if table.series else None
+
+
 def from_checkpoints(metrics: Sequence[Mapping[str, float]]) -> MetricsTable:
     """Series over the checkpoint list; x is the stored epoch when every checkpoint has one.
 

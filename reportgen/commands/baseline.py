@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from reportgen.report import SEVERITIES, STATES, read_report
+from reportgen.report import SEVERITIES, STATES, read_report, severity_rank
 
 
 def load_baseline(path: Union[str, Path]) -> Dict[str, Any]:
@@ -55,7 +55,11 @@ def order(findings: Sequence[Dict[str, Any]], states: Sequence[str] = STATES) ->
     def rank(state: str) -> int:
         return states.index(state) if state in states else 0
     return sorted(findings, key=lambda f: (rank(f.get("state", "new")),
-                                           -SEVERITIES.index(f["severity"]), f.get("section", ""), f["id"]))
+                                           -severity_rank(f["severity"]), f.get("section", ""), f["id"]))
+
+
+# --fail-on's levels: a severity above info, or (new-) only the findings new since the baseline
+FAIL_ON = [*SEVERITIES[1:], *(f"new-{s}" for s in SEVERITIES[1:])]
 
 
 def gate_tripped(findings: Sequence[Dict[str, Any]], level: Optional[str]) -> List[Dict[str, Any]]:
@@ -63,6 +67,6 @@ def gate_tripped(findings: Sequence[Dict[str, Any]], level: Optional[str]) -> Li
     if not level:
         return []
     only_new = level.startswith("new-")
-    threshold = SEVERITIES.index(level[4:] if only_new else level)
-    return [f for f in findings if SEVERITIES.index(f["severity"]) >= threshold
+    threshold = severity_rank(level[4:] if only_new else level)
+    return [f for f in findings if severity_rank(f["severity"]) >= threshold
             and (not only_new or f.get("state", "new") == "new")]

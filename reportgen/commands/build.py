@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -23,7 +23,7 @@ import torch
 from reportgen import __version__
 from reportgen.cache import SectionCache, digest_of, file_digest, to_plain
 from reportgen.commands import planning
-from reportgen.commands.baseline import SEVERITIES, diff_findings, load_baseline
+from reportgen.commands.baseline import diff_findings, load_baseline
 from reportgen.engine import budget as bud
 from reportgen.engine.throughput import cpu_threads
 from reportgen.errors import NotApplicable, ReportgenError, SpecError
@@ -64,10 +64,9 @@ class Report:
 
     def __repr__(self) -> str:
         """One line for a console (the dataclass default would print every result array)."""
-        from reportgen.commands.publish import finding_counts
+        from reportgen.commands.publish import counts_text
 
-        counts = finding_counts(self.findings)
-        found = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]) or "no findings"
+        found = counts_text(self.findings) or "no findings"
         return f"<reportgen {self.data.get('kind', 'build')} {self._title()!r}: {found}; {self.path}>"
 
     def _title(self) -> str:
@@ -162,7 +161,7 @@ def selected_sections(spec: Spec, only: Optional[Sequence[str]]) -> List[str]:
     if only:
         unknown = [n for n in only if n not in sections]
         if unknown:
-            from reportgen.options import suggest
+            from reportgen.errors import suggest
 
             raise SpecError(f"unknown section {unknown[0]!r}{suggest(unknown[0], sections)}; "
                             f"sections: {', '.join(sections)}", spec.file, "--only")
@@ -247,7 +246,8 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
           only: Optional[Sequence[str]] = None, device: Optional[str] = None, use_cache: bool = True,
           quiet: bool = True, cache_dir: Optional[Path] = None,
           baseline: Optional[Union[str, Path]] = None,
-          budget: Union[None, float, str] = None, audit_pass: Optional[Union[str, Path]] = None) -> Report:
+          budget: Union[None, float, str] = None, audit_pass: Optional[Union[str, Path]] = None,
+          topk: Optional[Union[str, Path]] = None) -> Report:
     """Build the report for ``spec``; raises SpecError/InputError on bad input.
 
     Seeds torch for reproducible results, inside a forked random state: the
@@ -256,10 +256,12 @@ def build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[
     gets a state (new, updated, unchanged) and gone ones are listed as resolved.
     ``budget``: seconds for the whole build (or "auto"), overriding the spec's ``budget:``.
     ``audit_pass``: the audit sections' dataset pass saved by ``reportgen.distributed audit``
-    (checked against this spec's inputs; a stale one is an InputError).
+    (checked against this spec's inputs; a stale one is an InputError). ``topk``: the top-k section's
+    dataset pass saved by ``reportgen.distributed topk``, checked the same way.
     """
     with own_random_state():
-        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline, budget, audit_pass)
+        return _build(spec, out_dir, only, device, use_cache, quiet, cache_dir, baseline, budget, audit_pass,
+                      topk)
 
 
 @contextlib.contextmanager
@@ -276,7 +278,8 @@ def own_random_state() -> Iterator[None]:
 def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union[str, Path]],
            only: Optional[Sequence[str]], device: Optional[str], use_cache: bool, quiet: bool,
            cache_dir: Optional[Path], baseline: Optional[Union[str, Path]] = None,
-           budget: Union[None, float, str] = None, audit_pass: Optional[Union[str, Path]] = None) -> Report:
+           budget: Union[None, float, str] = None, audit_pass: Optional[Union[str, Path]] = None,
+           topk: Optional[Union[str, Path]] = None) -> Report:
     started = time.perf_counter()
     progress = Progress(quiet)
     spec = load_spec(spec)
@@ -287,6 +290,10 @@ def _build(spec: Union[str, Path, Dict[str, Any], Spec], out_dir: Optional[Union
         from reportgen.sections.audit import use_audit_pass
 
         use_audit_pass(res.model, load_checked_audit_pass(audit_pass, res))
+    if topk is not None:
+        from reportgen.sections.topk import use_topk_pass
+
+        use_topk_pass(res.model, load_checked_topk_pass(topk, res))
     target_dir = _out_dir(spec, out_dir)
     computed = compute_sections(res, selected_sections(spec, only), use_cache, cache_dir, progress, budget)
     outcomes = computed.outcomes
@@ -472,20 +479,63 @@ def audit_pass_header(res: Any, ctx: BuildContext) -> Dict[str, str]:
 def load_checked_audit_pass(path: Any, res: Any) -> Any:
     """A saved audit pass, refused (exit 2) unless it was computed on exactly this model, inputs and plan."""
     from reportgen.analyses.audit_pass import load_audit_pass
-    from reportgen.errors import InputError
     from reportgen.report import validate_audit_pass_header
 
+    return _load_checked(path, load_audit_pass, validate_audit_pass_header,
+                         audit_pass_header(res, make_context(res)), "the robustness options", "audit", "--audit-pass")
+
+
+def topk_plan(ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
+    """What the top-k section streams for these options: its layers (auto: the last stages), how
+    each holds its map, k per channel, and the channels it shows (as the section chooses them)."""
+    from reportgen.model.layers import layer_layouts
+    from reportgen.options import AUTO
+    from reportgen.sections.topk import choose_layers
+
+    auto = options["layers"] == AUTO
+    names = choose_layers(ctx, options["layers"])
+    layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"], ctx.output_key)
+    return {"layers": names, "layouts": layouts, "k": int(options["k"]), "channels": options["channels"]}
+
+
+def topk_pass_header(res: Any, plan: Dict[str, Any]) -> Dict[str, str]:
+    """What a saved top-k pass was computed on: the model's inputs (weights, dataset listing,
+    preprocessing, device, versions) and the plan (layers, their layouts, k, channels)."""
+    shown = {"layers": list(plan["layers"]), "layouts": {n: lay.kind for n, lay in plan["layouts"].items()},
+             "k": plan["k"], "channels": plan["channels"]}
+    return {"kind": "topk-pass", "version": __version__, "inputs": cache_inputs_key(res),
+            "plan": json.dumps(shown, sort_keys=True)}
+
+
+def load_checked_topk_pass(path: Any, res: Any) -> Any:
+    """A saved top-k stream state, refused (exit 2) unless it was computed on exactly this model,
+    inputs and top-k options; its layouts are this build's (the same, being checked)."""
+    from reportgen.analyses.topk_distributed import load_topk_pass
+    from reportgen.report import validate_topk_pass_header
+    from reportgen.sections.topk import TopKSection
+
+    ctx = make_context(res)
+    plan = topk_plan(ctx, TopKSection(res.spec["sections"].get("topk") or {}).options)
+    state = _load_checked(path, load_topk_pass, validate_topk_pass_header, topk_pass_header(res, plan),
+                          "the top-k options: layers, layouts, k, channels", "topk", "--topk")
+    return replace(state, layouts=dict(plan["layouts"]))
+
+
+def _load_checked(path: Any, load: Any, validate: Any, want: Dict[str, str], plan_words: str, command: str,
+                  flag: str) -> Any:
+    """A saved pass from ``load(path)``, its header validated and compared with ``want``: another
+    model, inputs, version or plan is an InputError (exit 2) naming the file and what changed."""
+    from reportgen.errors import InputError
+
     try:
-        result, header = load_audit_pass(path)
+        result, header = load(path)
     except ValueError as e:
         raise InputError(str(e).replace(f"{path} ", "", 1), path) from None
-    validate_audit_pass_header(header, path)
-    want = audit_pass_header(res, make_context(res))
+    validate(header, path)
     stale = [what for key, what in (("inputs", "the model or its inputs: weights, images, preprocessing, device"),
-                                    ("version", "reportgen's version"),
-                                    ("plan", "the robustness options"))
+                                    ("version", "reportgen's version"), ("plan", plan_words))
              if header.get(key) != want[key]]
     if stale:
-        raise InputError(f"the audit pass was computed on other inputs ({'; '.join(stale)} changed since); "
-                         "rerun `torchrun ... -m reportgen.distributed audit` or drop --audit-pass", path)
+        raise InputError(f"the {command} pass was computed on other inputs ({'; '.join(stale)} changed since); "
+                         f"rerun `torchrun ... -m reportgen.distributed {command}` or drop {flag}", path)
     return result

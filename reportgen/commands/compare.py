@@ -39,7 +39,7 @@ from reportgen.commands.build import (
 from reportgen.commands.compare_audit import audit_json, audit_sentences
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
-from reportgen.report import Outcome, compare_report, results_of, write_pair
+from reportgen.report import Outcome, compare_report, results_of, worst_finding, write_pair
 from reportgen.spec import Spec, load_spec
 from reportgen.spec.resolve import Resolved, resolve
 
@@ -102,10 +102,8 @@ def cka_layers(res: Resolved) -> List[str]:
     from reportgen.analyses.activations import stage_layers
     from reportgen.model.layers import first_conv
 
-    example = res.probes[0].tensor[None].to(res.device) if res.probes else \
-        torch.zeros((1, *res.input_size), device=res.device)
     names: List[str] = []
-    for pick in (lambda: [first_conv(res.model)], lambda: stage_layers(res.model, example),
+    for pick in (lambda: [first_conv(res.model)], lambda: stage_layers(res.model, res.example()),
                  lambda: [_classifier(res.model)]):
         try:
             names += [n for n in pick() if n]
@@ -120,10 +118,8 @@ def execution_order(res: Resolved) -> List[str]:
     """Module names in the order their calls finish (a container after its children), first call each."""
     from reportgen.model.hooks import record_calls
 
-    example = res.probes[0].tensor[None].to(res.device) if res.probes else \
-        torch.zeros((1, *res.input_size), device=res.device)
     try:
-        calls = record_calls(res.model, example).calls
+        calls = record_calls(res.model, res.example()).calls
     except Exception:  # noqa: BLE001 - TorchScript and the like: definition order instead
         return [n for n, _ in res.model.named_modules()]
     return list(dict.fromkeys(c.name for c in calls if c.name))
@@ -156,10 +152,8 @@ def units_plan(base: Resolved, new: Resolved, layers: Sequence[str]) -> Optional
     from reportgen.model.layers import layer_layouts
 
     def layouts(res: Resolved) -> Dict[str, Any]:
-        example = res.probes[0].tensor[None].to(res.device) if res.probes else \
-            torch.zeros((1, *res.input_size), device=res.device)
         try:
-            found = layer_layouts(res.model, example, layers, output_key=res.output_key, strict=False)
+            found = layer_layouts(res.model, res.example(), layers, output_key=res.output_key, strict=False)
         except (ValueError, RuntimeError):
             return {}
         return {n: lay for n, lay in found.items() if lay.kind == "nchw"}
@@ -170,14 +164,15 @@ def units_plan(base: Resolved, new: Resolved, layers: Sequence[str]) -> Optional
 
 
 def dataset_pass(base: Resolved, new: Resolved, same: bool, progress: Any = None,
-                 distributed: bool = False) -> Any:
+                 distributed: bool = False, dataset: Optional[Tuple[Any, np.ndarray, Dict[str, Any]]] = None) -> Any:
     """The one pass of both models over NEW's probes + dataset: CKA, predictions, units.
 
-    Shared by ``reportgen compare`` and its sharded form (``reportgen.distributed compare``).
+    Shared by ``reportgen compare`` and its sharded form (``reportgen.distributed compare``);
+    ``dataset``: ``compare_dataset(new)`` when the caller has it already.
     """
     from reportgen.analyses.compare_pass import compare_pass
 
-    data, labels, _ = compare_dataset(new)
+    data, labels, _ = dataset if dataset is not None else compare_dataset(new)
     new_layers = cka_layers(new)
     base_layers = new_layers if same else cka_layers(base)
     labelled = labels if (labels >= 0).any() else None
@@ -198,10 +193,7 @@ def training_table(res: Resolved) -> Optional[Any]:
 
     if res.metrics_path is not None:
         return mt.read_metrics(res.metrics_path)
-    if len(res.checkpoints) >= 2:
-        table = mt.from_checkpoints([c.metrics for c in res.checkpoints])
-        return table if table.series else None
-    return None
+    return mt.stored_curves([c.metrics for c in res.checkpoints])
 
 
 def audit_step(res: Resolved, table: Optional[Any]) -> Optional[float]:
@@ -313,7 +305,7 @@ def verdict(comparison: Dict[str, Any], findings: Sequence[Dict[str, Any]], reso
         out.extend(audit_sentences(comparison["audit"]))
     new = [f for f in findings if f.get("state") == "new"]
     if new or resolved:
-        worst = max(new, key=lambda f: ("info", "warning", "error").index(f["severity"])) if new else None
+        worst = worst_finding(new)
         out.append(f"{len(new)} new finding(s)" + (f", worst: {worst['title']}" if worst else "")
                    + (f"; {len(resolved)} resolved." if resolved else "."))
     return out
@@ -475,8 +467,9 @@ def _cross(base: Resolved, new: Resolved, base_out, new_out, timings: Dict[str, 
     timings["weights"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    data, _, label_info = compare_dataset(new)
-    result = precomputed if precomputed is not None else dataset_pass(base, new, same, progress)
+    dataset = compare_dataset(new)
+    data, _, label_info = dataset
+    result = precomputed if precomputed is not None else dataset_pass(base, new, same, progress, dataset=dataset)
     timings["dataset_pass"] = time.perf_counter() - t
     order = execution_order(new)
     order += [n for n, _ in new.model.named_modules() if n not in set(order)]

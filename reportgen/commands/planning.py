@@ -106,15 +106,8 @@ def throughput(ctx: Any, budget_s: float, store: Optional[Path],
 
 
 def section_threads(ctx: Any, macs: Optional[int]) -> Optional[int]:
-    """Intra-op CPU threads for the sections: one for a small model, else torch's own count.
-
-    A small model's kernels are too short to share: threads spend the time
-    synchronizing, and on a busy machine (a CI runner, a laptop in a call)
-    waiting for a core. The demo's model on two busy cores: CAM, gradients,
-    occlusion, top-k and embeddings took 35 s of CPU on two threads, 8.5 s on one.
-    """
-    small = macs is not None and macs <= bud.SMALL_MODEL_MACS
-    return 1 if ctx.device.type == "cpu" and small else None
+    """Intra-op CPU threads for the sections: one for a small model (``tp.threads_for``)."""
+    return tp.threads_for(ctx.device, macs, bud.SMALL_MODEL_MACS)
 
 
 def section_needs(sections: Dict[str, Any], ctx: Any) -> Dict[str, bud.Needs]:

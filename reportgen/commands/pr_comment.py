@@ -24,9 +24,9 @@ import math
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
-from reportgen.commands.baseline import SEVERITIES, order
-from reportgen.commands.publish import default_id, finding_counts, key_metrics, title_of
-from reportgen.report import KINDS, check_id, is_id
+from reportgen.commands.baseline import order
+from reportgen.commands.publish import counts_text, default_id, key_metrics, title_of
+from reportgen.report import KINDS, SEVERITIES, check_id, is_id, worst_finding
 
 GITHUB_LIMIT = 65_536
 MIN_LIMIT = 1_000                 # the marker and a cut title always fit
@@ -146,10 +146,9 @@ def verdict_line(data: Dict[str, Any]) -> str:
     findings = data["findings"]
     states = _has_states(data)
     judged = [f for f in findings if f.get("state", "new") == "new"] if states else findings
-    worst = max((f["severity"] for f in judged), key=SEVERITIES.index, default=None)
+    worst = (worst_finding(judged) or {}).get("severity")
     icon = ICONS.get(worst, ICONS[None])
-    counts = finding_counts(judged)
-    what = ", ".join(f"{n} {sev}" for sev, n in reversed(counts.items()) if n)
+    what = counts_text(judged)
     noun = "new finding" if states else "finding"
     line = f"{len(judged)} {noun}(s): {what}" if judged else f"no {noun}s"
     if states:

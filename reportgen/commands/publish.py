@@ -109,6 +109,12 @@ def finding_counts(findings: Sequence[Dict[str, Any]]) -> Dict[str, int]:
     return counts
 
 
+def counts_text(findings: Sequence[Dict[str, Any]]) -> str:
+    """"1 error, 2 warning": the non-zero counts, worst first ("" when there are none)."""
+    counts = finding_counts(findings)
+    return ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s])
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

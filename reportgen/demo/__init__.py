@@ -36,6 +36,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
+from reportgen.atomic import atomic_write
+
 __all__ = ["prepare_demo", "held_out", "DEMO_VERSION", "N_DATASET", "N_PROBES"]
 
 DEMO_VERSION = 1
@@ -72,7 +74,7 @@ def prepare_demo(out_dir: Path, quiet: bool = False) -> Path:
     try:
         manifest = _build(scratch, key, quiet)
         _move_into_place(scratch, out_dir)
-        _write_atomic(out_dir / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        atomic_write(out_dir / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out_dir / "spec.yaml"
@@ -234,12 +236,6 @@ def _remove_stale_scratch(out_dir: Path) -> None:
     """Scratch folders left by killed runs; they are never reused, only deleted."""
     for p in out_dir.glob(_SCRATCH_PREFIX + "*"):
         shutil.rmtree(p, ignore_errors=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _say(quiet: bool, message: str) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from reportgen.demo import shapes
 from reportgen.demo.net import ShapesNet
+from reportgen.engine.throughput import cpu_threads
 from reportgen.progress import bars_wanted
 
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "train_acc"]
@@ -92,14 +93,12 @@ def deterministic_torch(threads: int) -> Iterator[None]:
     settings changed behind us.
     """
     was_det = torch.are_deterministic_algorithms_enabled()
-    was_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
     try:
-        yield
+        with cpu_threads(threads):
+            yield
     finally:
         torch.use_deterministic_algorithms(was_det)
-        torch.set_num_threads(was_threads)
 
 
 # One thread, always. Measured: the thread count changes the trained bits

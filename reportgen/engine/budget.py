@@ -27,7 +27,7 @@ MACs, so its settings never depend on how busy the machine is.
 
 The page budget works the same way on bytes: :func:`page_shares` gives each
 image-heavy section a share of the page, and a section draws fewer or smaller
-pictures (:func:`channels_that_fit`, :func:`thumbnail_side`) when its share
+pictures (:func:`channels_per_layer`, :func:`thumbnail_side`) when its share
 asks for it. Nothing here runs a model or reads a clock.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ LONG_MIN_S = 10.0
 OVERSHOOT_FACTOR = 1.5
 OVERSHOOT_MIN_S = 5.0
 # Page budget: 5 MB keeps a report quick to open and under the size forges and mail
-# gateways take without complaint (above 10 MB the build warns: pipeline.SIZE_WARNING_BYTES).
+# gateways take without complaint (above 10 MB the build warns: commands.build.SIZE_WARNING_BYTES).
 DEFAULT_PAGE_MB = 5.0
 # Share of the page budget kept for what no section shrinks: text, tables, the architecture
 # graph, the theme, the audit sections' pictures (ResNet-50 with 200 dataset images: about

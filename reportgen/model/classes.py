@@ -10,15 +10,53 @@ import os
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from reportgen.errors import InputError
+from reportgen.errors import InputError, suggest
 
-__all__ = ["load_classes", "default_classes"]
+__all__ = ["load_classes", "default_classes", "resolve_targets", "TargetError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def default_classes(num_classes: int) -> List[str]:
     return [f"class_{i}" for i in range(num_classes)]
+
+
+class TargetError(ValueError):
+    """A class target that names no class; ``index``: its place in a list (None: the value itself)."""
+
+    def __init__(self, message: str, index: Optional[int] = None):
+        super().__init__(message)
+        self.index = index
+
+
+def class_index(value: Any, classes: Sequence[str]) -> int:
+    """A class given by index or name, as its index; TargetError otherwise."""
+    if isinstance(value, int):
+        if not 0 <= value < len(classes):
+            raise TargetError(f"class index {value} is out of range (0..{len(classes) - 1})")
+        return value
+    if value in classes:
+        return list(classes).index(value)
+    raise TargetError(f"unknown class {value!r}{suggest(value, classes)}")
+
+
+def resolve_targets(targets: Any, n: int, classes: Sequence[str]) -> List[Optional[int]]:
+    """The class each of ``n`` probes is explained for (None: the model's predicted class), from
+    ``predicted``, a class name or index (every probe), or a list with one per probe (each a
+    name, an index or ``predicted``): ``probes.targets`` and ``sections.occlusion.target``."""
+    if targets == "predicted":
+        return [None] * n
+    if isinstance(targets, list):
+        if len(targets) != n:
+            raise TargetError(f"has {len(targets)} targets but {n} probe images matched")
+        out: List[Optional[int]] = []
+        for i, t in enumerate(targets):
+            try:
+                out.append(None if t == "predicted" else class_index(t, classes))
+            except TargetError as e:
+                raise TargetError(str(e), i) from None
+        return out
+    return [class_index(targets, classes)] * n
 
 
 def load_classes(value: Union[None, PathLike, Sequence[Any]], base_dir: PathLike,

@@ -5,10 +5,11 @@ The bottom of the model-touching helpers: ``reportgen.model.hooks`` (recorders) 
 """
 from __future__ import annotations
 
-import difflib
 from typing import List
 
 from torch import nn
+
+from reportgen.errors import suggest
 
 
 def layer_names(model: nn.Module) -> List[str]:
@@ -22,7 +23,5 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     if name in modules and name != "":
         return modules[name]
     names = layer_names(model)
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
-    raise ValueError(f"unknown layer {name!r}.{hint} Valid layers: {shown}")
+    raise ValueError(f"unknown layer {name!r}{suggest(name, names, most=5)}. Valid layers: {shown}")

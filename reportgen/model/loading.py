@@ -7,7 +7,6 @@ chance to.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -20,6 +19,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from reportgen.errors import suggest
 
 # torchvision builders whose architecture needs a minimum input size or a fixed one.
 _MIN_SIDE = {"inception_v3": 75, "googlenet": 15}
@@ -46,7 +47,7 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
 
     names = torchvision_classifiers()
     if name not in names:
-        raise ModelError(f"unknown torchvision classification model {name!r}{_did_you_mean(name, names)}",
+        raise ModelError(f"unknown torchvision classification model {name!r}{suggest(name, names, most=3)}",
                          "model.torchvision")
     kw = _without_downloads(kwargs, ("weights", "pretrained"))
     if name in ("googlenet", "inception_v3"):
@@ -60,11 +61,6 @@ def build_torchvision(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         raise ModelError(f"torchvision {name}(): {e}", "model.kwargs") from None
     except ValueError as e:
         raise ModelError(f"torchvision {name}(): {e}", "model.kwargs") from None
-
-
-def _did_you_mean(name: str, names: List[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 def _without_downloads(kwargs: Dict[str, Any], keys: Tuple[str, ...]) -> Dict[str, Any]:
@@ -100,7 +96,7 @@ def build_timm(name: str, kwargs: Dict[str, Any]) -> nn.Module:
                          "(timm.list_models()) and list the weights under checkpoints", "model.timm")
     arch = name.partition(".")[0]
     if not timm.is_model(arch):
-        raise ModelError(f"unknown timm model {name!r}{_did_you_mean(arch, timm.list_models())}", "model.timm")
+        raise ModelError(f"unknown timm model {name!r}{suggest(arch, timm.list_models(), most=3)}", "model.timm")
     kw = _without_downloads(kwargs, ("pretrained", "checkpoint_path"))
     try:
         return timm.create_model(name, pretrained=False, **kw)
@@ -250,9 +246,8 @@ def build_factory(ref: str, kwargs: Dict[str, Any], base_dir: Path) -> nn.Module
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(module) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ModelError(f"module {module_name!r} has no attribute {part!r}{hint}", "model.factory")
+            raise ModelError(f"module {module_name!r} has no attribute {part!r}{suggest(part, names, most=3)}",
+                             "model.factory")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelError(f"{ref!r} is not callable", "model.factory")
@@ -282,18 +277,32 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+# The ways a spec names its model, model: {<source>: ...}, exactly one of them
+MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
+ONE_SOURCE = f"needs exactly one of {', '.join(MODEL_SOURCES[:-1])} or {MODEL_SOURCES[-1]}"
+
+
+def source_of(model_spec: Dict[str, Any]) -> Optional[str]:
+    """Which of MODEL_SOURCES the spec's ``model`` uses (the first one given), or None."""
+    return next((key for key in MODEL_SOURCES if model_spec.get(key)), None)
+
+
 def build_model(model_spec: Dict[str, Any], base_dir: Path) -> nn.Module:
     """The nn.Module the spec names, on the CPU, in eval mode, with its initial weights."""
     kwargs = model_spec.get("kwargs") or {}
-    if model_spec.get("torchvision"):
-        model = build_torchvision(model_spec["torchvision"], kwargs)
-    elif model_spec.get("factory"):
-        model = build_factory(model_spec["factory"], kwargs, base_dir)
-    elif model_spec.get("timm"):
-        model = build_timm(model_spec["timm"], kwargs)
-    else:
-        ts = Path(model_spec["torchscript"])
+    source = source_of(model_spec)
+    value = model_spec.get(source) if source else None
+    if source == "torchvision":
+        model = build_torchvision(value, kwargs)
+    elif source == "factory":
+        model = build_factory(value, kwargs, base_dir)
+    elif source == "timm":
+        model = build_timm(value, kwargs)
+    elif source == "torchscript":
+        ts = Path(value)
         model = load_torchscript(ts if ts.is_absolute() else base_dir / ts)
+    else:
+        raise ModelError(ONE_SOURCE, "model")
     return unwrap(model).eval()
 
 

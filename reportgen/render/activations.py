@@ -6,7 +6,7 @@ from typing import Dict, List
 import numpy as np
 
 from reportgen.analyses.activations import ActivationsResult
-from reportgen.render.colormap import apply_cmap
+from reportgen.render.heatmap import colorize
 from reportgen.render.images import pack_grid, png_uri, thumbnail_uri, webp_uri
 
 
@@ -15,7 +15,7 @@ def _grid(maps: np.ndarray) -> np.ndarray:
     so channels compare. The browser enlarges it (see `scale`): cheaper than pixels."""
     vmax = float(maps.max()) if maps.size else 1.0
     vmin = min(0.0, float(maps.min())) if maps.size else 0.0
-    tiles = [apply_cmap(m, "viridis", vmin, vmax) for m in maps]
+    tiles = [colorize(m, "viridis", vmin, vmax) for m in maps]
     cols = min(16, len(tiles))
     grid, _ = pack_grid(tiles, cols=cols, pad=1, background=1.0)
     return grid

@@ -9,9 +9,8 @@ smaller than PNG (it usually is, by 3-5x) and as PNG otherwise.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
-import matplotlib
 import numpy as np
 from PIL import Image
 
@@ -96,22 +95,6 @@ def symmetric_limit(maps: Sequence[np.ndarray]) -> float:
 
 
 # --------------------------------------------------------------------------- categorical class maps
-
-def palette(n: int) -> List[Tuple[int, int, int]]:
-    """n distinct colours: tab10, then tab20, then evenly spaced hues for more."""
-    if n <= 10:
-        cols = matplotlib.colormaps["tab10"].colors[:n]
-    elif n <= 20:
-        cols = matplotlib.colormaps["tab20"].colors[:n]
-    else:
-        cmap = matplotlib.colormaps["hsv"]
-        cols = [cmap(i / n)[:3] for i in range(n)]
-    return [tuple(int(round(255 * c)) for c in col[:3]) for col in cols]
-
-
-def hex_colour(rgb: Tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
 
 def class_map_pixels(top: np.ndarray, positions: np.ndarray, window: Tuple[int, int],
                      size: Tuple[int, int]) -> np.ndarray:

@@ -15,8 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from reportgen.render.colormap import apply_cmap
-from reportgen.render.heatmap import overlay
+from reportgen.render.heatmap import colorize, overlay
 from reportgen.render.images import thumbnail_uri, webp_uri
 from reportgen.report import Outcome, summary_of
 
@@ -28,7 +27,7 @@ def heat_cell(value: Optional[float], vmin: float, vmax: float, cmap: str = HEAT
     """{"bg", "fg"} CSS colours of a cell showing ``value`` (None: no colour)."""
     if value is None or not np.isfinite(value):
         return {"bg": "transparent", "fg": "inherit"}
-    r, g, b = (int(v) for v in apply_cmap(np.array([[float(value)]]), cmap, vmin, vmax)[0, 0])
+    r, g, b = (int(v) for v in colorize(np.array([[float(value)]]), cmap, vmin, vmax)[0, 0])
     light = 0.2126 * r + 0.7152 * g + 0.0722 * b > 140
     return {"bg": f"#{r:02x}{g:02x}{b:02x}", "fg": "#111" if light else "#fff"}
 

@@ -11,28 +11,17 @@ only ever sets ``textContent``.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
-from matplotlib import colormaps
 
 from reportgen.analyses.embeddings import EmbeddingResult
+from reportgen.render.heatmap import hex_colour, palette
 from reportgen.render.images import pack_grid, webp_uri
 
 WIDTH, HEIGHT, MARGIN = 640, 460, 16
 UNKNOWN_COLOUR = "#888888"
-
-
-def palette(n: int) -> List[str]:
-    """n distinct hex colours: tab10, tab20, then evenly spaced turbo for more classes."""
-    if n <= 10:
-        cmap, xs = colormaps["tab10"], [i / 10 + 0.05 for i in range(n)]
-    elif n <= 20:
-        cmap, xs = colormaps["tab20"], [i / 20 + 0.025 for i in range(n)]
-    else:
-        cmap, xs = colormaps["turbo"], list(np.linspace(0.05, 0.95, n))
-    return ["#%02x%02x%02x" % tuple(int(round(c * 255)) for c in cmap(x)[:3]) for x in xs]
 
 
 def _fmt(v: float) -> str:
@@ -117,7 +106,7 @@ def thumbnail_sprite(thumbs: np.ndarray) -> Tuple[str, int, int, int]:
 def render_embeddings(result: EmbeddingResult, classes: Sequence[str]) -> Dict[str, Any]:
     """The view for templates/sections/embeddings.html.j2."""
     n = len(result.coords)
-    colours_by_class = palette(len(classes))
+    colours_by_class = [hex_colour(c) for c in palette(len(classes))]
     colour_idx = np.where(result.labels >= 0, result.labels, result.predictions)
     colours = [colours_by_class[c] if 0 <= c < len(classes) else UNKNOWN_COLOUR for c in colour_idx]
     titles = [point_title(result.names[i],

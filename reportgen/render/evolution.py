@@ -21,7 +21,7 @@ from matplotlib import colormaps
 
 from reportgen.analyses import metrics as mt
 from reportgen.analyses.evolution import EvolutionResult, frozen_layers, layer_drift, pick_even
-from reportgen.render.colormap import apply_cmap
+from reportgen.render.heatmap import colorize
 from reportgen.render.images import pack_grid, png_uri, webp_uri
 
 STRIP_FRAMES = 8          # frames in the static (print) strip
@@ -101,7 +101,7 @@ def fmap_frames(res: EvolutionResult) -> List[np.ndarray]:
     cols = min(8, maps.shape[1])
     frames = []
     for t in range(maps.shape[0]):
-        tiles = [apply_cmap(maps[t, k], "viridis", float(vmin[k]), float(vmax[k]))
+        tiles = [colorize(maps[t, k], "viridis", float(vmin[k]), float(vmax[k]))
                  for k in range(maps.shape[1])]
         grid, _ = pack_grid(tiles, cols=cols, pad=1, background=1.0)
         frames.append(grid)

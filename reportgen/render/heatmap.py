@@ -1,4 +1,5 @@
-"""Heatmaps: colouring attribution maps and laying them over the probe image.
+"""Colour maps: any (H, W) map through a colormap (feature maps, heat cells), and attribution maps
+laid over the probe image.
 
 Pure numpy + matplotlib colormaps (``matplotlib.colormaps``, no pyplot, so
 no GUI backend and no global figure state). Everything returns uint8 RGB
@@ -6,7 +7,7 @@ arrays that ``reportgen.render.images`` encodes.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import matplotlib
 import numpy as np
@@ -46,6 +47,21 @@ def colorize(values: np.ndarray, cmap: str = DEFAULT_CMAP, vmin: Optional[float]
     unit = np.zeros_like(v) if hi <= lo else np.clip((v - lo) / (hi - lo), 0.0, 1.0)
     rgba = matplotlib.colormaps[cmap](unit, bytes=True)
     return np.ascontiguousarray(rgba[..., :3])
+
+
+def palette(n: int) -> List[Tuple[int, int, int]]:
+    """n distinct RGB colours for categories (classes): tab10, tab20, then evenly spaced turbo."""
+    if n <= 10:
+        cmap, xs = matplotlib.colormaps["tab10"], [i / 10 + 0.05 for i in range(n)]
+    elif n <= 20:
+        cmap, xs = matplotlib.colormaps["tab20"], [i / 20 + 0.025 for i in range(n)]
+    else:
+        cmap, xs = matplotlib.colormaps["turbo"], list(np.linspace(0.05, 0.95, n))
+    return [tuple(int(round(c * 255)) for c in cmap(x)[:3]) for x in xs]
+
+
+def hex_colour(rgb: Tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _resize(values: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

@@ -54,12 +54,14 @@ def si_number(value: Any) -> str:
 
 def model_source(spec) -> str:
     """Where the model came from, as the page and report.json show it (a file by ``public_path``)."""
+    from reportgen.model.loading import source_of
+
     m = spec["model"]
-    for key in ("torchvision", "factory", "torchscript", "timm"):
-        if m.get(key):
-            value = public_path(spec.path(m[key]), spec.base_dir) if key == "torchscript" else m[key]
-            return f"{key}: {value}"
-    return "?"
+    key = source_of(m)
+    if key is None:
+        return "?"
+    value = public_path(spec.path(m[key]), spec.base_dir) if key == "torchscript" else m[key]
+    return f"{key}: {value}"
 
 
 def public_notes(res) -> List[str]:

@@ -23,21 +23,52 @@ import torch
 from torch import nn
 
 from reportgen.analyses import attribution_eval as ae
+from reportgen.analyses import explain as explain_registry
 from reportgen.analyses import faithfulness as fa
 from reportgen.analyses.attribution_eval import AttributionResult, MethodResult
 from reportgen.analyses.gradients import integrated_gradients_with_delta
 from reportgen.engine import budget as bud
 from reportgen.errors import NotApplicable
+from reportgen.model.classes import resolve_targets
 from reportgen.model.layers import last_spatial_call, layer_layouts
-from reportgen.options import AUTO, Choice, Float, Int, ListOf, OneOf, Option, auto_or, int_or_pair, layer, layout
+from reportgen.options import (
+    AUTO,
+    Choice,
+    Float,
+    Int,
+    ListOf,
+    OneOf,
+    Option,
+    OptionError,
+    auto_or,
+    class_targets,
+    int_or_pair,
+    layer,
+    layout,
+)
 from reportgen.paths import public_text
 from reportgen.render import attribution as ra
 from reportgen.render.activations import LAYOUT_WORDS
-from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map
+from reportgen.render.heatmap import DEFAULT_CMAP, SIGNED_CMAP, attribution_map, hex_colour, palette
 from reportgen.sections.base import BuildContext, Finding, Section, register_section
 
-CAM_METHODS = ["cam", "gradcam", "gradcampp", "scorecam", "eigencam"]
-GRADIENT_METHODS = ["saliency", "deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad"]
+# The methods each section draws, from the one registry (``reportgen.explain``'s)
+CAM_METHODS = explain_registry.methods("cam")
+GRADIENT_METHODS = explain_registry.methods("gradients")
+
+
+class MethodChoice(Choice):
+    """A method from the registry's ``choices``; a registered method another section draws
+    is refused with that section's name."""
+
+    def check(self, value: Any, path: str) -> Any:
+        try:
+            return super().check(value, path)
+        except OptionError as e:
+            other = explain_registry.drawn_by(value)
+            if other is None:
+                raise
+            raise OptionError(f"{e.message}; {value!r} is drawn by sections.{other}", path) from None
 
 
 def _shared_options(sanity: bool) -> Dict[str, Option]:
@@ -146,6 +177,10 @@ class AttributionSection(Section):
         return dict(options, **{k: ctx.planned(self.name, k, options[k], v) for k, v in best.items()})
 
     # ----------------------------------------------------------- analysis
+    def probe_targets(self, ctx: BuildContext, options: Dict[str, Any]) -> List[Optional[int]]:
+        """The class each probe's maps explain (None: the predicted one): the spec's probes.targets."""
+        return [p.target for p in ctx.probes]
+
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> AttributionResult:
         steps_auto = options["faithfulness_steps"] == AUTO
         options = self.settings(ctx, options)
@@ -159,7 +194,7 @@ class AttributionSection(Section):
             own = options["sanity_threshold"]
             threshold = float(own) if own is not None else ctx.threshold("sanity_spearman")
         result = ae.evaluate(
-            ctx.model, ctx.probe_batch(), methods, targets=[p.target for p in ctx.probes],
+            ctx.model, ctx.probe_batch(), methods, targets=self.probe_targets(ctx, options),
             steps=options["faithfulness_steps"], border_frac=ctx.threshold("border_band"),
             top_classes=options["top_classes"], sanity_threshold=threshold, seed=ctx.seed,
             output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
@@ -414,7 +449,7 @@ class CamSection(AttributionSection):
     order = 50
     run_sanity = True
     options = {
-        "methods": ListOf(Choice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"],
+        "methods": ListOf(MethodChoice(CAM_METHODS), min_len=1, coerce=True, default=["gradcam", "gradcampp"],
                           doc="CAM-family methods, each drawn over every probe"),
         "layer": layer(spatial=True, doc="layer whose feature maps are weighted (auto: the last layer with "
                                          "a spatial output the class score depends on)"),
@@ -485,7 +520,7 @@ class GradientsSection(AttributionSection):
     order = 55
     run_sanity = True
     options = {
-        "methods": ListOf(Choice(GRADIENT_METHODS), min_len=1, coerce=True,
+        "methods": ListOf(MethodChoice(GRADIENT_METHODS), min_len=1, coerce=True,
                           default=["saliency", "guided_backprop", "integrated_gradients"],
                           doc="gradient methods, each drawn over every probe"),
         "steps": auto_or(Int(min=2), expected="'auto' or a number of steps >= 2",
@@ -606,9 +641,10 @@ class OcclusionSection(AttributionSection):
                           expected="mean, zero, grey, blur or a number",
                           doc="what fills the occluder: the image's mean colour, zeros in input space, "
                               "mid-grey, a blurred copy, or a number"),
-        "target": Choice(["predicted"], default="predicted",
-                         doc="kept so old specs validate; occlusion draws the probe's own target "
-                             "(probes.targets), like the other methods"),
+        "target": class_targets(default=None, nullable=True,
+                                doc="the class each map explains: null (default) the probe's own (probes.targets, "
+                                    "like the other methods), predicted (the model's top class), a class name or "
+                                    "index for every probe, or a list with one per probe"),
         "incremental": Choice([False, True, AUTO], default=AUTO,
                               doc="recompute only what each occluder changes (exact): true, false or auto "
                                   "(when it saves work)"),
@@ -617,6 +653,12 @@ class OcclusionSection(AttributionSection):
 
     def method_names(self, options: Dict[str, Any]) -> List[str]:
         return ["occlusion"]
+
+    def probe_targets(self, ctx: BuildContext, options: Dict[str, Any]) -> List[Optional[int]]:
+        """``target`` when written (the resolver probes.targets uses), else the probe's own."""
+        if options["target"] is None:
+            return super().probe_targets(ctx, options)
+        return resolve_targets(options["target"], len(ctx.probes), ctx.classes)
 
     def best(self, ctx, options):
         _, h, w = ctx.input_size
@@ -667,7 +709,7 @@ class OcclusionSection(AttributionSection):
         """One colour per class that wins anywhere in any probe: consistent across probes."""
         m = result.methods["occlusion"]
         present = sorted(set(np.unique(m.extras["top_class"]).tolist()) | set(result.targets.tolist()))
-        return dict(zip(present, ra.palette(len(present))))
+        return dict(zip(present, palette(len(present))))
 
     def extra_tiles(self, result, i, image, ctx):
         px = self._class_pixels(result, i)
@@ -683,7 +725,7 @@ class OcclusionSection(AttributionSection):
         colours = self._colours(result)
         cells = m.extras["top_class"][i]
         classes, counts = np.unique(cells, return_counts=True)
-        return [{"cls": ctx.classes[int(c)], "colour": ra.hex_colour(colours[int(c)]),
+        return [{"cls": ctx.classes[int(c)], "colour": hex_colour(colours[int(c)]),
                  "share": float(n / cells.size), "target": int(c) == int(result.targets[i])}
                 for c, n in sorted(zip(classes.tolist(), counts.tolist()), key=lambda cn: (-cn[1], cn[0]))]
 

@@ -37,7 +37,7 @@ import torch
 
 from reportgen.analyses import faithfulness as fa
 from reportgen.engine import budget as bud
-from reportgen.errors import NotApplicable, SpecError
+from reportgen.errors import NotApplicable, ReportgenError, SpecError
 from reportgen.options import AUTO, Float, Mapping, Option
 
 
@@ -122,10 +122,7 @@ class BuildContext:
         found = self.spec.get("findings") if hasattr(self.spec, "get") else None
         value = (found or {}).get(key)
         if value is None:   # a spec that skipped the schema: the declared default
-            declared = dict(FINDINGS_THRESHOLDS)
-            for cls in _REGISTRY.values():
-                declared.update(cls.thresholds)
-            value = declared[key].default
+            value = declared_thresholds(_REGISTRY)[key].default
         return float(value)
 
     def read_checkpoint(self, path: Path) -> Any:
@@ -140,10 +137,15 @@ class BuildContext:
         return torch.stack([p.tensor for p in self.probes]).to(self.device)
 
     def example(self) -> torch.Tensor:
-        """A single (1, C, H, W) input: the first probe, else zeros."""
-        if self.probes:
-            return self.probes[0].tensor[None].to(self.device)
-        return torch.zeros((1, *self.input_size), device=self.device)
+        return example_input(self.probes, self.input_size, self.device)
+
+
+def example_input(probes: Sequence[Probe], input_size: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The single (1, C, H, W) input a model is traced, hooked or timed with: the first probe,
+    else zeros (a build's ``BuildContext.example``, a compare's ``Resolved.example``)."""
+    if probes:
+        return probes[0].tensor[None].to(device)
+    return torch.zeros((1, *input_size), device=device)
 
 
 # Findings thresholds shared by several sections; a section adds its own through
@@ -227,6 +229,27 @@ class Section:
 
 
 _REGISTRY: Dict[str, Type[Section]] = {}
+
+
+class PluginError(ReportgenError):
+    """An installed section plugin that cannot be loaded, named by its entry point.
+
+    Exit 2 like a bad spec: the fix is in the user's environment (repair or
+    uninstall the package), not in reportgen.
+    """
+
+
+def declared_thresholds(sections: Dict[str, Type[Section]]) -> Dict[str, Option]:
+    """Every findings threshold: the shared ones plus those ``sections`` add (``Section.thresholds``),
+    the spec's ``findings:`` mapping. Two sections declaring one key with two defaults: PluginError."""
+    out = dict(FINDINGS_THRESHOLDS)
+    for name, cls in sections.items():
+        for key, opt in cls.thresholds.items():
+            if key in out and out[key].default != opt.default:
+                raise PluginError(f"section {name!r} declares findings.{key} with default {opt.default!r}, "
+                                  f"another declares {out[key].default!r}")
+            out.setdefault(key, opt)
+    return out
 
 
 def register_section(name: str) -> Callable[[Type[Section]], Type[Section]]:

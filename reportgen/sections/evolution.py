@@ -205,10 +205,7 @@ class CurvesSection(Section):
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> CurvesResult:
         from_file = mt.read_metrics(ctx.metrics_path) if ctx.metrics_path is not None else None
-        stored = None
-        if len(ctx.checkpoints) >= 2:
-            stored = mt.from_checkpoints([c.metrics for c in ctx.checkpoints])
-            stored = stored if stored.series else None
+        stored = mt.stored_curves([c.metrics for c in ctx.checkpoints])
         return CurvesResult(stored, from_file, len(ctx.checkpoints))
 
     def view(self, result: CurvesResult, ctx: BuildContext) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 from reportgen.analyses import featureviz as fv
 from reportgen.analyses.activations import stage_layers
 from reportgen.engine import budget as bud
-from reportgen.engine.throughput import cpu_threads
+from reportgen.engine.throughput import cpu_threads, threads_for
 from reportgen.model.layers import layer_layouts
 from reportgen.model.layout import Layout
 from reportgen.model.loading import require_hooks
@@ -110,7 +110,7 @@ def plan(ctx: BuildContext, opts: Dict[str, Any], n: int) -> Dict[str, Any]:
     step_macs = (macs_at(new_size) or 0) * n
     return {"size": new_size, "steps": steps, "requested_size": size, "requested_steps": wanted,
             "scaled": (new_size, steps) != (size, wanted), "budget_gmacs": gmacs,
-            "threads": 1 if ctx.device.type == "cpu" and step_macs < fv.SMALL_WORK_MACS else None}
+            "threads": threads_for(ctx.device, step_macs, fv.SMALL_WORK_MACS)}
 
 
 def _reference_text(counts: Dict[str, int]) -> str:

@@ -13,20 +13,11 @@ import sys
 from importlib import metadata
 from typing import Dict, Type
 
-from reportgen.errors import ReportgenError
 from reportgen.options import Option
-from reportgen.sections.base import _REGISTRY, FINDINGS_THRESHOLDS, Section, register_section
+from reportgen.sections.base import _REGISTRY, PluginError, Section, declared_thresholds, register_section
 
 ENTRY_POINT_GROUP = "reportgen.sections"
 _loaded_plugins = False
-
-
-class PluginError(ReportgenError):
-    """An installed section plugin that cannot be loaded, named by its entry point.
-
-    Exit 2 like a bad spec: the fix is in the user's environment (repair or
-    uninstall the package), not in reportgen.
-    """
 
 
 def _entry_points():
@@ -79,11 +70,4 @@ def registry() -> Dict[str, Type[Section]]:
 
 def findings_options() -> Dict[str, Option]:
     """Every findings threshold: the shared ones plus those the registered sections add."""
-    out = dict(FINDINGS_THRESHOLDS)
-    for name, cls in registry().items():
-        for key, opt in cls.thresholds.items():
-            if key in out and out[key].default != opt.default:
-                raise PluginError(f"section {name!r} declares findings.{key} with default {opt.default!r}, "
-                                  f"another declares {out[key].default!r}")
-            out.setdefault(key, opt)
-    return out
+    return declared_thresholds(registry())

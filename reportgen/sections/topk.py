@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -17,6 +18,12 @@ from reportgen.sections.dataset_pass import dataset_for, pass_cost, shared
 
 AUTO_LAYERS = 2   # auto = the last two resolution stages: the most semantic units with a usable RF
 MIN_PATCH = 32    # a page share never shrinks stored patches below this side
+_GIVEN: "weakref.WeakKeyDictionary[Any, tk.StreamState]" = weakref.WeakKeyDictionary()   # build --topk, per model
+
+
+def use_topk_pass(model: Any, state: tk.StreamState) -> None:
+    """This build's top-k section finishes ``state`` (a checked saved pass) instead of streaming the dataset."""
+    _GIVEN[model] = state
 
 
 def _finite(v: float) -> Optional[float]:
@@ -56,8 +63,12 @@ class TopKSection(Section):
         "layout": layout(),
     }
 
-    def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Taps:
-        """Every channel's running top-k of the chosen layers, read through their layouts."""
+    def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Optional[Taps]:
+        """Every channel's running top-k of the chosen layers (none with ``build --topk``: the saved state)."""
+        return None if _GIVEN.get(ctx.model) is not None else self._taps(ctx, options)
+
+    def _taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Taps:
+        """The chosen layers, read through their layouts, and k."""
         auto = options["layers"] == "auto"
         names = choose_layers(ctx, options["layers"])
         layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"],
@@ -92,11 +103,14 @@ class TopKSection(Section):
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
         data = ctx.spec["dataset"]
-        taps = self.dataset_taps(ctx, options)
-        run = shared(ctx, taps)
-        if run.topk_error is not None:
-            raise run.topk_error
-        result = tk.finish_topk(ctx.model, dataset_for(ctx), run.topk, list(taps.topk_layers),
+        taps = self._taps(ctx, options)
+        state = _GIVEN.get(ctx.model)     # build --topk: the sharded pass's state, checked against these options
+        if state is None:
+            run = shared(ctx, taps)
+            if run.topk_error is not None:
+                raise run.topk_error
+            state = run.topk
+        result = tk.finish_topk(ctx.model, dataset_for(ctx), state, list(taps.topk_layers),
                                 options["channels"], options["k"], ctx.device, ctx.input_size,
                                 options["projection"], data["batch_size"], self.patch_cap(ctx, options))
         return TopKSectionResult(result, options["layers"] == "auto")

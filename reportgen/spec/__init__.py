@@ -31,13 +31,7 @@ class Spec:
 
     def line(self, key_path: str) -> Optional[int]:
         """Line of ``key_path``, or of its nearest ancestor present in the file."""
-        path = key_path
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else ""
-        return None
+        return line_of(self.lines, key_path)
 
     def given(self, key_path: str) -> bool:
         """Whether the user wrote ``key_path`` (a YAML file or a dict alike)."""
@@ -52,17 +46,22 @@ class Spec:
         return p if p.is_absolute() else self.base_dir / p
 
 
+def line_of(lines: Lines, key_path: str) -> Optional[int]:
+    """Line of ``key_path`` in the loader's line map, or of its nearest ancestor there."""
+    path = key_path
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
 def _check(data: Any, file: str, lines: Lines) -> Dict[str, Any]:
     try:
         return SPEC.check(data, "")
     except OptionError as e:
-        line = None
-        path = e.path
-        while path and line is None:
-            line = lines.get(path)
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else ""
-        raise SpecError(e.message, file, e.path or None, line) from None
+        raise SpecError(e.message, file, e.path or None, line_of(lines, e.path)) from None
 
 
 def load_spec(source: Union[str, Path, Dict[str, Any], Spec], base_dir: Optional[Path] = None) -> Spec:

@@ -20,7 +20,7 @@ from reportgen.errors import InputError, SpecError
 from reportgen.model.loading import ModelError, build_model, input_size, pick_device
 from reportgen.model.outputs import select_output
 from reportgen.options import AUTO, LayerName, layer_option
-from reportgen.sections.base import CheckpointInfo, Probe
+from reportgen.sections.base import CheckpointInfo, Probe, example_input
 from reportgen.spec import Spec
 
 
@@ -53,6 +53,9 @@ class Resolved:
         if key not in self._digests:
             self._digests[key] = file_digest(path)
         return self._digests[key]
+
+    def example(self) -> torch.Tensor:
+        return example_input(self.probes, self.input_size, self.device)
 
     def model_at(self, index: int) -> nn.Module:
         """A copy of the model with checkpoint ``index``'s weights (for evolution)."""
@@ -164,7 +167,7 @@ def audit_index(spec: Spec, checkpoints: List[CheckpointInfo]) -> Optional[int]:
         return choice % len(checkpoints)
     labels = [c.label for c in checkpoints]
     if choice not in labels:
-        from reportgen.options import suggest
+        from reportgen.errors import suggest
         raise spec.error("audit_checkpoint", f"no checkpoint labelled {choice!r}{suggest(choice, labels)}; "
                                              f"labels: {', '.join(labels)}")
     return labels.index(choice)
@@ -203,7 +206,7 @@ def resolve_probes(spec: Spec, size: Tuple[int, int, int], classes: List[str]) -
             except (InputError, ValueError) as e:
                 raise spec.error(key, str(e)) from None
             probes.append(Probe(name=path.name, path=path, tensor=tensor, display=display))
-    targets = _resolve_targets(spec, probes_spec["targets"], len(probes), classes)
+    targets = _resolve_targets(spec, "probes.targets", probes_spec["targets"], len(probes), classes)
     for probe, target in zip(probes, targets):
         probe.target = target
     return probes
@@ -276,27 +279,21 @@ def _check_norm(spec: Spec, channels: int) -> None:
                                                   f"{channels} input channel(s)")
 
 
-def _class_index(spec: Spec, key: str, value: Any, classes: List[str]) -> int:
-    if isinstance(value, int):
-        if not 0 <= value < len(classes):
-            raise spec.error(key, f"class index {value} is out of range (0..{len(classes) - 1})")
-        return value
-    if value in classes:
-        return classes.index(value)
-    from reportgen.options import suggest
-    raise spec.error(key, f"unknown class {value!r}{suggest(value, classes)}")
+def _resolve_targets(spec: Spec, key: str, targets: Any, n: int, classes: List[str]) -> List[Optional[int]]:
+    """``resolve_targets`` on the spec's ``key``, a bad class named at its key path and line."""
+    from reportgen.model.classes import TargetError, resolve_targets
+
+    try:
+        return resolve_targets(targets, n, classes)
+    except TargetError as e:
+        raise spec.error(key if e.index is None else f"{key}[{e.index}]", str(e)) from None
 
 
-def _resolve_targets(spec: Spec, targets: Any, n: int, classes: List[str]) -> List[Optional[int]]:
-    key = "probes.targets"
-    if targets == "predicted":
-        return [None] * n
-    if isinstance(targets, list):
-        if len(targets) != n:
-            raise spec.error(key, f"has {len(targets)} targets but {n} probe images matched")
-        return [None if t == "predicted" else _class_index(spec, f"{key}[{i}]", t, classes)
-                for i, t in enumerate(targets)]
-    return [_class_index(spec, key, targets, classes)] * n
+def check_occlusion_target(spec: Spec, n_probes: int, classes: List[str]) -> None:
+    """``sections.occlusion.target`` must name the model's classes, one per probe when a list."""
+    options = spec["sections"].get("occlusion")
+    if options and options.get("target") is not None:
+        _resolve_targets(spec, "sections.occlusion.target", options["target"], n_probes, classes)
 
 
 def resolve_dataset(spec: Spec) -> List[Tuple[Path, str]]:
@@ -448,6 +445,7 @@ def resolve(spec: Spec, device_override: Optional[str] = None) -> Resolved:
     notes += preprocess_notes
     classes = resolve_classes(spec, num_classes)
     probes = resolve_probes(spec, size, classes)
+    check_occlusion_target(spec, len(probes), classes)
     dataset = resolve_dataset(spec)
     metrics_path = None
     if spec["metrics"]:

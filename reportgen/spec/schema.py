@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from reportgen.engine.budget import DEFAULT_PAGE_MB
+from reportgen.errors import suggest
 from reportgen.model.images import INTERPOLATIONS
+from reportgen.model.loading import MODEL_SOURCES, ONE_SOURCE
 from reportgen.options import (
     Bool,
     Choice,
@@ -20,18 +22,16 @@ from reportgen.options import (
     Option,
     OptionError,
     Str,
+    class_targets,
     int_or_pair,
     join_path,
-    suggest,
 )
-
-MODEL_SOURCES = ("torchvision", "factory", "torchscript", "timm")
 
 
 def _model_post(value: Dict[str, Any], path: str) -> None:
     sources = [k for k in MODEL_SOURCES if value.get(k) is not None]
     if not sources:
-        raise OptionError("needs exactly one of torchvision, factory, torchscript or timm", path)
+        raise OptionError(ONE_SOURCE, path)
     if len(sources) > 1:
         raise OptionError(f"give exactly one model source, not {' and '.join(sources)}",
                           join_path(path, sources[1]))
@@ -60,10 +60,7 @@ CHECKPOINT_ITEM = OneOf(
 
 PROBES = Mapping({
     "images": ListOf(Str(), coerce=True, min_len=1, doc="paths or globs"),
-    "targets": OneOf(Choice(["predicted"]), Str(), ListOf(OneOf(Int(min=0), Str(),
-                                                                expected="a class index or name")),
-                     Int(min=0), default="predicted",
-                     expected="'predicted', a class name or a list (one per image)"),
+    "targets": class_targets(),
 })
 
 PREPROCESS = Mapping({

@@ -127,6 +127,29 @@ def test_occlusion_reports_the_class_per_position(built):
     assert "sanity" not in data["sections"]["occlusion"]
 
 
+def test_occlusion_target_names_the_class_its_maps_explain(built, tmp_path):
+    """sections.occlusion.target: a class name explains that class in every probe (not the predicted
+    one): other maps, and report.json says which class and that the spec chose it."""
+    report, data, _ = built
+    occ = data["sections"]["occlusion"]
+    assert occ["target_source"] == ["predicted", "predicted"]
+    classes = ["cat", "dog", "bird"]
+    other = next(i for i in range(3) if i not in occ["targets"])      # a class no probe predicts
+    spec = report.path.parent.parent / "spec.yaml"
+    named = spec.with_name("occlusion-target.yaml")     # beside the project: its paths are relative
+    named.write_text(spec.read_text().replace("baseline: grey}", f"baseline: grey, target: {classes[other]}}}"))
+    again = reportgen.build(named, only=["occlusion"], out_dir=tmp_path / "named", use_cache=False)
+    got = json.loads(again.json_path.read_text())["sections"]["occlusion"]
+    assert got["targets"] == [other, other] and got["target_source"] == ["spec", "spec"]
+    before, after = (r.results["occlusion"]["methods"]["occlusion"]["maps"] for r in (report, again))
+    assert before.shape == after.shape and not np.allclose(before, after)
+    # a list, one per probe, with predicted for the second
+    named.write_text(spec.read_text().replace("baseline: grey}", f"baseline: grey, target: [{other}, predicted]}}"))
+    listed = reportgen.build(named, only=["occlusion"], out_dir=tmp_path / "listed", use_cache=False)
+    got = json.loads(listed.json_path.read_text())["sections"]["occlusion"]
+    assert got["targets"] == [other, occ["targets"][1]] and got["target_source"] == ["spec", "predicted"]
+
+
 def test_html_has_a_figure_per_probe_with_alt_text_colour_bar_and_tables(built):
     _, _, html = built
     for name in SECTIONS:
