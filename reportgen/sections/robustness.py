@@ -29,11 +29,13 @@ class RobustnessSectionResult:
 
 
 def image_ladder(n: int, floor: int = MIN_IMAGES) -> List[int]:
-    """All images, then halves, down to ``floor`` (or n when smaller)."""
+    """All images, then halves, then ``floor`` itself (or n when smaller)."""
     out, v = [n], n
     while v // 2 >= floor:
         v //= 2
         out.append(v)
+    if out[-1] > floor:
+        out.append(floor)
     return out
 
 

@@ -131,8 +131,9 @@ def test_robustness_ladder_ends_at_the_judged_severity_on_few_images():
     ladder = section._ladder(ctx, section.options)
     assert ladder[0] == {"severities": [1, 2, 3, 4, 5], "images": 200}
     assert ladder[-1]["severities"] == [JUDGED_SEVERITY]
-    assert MIN_JUDGED_IMAGES <= ladder[-1]["images"] < 2 * MIN_JUDGED_IMAGES
+    assert ladder[-1]["images"] == MIN_JUDGED_IMAGES
     costs = [v["images"] * (1 + 15 * len(v["severities"])) for v in ladder]
     assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
     written = RobustnessSection({"images": 40}).options
     assert section._ladder(ctx, written)[-1] == {"severities": [JUDGED_SEVERITY], "images": 40}
+    assert [v["images"] for v in section._ladder(SimpleNamespace(dataset=[None] * 10), section.options)] == [10, 10, 10]
