@@ -86,5 +86,6 @@ def test_demo_publishes_its_report_and_its_compare(demo):
     compare = next(r for r in reports if r["kind"] == "compare")
     assert compare["compares"]["new"] == build["id"]           # the compare links its NEW build
     for r in reports:
-        assert (site / r["path"]).read_bytes() == (out / ("site" if r is build else "compare") / "index.html").read_bytes()
+        built = out / ("site" if r is build else "compare") / "index.html"
+        assert (site / r["path"]).read_bytes() == built.read_bytes()
     assert (site / "index.html").stat().st_size < 200_000

@@ -22,7 +22,8 @@ from reportgen.cli import main
 from tests.test_distributed_compare import write_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-ROBUSTNESS = "sections:\n  robustness: {images: 11, severities: [1, 2], corruptions: [gaussian_noise, brightness, gaussian_blur]}\n"
+ROBUSTNESS = ("sections:\n  robustness: {images: 11, severities: [1, 2], "
+              "corruptions: [gaussian_noise, brightness, gaussian_blur]}\n")
 ONLY = ["errors", "calibration", "robustness"]
 
 

@@ -148,7 +148,8 @@ def rule_actions_pinned_by_commit(doc: Doc) -> List[str]:
 
 def rule_checkout_keeps_no_credentials(doc: Doc) -> List[str]:
     return [f"{job}: {s.get('name') or s['uses']}: persist-credentials is not false"
-            for job, s in doc.steps() if _checkout(s) and s.get("with", {}).get("persist-credentials") not in (False, "false")]
+            for job, s in doc.steps()
+            if _checkout(s) and s.get("with", {}).get("persist-credentials") not in (False, "false")]
 
 
 def rule_no_write_at_workflow_level(doc: Doc) -> List[str]:
@@ -170,7 +171,8 @@ def rule_pages_write_only_in_the_deploy_job(doc: Doc) -> List[str]:
             continue
         env = doc.jobs[job].get("environment")
         env = env.get("name") if isinstance(env, dict) else env
-        deploys = any(str(s.get("uses", "")).startswith("actions/deploy-pages@") for s in doc.jobs[job].get("steps", []))
+        deploys = any(str(s.get("uses", "")).startswith("actions/deploy-pages@")
+                      for s in doc.jobs[job].get("steps", []))
         if env != "github-pages" or not deploys:
             problems.append(f"{job}: pages or id-token write without deploying to the github-pages environment")
     return problems
@@ -209,7 +211,7 @@ def rule_no_expressions_in_scripts(doc: Doc) -> List[str]:
 
 def rule_pip_installs_paths_only(doc: Doc) -> List[str]:
     problems = []
-    for job, s, text in doc.scripts():
+    for job, _, text in doc.scripts():
         for m in PIP_INSTALL.finditer(text.replace("\\\n", " ")):
             for arg in shlex.split(m["args"], comments=True):
                 if arg.startswith("-") and arg not in PIP_OPTIONS:
@@ -232,7 +234,7 @@ def rule_reportgen_from_a_pinned_commit(doc: Doc) -> List[str]:
         else:
             env = doc.env(job)
             pinned = [s["with"] for s in doc.jobs[job]["steps"] if _checkout(s) and "repository" in s.get("with", {})]
-            shas = {w.get("path"): re.sub(r"\$\{\{\s*env\.(\w+)\s*\}\}", lambda e: str(env.get(e[1], "")),
+            shas = {w.get("path"): re.sub(r"\$\{\{\s*env\.(\w+)\s*\}\}", lambda e, env=env: str(env.get(e[1], "")),
                                          str(w.get("ref", ""))) for w in pinned}
             paths = [f"./{p}" for p, sha in shas.items() if p and SHA.fullmatch(sha)]
         if not any(f"pip install {p}" in r for r in runs for p in paths):
@@ -261,7 +263,7 @@ def rule_comments_posted_only_after_workflow_run(doc: Doc) -> List[str]:
 
 def rule_comment_lookup_is_the_bots_own(doc: Doc) -> List[str]:
     problems = []
-    for job, s, text in doc.scripts():
+    for job, _, text in doc.scripts():
         if not re.search(r"updateComment|-X PATCH", text):
             continue
         if not (re.search(r"login\W+github-actions\[bot\]", text) and re.search(r"type\W+Bot\b", text)):
@@ -282,7 +284,8 @@ RULES = {f.__name__[len("rule_"):]: f for f in (
 _PIN = "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683"
 # one small file per rule that breaks it (and, as far as it can, only it)
 BROKEN = {
-    "actions_pinned_by_commit": "on: push\npermissions: {}\njobs:\n  j:\n    steps:\n      - uses: actions/checkout@v4\n",
+    "actions_pinned_by_commit": "on: push\npermissions: {}\njobs:\n  j:\n    steps:\n"
+                                "      - uses: actions/checkout@v4\n",
     "checkout_keeps_no_credentials": f"on: push\njobs:\n  j:\n    steps:\n      - uses: {_PIN}  # v4.2.2\n",
     "no_write_at_workflow_level": "on: push\npermissions:\n  contents: write\njobs:\n  j:\n    steps: []\n",
     "pages_write_only_in_the_deploy_job": "on: push\njobs:\n  build:\n    permissions:\n      pages: write\n"
@@ -297,7 +300,8 @@ BROKEN = {
                                  "      - run: echo \"${{ github.event.pull_request.title }}\"\n",
     "pip_installs_paths_only": "on: push\njobs:\n  j:\n    steps:\n      - run: pip install reportgen\n",
     "reportgen_from_a_pinned_commit": "on: push\nenv:\n  REPORTGEN_SHA: main\njobs:\n  j:\n    steps:\n"
-                                      f"      - uses: {_PIN}  # v4.2.2\n        with:\n          repository: o/reportgen\n"
+                                      f"      - uses: {_PIN}  # v4.2.2\n        with:\n"
+                                      "          repository: o/reportgen\n"
                                       "          ref: ${{ env.REPORTGEN_SHA }}\n          path: r\n"
                                       "      - run: pip install ./r\n      - run: reportgen build s.yaml\n",
     "workflow_run_never_checks_out_pr_code": "on: workflow_run\njobs:\n  j:\n    steps:\n"
@@ -307,7 +311,8 @@ BROKEN = {
                                                "      - uses: actions/github-script@x\n        with:\n"
                                                "          script: github.rest.issues.createComment({})\n",
     "comment_lookup_is_the_bots_own": "on: workflow_run\njobs:\n  j:\n    steps:\n"
-                                      "      - run: gh api -X PATCH $(gh api c --jq 'select(.body | startswith(\"m\"))')\n",
+                                      "      - run: gh api -X PATCH "
+                                      "$(gh api c --jq 'select(.body | startswith(\"m\"))')\n",
 }
 DOCS = [Doc(p.name, p.read_text()) for p in WORKFLOWS + [ACTION]]
 
@@ -417,7 +422,8 @@ UNTRUSTED = {   # what a PR's code could put in its artifact: the step refuses e
     "no-number": {"pr_number": ""},
     "two-numbers": {"pr_number": "17\n18\n"},
     "gate-not-0-or-3": {"gate": "1\n"},
-    "report-json-reportgen-rejects": {"report/report.json": json.dumps({"reportgen": "0.1.0", "findings": [BAD_FINDING]})},
+    "report-json-reportgen-rejects": {"report/report.json": json.dumps({"reportgen": "0.1.0",
+                                                                        "findings": [BAD_FINDING]})},
     "other-pr-in-the-compare": {},
     "no-artifact": {},
 }
@@ -468,7 +474,8 @@ def runner(tmp_path) -> Dict[str, str]:
     that is that venv's, and pip told never to reach an index."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     ours = sysconfig.get_paths()
     Path(purelib, "dependencies.pth").write_text(f"{ours['purelib']}\n{ours['platlib']}\n")

@@ -38,3 +38,36 @@ def test_torch_is_never_pinned():
     for dep in deps:
         if dep.startswith(("torch", "torchvision")):
             assert "==" not in dep, dep
+
+
+def _minimum(requirement) -> str:
+    """The version of a requirement's `>=` bound (the one bound each dependency declares)."""
+    lows = [s.version for s in requirement.specifier if s.operator == ">="]
+    assert len(lows) == 1, f"{requirement}: declare exactly one >= minimum"
+    return lows[0]
+
+
+def test_the_floor_file_pins_each_declared_minimum():
+    """.ci/requirements-floor.txt is what CI runs as the floor: every runtime dependency is there at
+    exactly its declared minimum, and every other pin is a test extra's minimum."""
+    Requirement = pytest.importorskip("packaging.requirements").Requirement
+    Version = pytest.importorskip("packaging.version").Version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {}
+    for dep in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(dep)
+        declared.setdefault(req.name.lower().replace("_", "-"), req)
+    pins = {}
+    for line in (ROOT / ".ci" / "requirements-floor.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{line}: the floor pins exactly"
+            pins[req.name.lower().replace("_", "-")] = spec.version
+    runtime = {Requirement(d).name.lower().replace("_", "-") for d in project["dependencies"]}
+    assert runtime <= set(pins), f"not pinned in the floor file: {sorted(runtime - set(pins))}"
+    for name, pin in pins.items():
+        assert name in declared, f"{name} is pinned in the floor file but pyproject does not declare it"
+        assert Version(pin) == Version(_minimum(declared[name])), \
+            f"{name}: the floor file pins {pin}, pyproject declares {declared[name]}"

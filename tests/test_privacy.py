@@ -95,7 +95,8 @@ def test_a_failing_attribution_method_names_no_absolute_path(tmp_path, monkeypat
 
     monkeypatch.setattr(AttributionSection, "_method", method)
     report = reportgen.build(spec, out_dir=tmp_path / "out", use_cache=False, only=["gradients"])
-    evidence = [f["evidence"] for f in report.findings if f["section"] == "gradients" and "cannot read" in f["evidence"]]
+    evidence = [f["evidence"] for f in report.findings
+                if f["section"] == "gradients" and "cannot read" in f["evidence"]]
     assert evidence and all(e.startswith("OSError: cannot read cache/") for e in evidence)
     assert not _leaks((report.path, report.json_path), str(tmp_path), "alice-private")
 

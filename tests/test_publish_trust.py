@@ -85,7 +85,8 @@ def test_a_manifest_id_cannot_make_keep_delete_outside_the_site(reports, tmp_pat
     (victim / "precious.txt").write_text("keep me")
     assert _publish(reports.builds[0], "--site", site) == 0
     manifest = json.loads((site / "manifest.json").read_text())
-    manifest["reports"].insert(0, dict(manifest["reports"][0], id="../../victim", path="reports/../../victim/index.html"))
+    manifest["reports"].insert(0, dict(manifest["reports"][0], id="../../victim",
+                                       path="reports/../../victim/index.html"))
     (site / "manifest.json").write_text(json.dumps(manifest))
     before = tree(tmp_path)
     assert _publish(reports.builds[1], "--site", site, "--keep", "1") == 2

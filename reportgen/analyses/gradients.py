@@ -313,8 +313,8 @@ def integrated_gradients_with_delta(model: nn.Module, images: torch.Tensor, targ
     attr = (x - x') * sum_k w_k * dF/dx(x' + a_k (x - x')), the same sum as
     Captum's ``IntegratedGradients``; ``rule`` is Captum's ``method`` (renamed
     because explain() takes the attribution method's name as ``method``).
-    ``delta`` (N,) is sum(attr) - (F(x) - F(x')) per image: how far the approximation is from the completeness axiom, which
-    the report shows so a reader knows whether ``steps`` was enough.
+    ``delta`` (N,) is sum(attr) - (F(x) - F(x')) per image: how far the approximation is from the
+    completeness axiom, which the report shows so a reader knows whether ``steps`` was enough.
     ``batch_size`` is the number of path points per forward pass; it changes
     speed and memory only.
     """

@@ -77,8 +77,8 @@ def summarize(model: nn.Module, example: torch.Tensor, output_key=None) -> Model
         for name, module in ([] if scripted else leaves):
             hs.append(module.register_forward_hook(make(name, module)))
         scores = select_output(model(example[:1]), output_key)
-    rows = [LayerRow(name=n, type=getattr(m, "original_name", None) or type(m).__name__, output_shape=shapes.get(n), params=_own_params(m),
-                     macs=macs.get(n, 0), depth=n.count(".")) for n, m in leaves]
+    rows = [LayerRow(name=n, type=getattr(m, "original_name", None) or type(m).__name__, output_shape=shapes.get(n),
+                     params=_own_params(m), macs=macs.get(n, 0), depth=n.count(".")) for n, m in leaves]
     # parameters registered directly on containers (e.g. ViT's class token) are counted too
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,1 +1,2 @@
-"""The compute engine: budgets, throughput, memory, batching, blur and incremental inference that the analyses run on."""
+"""The compute engine: budgets, throughput, memory, batching, blur and incremental inference that the analyses
+run on."""

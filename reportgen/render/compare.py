@@ -100,7 +100,8 @@ def _explanations_view(parts) -> List[Dict[str, Any]]:
         for name, m in sorted(methods.items(), key=lambda kv: kv[1]["mean_spearman"]):
             mb, mn = m["maps"]
             signed = section == "occlusion"
-            lim = ra.symmetric_limit([mb, mn]) if signed else max(float(np.abs(mb).max()), float(np.abs(mn).max()), 1e-12)
+            lim = (ra.symmetric_limit([mb, mn]) if signed
+                   else max(float(np.abs(mb).max()), float(np.abs(mn).max()), 1e-12))
             vmin, cmap = (-lim, SIGNED_CMAP) if signed else (0.0, DEFAULT_CMAP)
             rows = []
             for i, probe in enumerate(probes):
@@ -154,7 +155,8 @@ def render_compare_page(parts, data: Dict[str, Any], sentences: Sequence[str]) -
     context = {
         "css": parts.new.theme_css, "version": __version__, "data": data, "verdict": list(sentences),
         "base": data["base"], "new": data["new"], "comparison": comparison,
-        "layers": _layers_view(comparison["layers"]), "weight_rows": _weight_rows(comparison["layers"]), "matrix": _matrix_view(comparison["cka"]),
+        "layers": _layers_view(comparison["layers"]), "weight_rows": _weight_rows(comparison["layers"]),
+        "matrix": _matrix_view(comparison["cka"]),
         "filters": _filters_view(parts.filters), "flips": _flips_view(parts, parts.agreement),
         "per_class": per_class, "probes": probes, "explanations": _explanations_view(parts),
         "units": _units_view(parts, comparison["units"]), "training": _training_view(parts),

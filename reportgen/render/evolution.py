@@ -330,7 +330,7 @@ def line_chart_svg(series: Sequence[Tuple[str, np.ndarray, np.ndarray]], x_label
             x = float(px(v))
             parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" stroke="{colour}" '
                          'stroke-width="1.4" stroke-dasharray="4 3"/>')
-    for i, (name, x, y) in enumerate(series):
+    for i, (_, x, y) in enumerate(series):
         colour = PALETTE[i % len(PALETTE)]
         dx, dy = decimate(np.asarray(x, float), np.asarray(y, float))
         pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px(dx), py(dy)))

@@ -53,5 +53,6 @@ def render_filters(result: FilterResult, normalize: str) -> Dict:
     return {"image": png_uri(grid), "width": int(grid.shape[1]), "height": int(grid.shape[0]),
             "rows": rows, "layer": result.layer, "shape": list(result.weights.shape),
             "normalize": normalize, "n_noisy": int(result.noisy.sum()), "n_dead": int(result.dead.sum()),
-            "threshold": result.noise_threshold, "noise_note": result.noise_note, "band": round(float(result.noise_band), 2),
+            "threshold": result.noise_threshold, "noise_note": result.noise_note,
+            "band": round(float(result.noise_band), 2),
             "rgb": result.weights.shape[1] == 3}

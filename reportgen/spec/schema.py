@@ -128,8 +128,9 @@ OUTPUT = Mapping({
     "dir": Str(default=None, nullable=True),
     "theme": Str(default="light", doc="light, dark, or a path to a CSS file"),
     "timestamp": Bool(default=False, doc="(extension) print the build time in the report footer"),
-    "page_budget_mb": Float(min=0.1, default=DEFAULT_PAGE_MB, doc="(extension) MB the page should stay under: image-heavy "
-                         "sections show fewer or smaller pictures when it would not"),
+    "page_budget_mb": Float(min=0.1, default=DEFAULT_PAGE_MB,
+                           doc="(extension) MB the page should stay under: image-heavy "
+                               "sections show fewer or smaller pictures when it would not"),
 }, aliases={"page_budget": "page_budget_mb"})
 
 SPEC = Mapping({

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.fx.proxy import TraceError
 
 from reportgen.analyses.architecture import ArchGraph, trace_graph
 from reportgen.model.hooks import count_hooks
@@ -131,7 +132,7 @@ def test_untraceable_model_uses_hooks_fallback():
     assert _sources(g, merge.id) == {"stem", "body_1"}  # the skip connection
     assert next(n for n in g.nodes if n.id == "body_0").parent == "body"
     _assert_connected(g)
-    with pytest.raises(Exception):
+    with pytest.raises(TraceError):
         trace_graph(m, torch.ones(1, 3, 8, 8), method="fx")
 
 

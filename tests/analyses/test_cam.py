@@ -31,6 +31,7 @@ def _reference(cls, model, layer, x, targets, **attrs):
         return ref(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("layer", ["conv2", "relu2", "conv1"])
 @pytest.mark.parametrize("method,cls_name", [("gradcam", "GradCAM"), ("gradcampp", "GradCAMPlusPlus")])
 def test_gradient_cams_match_pytorch_grad_cam(make_cnn, make_images, method, cls_name, layer):
@@ -42,6 +43,7 @@ def test_gradient_cams_match_pytorch_grad_cam(make_cnn, make_images, method, cls
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
+@pytest.mark.parity
 def test_scorecam_matches_pytorch_grad_cam_at_input_resolution(make_cnn, make_images):
     # conv1 keeps the input's 16x12, so no mask upsampling happens on either side
     model, x = make_cnn(), make_images(n=2)
@@ -50,6 +52,7 @@ def test_scorecam_matches_pytorch_grad_cam_at_input_resolution(make_cnn, make_im
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
+@pytest.mark.parity
 def test_scorecam_matches_pytorch_grad_cam_with_upsampled_masks(make_cnn, make_images, monkeypatch):
     # pytorch-grad-cam upsamples Score-CAM's masks with nn.UpsamplingBilinear2d,
     # i.e. align_corners=True, unlike its own final cv2 resize and unlike the
@@ -63,6 +66,7 @@ def test_scorecam_matches_pytorch_grad_cam_with_upsampled_masks(make_cnn, make_i
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("layer", ["conv2", "conv1"])
 def test_eigencam_matches_pytorch_grad_cam_sign_corrected(make_cnn, make_images, monkeypatch, layer):
     # SVD fixes the first component only up to sign; plain EigenCAM's map then
@@ -216,6 +220,7 @@ def _tokens_to_map(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(n, d, 4, length // 4)
 
 
+@pytest.mark.parity
 def test_token_layer_is_read_on_its_grid_or_through_a_reshape():
     """A (N, L, D) token layer is detected as a 4x4 grid (the patch conv's) and read like
     pytorch-grad-cam's reshape_transform reads it; a reshape callable still overrides."""

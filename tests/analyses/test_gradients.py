@@ -23,6 +23,7 @@ def _close(ours: np.ndarray, ref: torch.Tensor, rtol: float = 1e-5) -> None:
 TARGETS = [0, 3, 1]
 
 
+@pytest.mark.parity
 def test_saliency_matches_captum(make_cnn, make_images):
     model, x = make_cnn(), make_images()
     ref = captum_attr.Saliency(model).attribute(x, target=TARGETS, abs=True)
@@ -38,6 +39,7 @@ def test_saliency_of_a_linear_model_is_its_weight_row():
     np.testing.assert_allclose(out, w[[1, 2]].numpy(), rtol=1e-6)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("method,cls", [("deconvnet", "Deconvolution"), ("guided_backprop", "GuidedBackprop")])
 def test_modified_relu_methods_match_captum(make_cnn, make_images, method, cls):
     model, x = make_cnn(relu="module"), make_images()   # Captum's hooks need out-of-place nn.ReLU
@@ -85,6 +87,7 @@ def test_modified_relu_methods_refuse_models_without_visible_relus(make_images):
 
 # --------------------------------------------------------------------------- clipped ReLUs
 
+@pytest.mark.parity
 @pytest.mark.parametrize("clip", [lambda: nn.ReLU6(), lambda: nn.ReLU6(inplace=True),
                                   lambda: nn.Hardtanh(0.0, 6.0)])
 @pytest.mark.parametrize("method,cls", [("deconvnet", "Deconvolution"), ("guided_backprop", "GuidedBackprop")])
@@ -137,6 +140,7 @@ def test_a_hardtanh_that_is_not_a_clipped_relu_is_not_overridden(make_images):
         explain(model, x, "guided_backprop")
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_left"])
 @pytest.mark.parametrize("baseline", ["zero", "tensor"])
 def test_integrated_gradients_matches_captum(make_cnn, make_images, method, baseline):

@@ -53,5 +53,5 @@ def test_on_meta_refuses_torchscript_and_raises_what_the_model_raises():
         def forward(self, x):
             return x * float(x.sum())                  # needs a value: no meta run
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         on_meta(Peeks(), Peeks(), torch.zeros(1, 2))

@@ -60,6 +60,7 @@ def naive_occlusion(model, x, window, stride, target, fill):
 
 # ------------------------------------------------------------------ parity
 
+@pytest.mark.parity
 @pytest.mark.parametrize("baseline", ["mean", "zero", "grey", 0.25, "blur"])
 def test_matches_captum_non_square(make_cnn, make_images, baseline):
     model, x = make_cnn(), make_images(n=2, h=16, w=12)
@@ -72,6 +73,7 @@ def test_matches_captum_non_square(make_cnn, make_images, baseline):
     assert np.abs(ours).max() > 1e-4                              # not trivially zero
 
 
+@pytest.mark.parity
 def test_single_channel_and_predicted_target(make_cnn, make_images):
     model, x = make_cnn(in_ch=1), make_images(n=2, c=1, h=8, w=8)
     d = occlusion_details(model, x, window=3, stride=2)
@@ -114,6 +116,7 @@ def test_hand_computed_8x8():
     np.testing.assert_allclose(got, want, atol=1e-7)
 
 
+@pytest.mark.parity
 def test_edge_windows_are_clipped_like_captum(make_cnn, make_images):
     # (10 - 4) / 4 is not whole: windows start at 0, 4, 8 and the last one is clipped to 2 pixels
     model, x = make_cnn(), make_images(n=1, h=10, w=10)

@@ -38,7 +38,7 @@ def _measured_box(model: nn.Module, layer: str, side: int, y: int, x: int):
 
 def _positive(model: nn.Module) -> nn.Module:
     """Positive weights, identity activations and batch norms: gradients cannot cancel."""
-    for name, m in list(model.named_modules()):
+    for _, m in list(model.named_modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish)):
                 setattr(m, child_name, nn.Identity())
@@ -92,7 +92,7 @@ def test_tf_efficientnet_lite0_traces_and_matches_gradients():
         rf = receptive_field(model, layer, (3, side, side))
         got = {}
         handle = dict(model.named_modules())[layer].register_forward_hook(
-            lambda m, i, o: got.__setitem__("shape", o.shape[-2:]))
+            lambda m, i, o, got=got: got.__setitem__("shape", o.shape[-2:]))
         with torch.no_grad():
             model(torch.ones(1, 3, side, side, dtype=torch.float64))
         handle.remove()

@@ -45,7 +45,7 @@ def test_every_declared_default_is_what_a_section_receives():
 
 def test_sections_state_no_second_default():
     """No section module keeps a DEFAULTS/THRESHOLDS table or reads options with a fallback."""
-    for name, cls in registry().items():
+    for cls in registry().values():
         module = inspect.getmodule(cls)
         source = inspect.getsource(module)
         tree = ast.parse(source)
