@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from reportgen.analyses.topk_distributed import distributed_stream_topk, save_topk_pass
+from reportgen.engine.batching import dataset_batch
 
 
 def _device() -> torch.device:
@@ -82,8 +83,8 @@ def _audit(args: argparse.Namespace, device: torch.device) -> int:
     plan, found, data = audit_plan(ctx), dataset_labels(ctx), res.spec["dataset"]
     result = distributed_audit_pass(
         res.model, dataset_for(ctx), found.labels, list(found.names), plan["corruptions"], plan["severities"],
-        plan["images"], data["batch_size"], data["workers"], device, res.output_key, plan["keep"],
-        res.spec["seed"], plan["example_severity"])
+        plan["images"], dataset_batch(data["batch_size"], device.type), data["workers"], device, res.output_key,
+        plan["keep"], res.spec["seed"], plan["example_severity"])
     if result is not None:
         save_audit_pass(Path(args.out), result, audit_pass_header(res, ctx))
         print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)
@@ -143,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = topk_plan(ctx, options)
         data = res.spec["dataset"]
         state = distributed_stream_topk(res.model.to(device), dataset_for(ctx), plan["layers"], plan["k"],
-                                        data["batch_size"], data["workers"], device, layouts=plan["layouts"])
+                                        dataset_batch(data["batch_size"], device.type), data["workers"], device,
+                                        layouts=plan["layouts"])
         if dist.get_rank() == 0:
             save_topk_pass(Path(args.out), state, topk_pass_header(res, plan))
             print(f"rank 0 of {dist.get_world_size()}: wrote {args.out}", file=sys.stderr)

@@ -132,6 +132,12 @@ class BuildContext:
         found = self.spec.get("checkpoint_weights") if hasattr(self.spec, "get") else None
         return load_checkpoint(path, found or AUTO_WEIGHTS)
 
+    def dataset_batch(self) -> int:
+        """Images per forward pass over the dataset: ``dataset.batch_size``, auto by device."""
+        from reportgen.engine.batching import dataset_batch
+
+        return dataset_batch((self.spec["dataset"] or {}).get("batch_size"), self.device.type)
+
     def probe_batch(self) -> torch.Tensor:
         """All probes stacked as (N, C, H, W) on the build device."""
         return torch.stack([p.tensor for p in self.probes]).to(self.device)

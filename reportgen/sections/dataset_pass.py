@@ -58,7 +58,7 @@ def shared(ctx: BuildContext, taps: dp.Taps) -> dp.DatasetPass:
     gathered = ctx.dataset_taps
     use = gathered if gathered is not None and gathered.covers(taps) else taps
     data = ctx.spec["dataset"]
-    result = dp.dataset_pass(ctx.model, dataset_for(ctx), use, data["batch_size"], data["workers"],
+    result = dp.dataset_pass(ctx.model, dataset_for(ctx), use, ctx.dataset_batch(), data["workers"],
                              ctx.device, ctx.output_key, progress=ctx.progress)
     ctx.memo[MEMO] = (use, result)
     return result

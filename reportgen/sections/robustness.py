@@ -114,7 +114,7 @@ class RobustnessSection(Section):
         found = dataset_labels(ctx)
         data = ctx.spec["dataset"]
         result = given_robustness(ctx, options["corruptions"]) or rb.robustness_pass(ctx.model, dataset_for(ctx), found.labels, options["corruptions"],
-                                    sorted(set(int(s) for s in severities)), n, data["batch_size"],
+                                    sorted(set(int(s) for s in severities)), n, ctx.dataset_batch(),
                                     data["workers"], ctx.device, ctx.output_key, ctx.seed,
                                     example_severity=JUDGED_SEVERITY, progress=ctx.progress)
         return RobustnessSectionResult(result, list(found.names), found.note, len(ctx.dataset))

@@ -102,7 +102,6 @@ class TopKSection(Section):
         return max(MIN_PATCH, min(tk.MAX_PATCH, side))
 
     def analyze(self, ctx: BuildContext, options: Dict[str, Any]) -> TopKSectionResult:
-        data = ctx.spec["dataset"]
         taps = self._taps(ctx, options)
         state = _GIVEN.get(ctx.model)     # build --topk: the sharded pass's state, checked against these options
         if state is None:
@@ -112,7 +111,7 @@ class TopKSection(Section):
             state = run.topk
         result = tk.finish_topk(ctx.model, dataset_for(ctx), state, list(taps.topk_layers),
                                 options["channels"], options["k"], ctx.device, ctx.input_size,
-                                options["projection"], data["batch_size"], self.patch_cap(ctx, options))
+                                options["projection"], ctx.dataset_batch(), self.patch_cap(ctx, options))
         return TopKSectionResult(result, options["layers"] == "auto")
 
     def view(self, result: TopKSectionResult, ctx: BuildContext) -> Dict[str, Any]:

@@ -75,7 +75,9 @@ PREPROCESS = Mapping({
 DATASET = Mapping({
     "root": Str(doc="ImageFolder root or a glob"),
     "limit": Int(min=1, default=2000),
-    "batch_size": Int(min=1, default=64, doc="(extension)"),
+    "batch_size": OneOf(Choice(["auto"]), Int(min=1), default="auto", expected="'auto' or a number",
+                        doc="(extension) images per forward pass over the dataset (auto: 8 on a CPU, where "
+                            "larger batches run slower per image, 64 on a GPU)"),
     "workers": Int(min=0, default=0, doc="(extension) DataLoader workers"),
 })
 
