@@ -21,7 +21,7 @@ from tests.project import GOOD, make_project
 SPEC = GOOD + """dataset:
   root: data
 sections:
-  robustness: {images: 12, severities: [1, 2], corruptions: [gaussian_noise, brightness]}
+  robustness: {images: 24, severities: [1, 2], corruptions: [gaussian_noise, brightness]}
 """
 ONLY = ["errors", "calibration", "robustness"]
 

@@ -39,6 +39,11 @@ def image_ladder(n: int, floor: int = MIN_IMAGES) -> List[int]:
     return out
 
 
+def evidence(r: rb.RobustnessResult) -> int:
+    """Images a drop is measured on: the labelled ones (accuracy), else all (flip rate)."""
+    return int(r.labelled) if r.clean_accuracy is not None else int(r.images)
+
+
 def judged(r: rb.RobustnessResult) -> Dict[str, Any]:
     """Per corruption, the accuracy drop (without labels: the flip rate) at severity 2.
 
@@ -123,6 +128,7 @@ class RobustnessSection(Section):
         r = result.robustness
         limit = ctx.threshold("robustness_drop")
         j = judged(r)
+        enough = evidence(r) >= MIN_JUDGED_IMAGES
         acc = r.accuracy
         rows = []
         for ci, name in enumerate(r.corruptions):
@@ -134,7 +140,7 @@ class RobustnessSection(Section):
                 cells = [dict(value=float(v), **heat_cell(float(v), 0.0, 1.0, DROP_CMAP)) for v in values]
             score = j["values"].get(name)
             rows.append({"name": name, "cells": cells, "judged": score,
-                         "fragile": score is not None and score > limit})
+                         "fragile": score is not None and score > limit and enough})
         names = result.class_names
         examples = [{"corruption": e["corruption"], "severity": e["severity"], "picture": thumb(e["picture"]),
                      "clean": names[e["clean"]] if e["clean"] < len(names) else str(e["clean"]),
@@ -144,6 +150,7 @@ class RobustnessSection(Section):
         return {"r": {"images": r.images}, "rows": rows, "severities": list(r.severities), "labelled": r.labelled > 0,
                 "clean_accuracy": r.clean_accuracy, "mean_drop": r.mean_accuracy_drop, "worst": r.worst(),
                 "limit": limit, "metric": j["metric"], "interpolated": j["interpolated"],
+                "judged_enough": enough, "evidence": evidence(r), "min_judged": MIN_JUDGED_IMAGES,
                 "fragile": [row["name"] for row in rows if row["fragile"]], "examples": examples,
                 "images_total": result.images_total, "label_note": result.label_note}
 
@@ -162,6 +169,14 @@ class RobustnessSection(Section):
         limit = ctx.threshold("robustness_drop")
         j = judged(r)
         where = "the mean of severities 1 and 3 (severity 2 was not run)" if j["interpolated"] else "severity 2"
+        n = evidence(r)
+        if n < MIN_JUDGED_IMAGES:    # a drop on a handful of images is one or two images: no verdict
+            kind = "labelled images" if r.clean_accuracy is not None else "images"
+            return [Finding(
+                id="robustness-not-judged", severity="info", section="robustness",
+                title=f"Robustness shown, not judged: {n} {kind}",
+                evidence=f"fragility is judged on at least {MIN_JUDGED_IMAGES} {kind} (one image is "
+                         f"{1 / max(n, 1):.0%} of {n}); the drops are in the table")]
         out = []
         for name, value in j["values"].items():
             if value > limit:

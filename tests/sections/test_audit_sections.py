@@ -62,6 +62,17 @@ def test_robustness_keys_are_specs(labelled_report):
         assert anchor in page
 
 
+def test_robustness_on_too_few_images_is_shown_not_judged(labelled_report):
+    """Six labelled images: one image is 17 % of them, so no fragile-* warning can be earned or lost."""
+    from reportgen.sections.robustness import MIN_JUDGED_IMAGES
+
+    ids = [f["id"] for f in labelled_report.data["findings"]]
+    assert "robustness-not-judged" in ids and not [i for i in ids if i.startswith("fragile-")]
+    finding = next(f for f in labelled_report.data["findings"] if f["id"] == "robustness-not-judged")
+    assert finding["severity"] == "info" and f"at least {MIN_JUDGED_IMAGES} labelled images" in finding["evidence"]
+    assert "not judged: 6 image(s)" in labelled_report.path.read_text()
+
+
 def test_thresholds_are_findings_options(tmp_path):
     from reportgen.sections.registry import findings_options
 
@@ -137,3 +148,20 @@ def test_robustness_ladder_ends_at_the_judged_severity_on_few_images():
     written = RobustnessSection({"images": 40}).options
     assert section._ladder(ctx, written)[-1] == {"severities": [JUDGED_SEVERITY], "images": 40}
     assert [v["images"] for v in section._ladder(SimpleNamespace(dataset=[None] * 10), section.options)] == [10, 10, 10]
+
+
+@pytest.mark.parametrize("labelled,expected", [(16, ["fragile-blur"]), (15, ["robustness-not-judged"])])
+def test_fragility_is_judged_from_sixteen_images(labelled, expected):
+    """The same halving of accuracy under blur: a warning on 16 labelled images, an info note on 15."""
+    from types import SimpleNamespace
+
+    from reportgen.analyses.robustness import RobustnessResult
+    from reportgen.sections.robustness import RobustnessSection, RobustnessSectionResult
+
+    half = labelled // 2
+    r = RobustnessResult(("blur", "brightness"), (2,), labelled, labelled, labelled,
+                         np.array([[half], [labelled]]), np.array([[labelled - half], [0]]))
+    ctx = SimpleNamespace(threshold=lambda key: 0.25)
+    found = RobustnessSection({}).findings(RobustnessSectionResult(r, ["a"], "", labelled), ctx)
+    assert [f.id for f in found] == expected
+    assert found[0].severity == ("warning" if labelled == 16 else "info")
