@@ -235,7 +235,7 @@ def plan(needs: Mapping[str, Needs], throughput: Throughput, budget_s: float,
         rung[i] += 1
         total += knob_s(i) - before
     sections: Dict[str, SectionPlan] = {}
-    for name, n in needs.items():
+    for name in needs:
         ids = [i for i, (s, _) in enumerate(knobs) if s == name]
         choices: Dict[str, Any] = {}
         best: Dict[str, Any] = {}

@@ -161,9 +161,12 @@ FINDINGS_THRESHOLDS: Dict[str, Option] = {
                                    doc="share of never-firing channels that raises a finding"),
     "sanity_spearman": Float(min=-1, max=1, default=fa.SANITY_THRESHOLD,
                              doc="map similarity after weight randomization that fails a method"),
-    "border_band": Float(min=0, max=0.5, default=fa.BORDER_FRAC, doc="width of the border band, fraction of the side"),
-    "border_ratio": Float(min=0, default=fa.BORDER_RATIO, doc="border share over the band's area share that flags a method"),
-    "border_share": Float(min=0, max=1, default=fa.BORDER_MIN_SHARE, doc="minimum border share of attribution mass to flag"),
+    "border_band": Float(min=0, max=0.5, default=fa.BORDER_FRAC,
+                         doc="width of the border band, fraction of the side"),
+    "border_ratio": Float(min=0, default=fa.BORDER_RATIO,
+                          doc="border share over the band's area share that flags a method"),
+    "border_share": Float(min=0, max=1, default=fa.BORDER_MIN_SHARE,
+                          doc="minimum border share of attribution mass to flag"),
 }
 
 REQUIREMENTS = {

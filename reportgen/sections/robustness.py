@@ -118,10 +118,10 @@ class RobustnessSection(Section):
         n = ctx.planned(self.name, "images", options["images"], best["images"])
         found = dataset_labels(ctx)
         data = ctx.spec["dataset"]
-        result = given_robustness(ctx, options["corruptions"]) or rb.robustness_pass(ctx.model, dataset_for(ctx), found.labels, options["corruptions"],
-                                    sorted(set(int(s) for s in severities)), n, ctx.dataset_batch(),
-                                    data["workers"], ctx.device, ctx.output_key, ctx.seed,
-                                    example_severity=JUDGED_SEVERITY, progress=ctx.progress)
+        result = given_robustness(ctx, options["corruptions"]) or rb.robustness_pass(
+            ctx.model, dataset_for(ctx), found.labels, options["corruptions"], sorted(set(int(s) for s in severities)),
+            n, ctx.dataset_batch(), data["workers"], ctx.device, ctx.output_key, ctx.seed,
+            example_severity=JUDGED_SEVERITY, progress=ctx.progress)
         return RobustnessSectionResult(result, list(found.names), found.note, len(ctx.dataset))
 
     def view(self, result: RobustnessSectionResult, ctx: BuildContext) -> Dict[str, Any]:

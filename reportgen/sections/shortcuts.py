@@ -281,7 +281,8 @@ class ShortcutsSection(Section):
                 layer=result.layer if result.layer != "input" else None,
                 title="Attribution concentrates on the image border across the dataset",
                 evidence=f"{float(shares.mean()):.0%} of the attribution mass lies in the outer "
-                         f"{result.border_band:.0%} band (which is {fa.border_area_share(h, w, result.border_band):.0%} "
+                         f"{result.border_band:.0%} band (which is "
+                         f"{fa.border_area_share(h, w, result.border_band):.0%} "
                          f"of the area) on average over {len(shares)} dataset image(s), each explained for its "
                          "true class: padding artefacts or a shortcut outside the object"))
         return out
