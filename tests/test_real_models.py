@@ -144,14 +144,14 @@ def models(project):
 
 @pytest.fixture(scope="module")
 def lite0_build(project):
-    """One build of the pretrained Lite0 under --fail-on warning: summary, filters, activations and
-    top-k (2 channels, k 2): (exit code, stderr, report.json)."""
+    """One build of the pretrained Lite0 under --fail-on warning: summary, filters, activations,
+    top-k (2 channels, k 2) and robustness on the four crops: (exit code, stderr, report.json)."""
     path = spec(project, "tf_efficientnet_lite0", extra="sections: {topk: {channels: 2, k: 2}}\n", name="build")
     out = project / "out-build"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["build", str(path), "-o", str(out), "--quiet", "--fail-on", "warning",
-                     "--only", "summary", "filters", "activations", "topk"])
+                     "--only", "summary", "filters", "activations", "topk", "robustness"])
     return code, err.getvalue(), json.loads((out / "report.json").read_text()) if code == 0 else None
 
 
@@ -177,12 +177,14 @@ def test_every_photo_gets_its_class(project, models, arch, size):
 
 
 def test_a_healthy_pretrained_model_gets_no_false_finding(lite0_build):
-    """Summary, filters (the 3x3 stem), activations and top-k: exit 0 under --fail-on warning,
+    """Summary, filters (the 3x3 stem), activations, top-k and robustness: exit 0 under --fail-on warning,
     no warning or error; the filters section says why the stem is not judged noisy."""
     code, err, data = lite0_build
     assert code == 0, err
     assert [f["id"] for f in data["findings"] if f["severity"] in ("warning", "error")] == []
     assert "noise_not_judged" in data["sections"]["filters"]
+    # four crops: one flipped image is a 25 % drop, so robustness is shown, not judged
+    assert "robustness-not-judged" in [f["id"] for f in data["findings"]]
     assert data["sections"]["summary"]["top1"][0] in CATS
 
 
