@@ -50,12 +50,12 @@ def test_small_model_keeps_todays_settings_and_reports_them(tmp_path, speed):
     assert b["throughput"]["forward_s_per_image"] == FAST.forward_s
     assert {"planned_s", "actual_s", "reserve_s", "measure_s", "page"} <= set(b)
     grads = data["sections"]["gradients"]["budget"]
-    assert grads["choices"] == {"steps": 32, "samples": 16, "faithfulness_steps": 32, "faithfulness_probes": 2}
+    assert grads["choices"] == {"steps": 32, "samples": 16, "faithfulness_steps": 32, "scored_probes": 2}
     assert grads["scaled"] == [] and grads["estimated_s"] == grads["full_s"]
     assert grads["actual_s"] >= 0
     occ = data["sections"]["occlusion"]["budget"]
     assert occ["choices"] == {"window": 16, "stride": 8, "faithfulness_steps": 32,
-                              "faithfulness_probes": 2}   # 16 px input: fits
+                              "scored_probes": 2}   # 16 px input: fits
     assert data["sections"]["occlusion"]["methods"]["occlusion"]["settings"]["window"] == [16, 16]
     assert data["sections"]["cam"]["faithfulness"]["steps"] == 32
     assert data["sections"]["cam"]["faithfulness"]["steps_auto"] is True
@@ -96,8 +96,8 @@ def test_demo_sized_model_plans_the_old_defaults_from_its_macs(tmp_path, monkeyp
         sp = plan.sections[name]
         assert sp.scaled == () and sp.choices == {**sp.best}, name
     assert plan.sections["occlusion"].choices == {"window": 8, "stride": 4, "faithfulness_steps": 32,
-                                                  "faithfulness_probes": 6}
-    assert plan.sections["gradients"].choices == {"steps": 32, "faithfulness_steps": 32, "faithfulness_probes": 6}
+                                                  "scored_probes": 6}
+    assert plan.sections["gradients"].choices == {"steps": 32, "faithfulness_steps": 32, "scored_probes": 6}
     assert planning.page_shares(sections, ctx, 5_000_000) == {}
 
 
@@ -124,12 +124,15 @@ def test_scoring_gives_way_to_fewer_probes_once_its_steps_are_at_their_fewest(tm
     report = build(spec, tmp_path, only=["cam"], budget=8)
     cam = report.data["sections"]["cam"]
     assert cam["budget"]["choices"]["faithfulness_steps"] == bud.FAITHFULNESS_STEPS[-1]
-    assert cam["budget"]["choices"]["faithfulness_probes"] == 1
-    assert "faithfulness_probes" in cam["budget"]["scaled"]
+    assert cam["budget"]["choices"]["scored_probes"] == 1
+    assert "scored_probes" in cam["budget"]["scaled"]
     assert cam["faithfulness"]["probes"] == cam["probes"][:1] and len(cam["probes"]) == 2
     method = next(iter(cam["methods"].values()))
     assert len(method["deletion_auc"]) == len(cam["faithfulness"]["random_baseline"]["deletion_auc"]) == 1
-    assert "Scored on the first 1 of the 2 probes" in report.path.read_text()
+    page = report.path.read_text()
+    assert "Scored on the first 1 of the 2 probes" in page
+    assert cam["sanity"]["probes"] == cam["probes"][:1]                 # the randomization check too
+    assert "Run on the first 1 of the 2 probes" in page
 
 
 def test_caption_adds_the_actual_time_when_the_spec_asks_for_run_specific_text(tmp_path, speed):

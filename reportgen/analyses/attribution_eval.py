@@ -244,8 +244,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, methods: Mapping[str, Metho
 
     ``targets``: one class per probe, None for the predicted one. ``steps``: per
     deletion/insertion curve, "auto" (or None) for :func:`auto_steps`.
-    ``scored``: deletion/insertion scores only the first this many probes
-    (None: all); its forward passes dominate a big model's attribution cost.
+    ``scored``: deletion/insertion and the sanity check score only the first
+    this many probes (None: all); they dominate a big model's attribution cost.
     ``top_classes`` > 1 adds maps for each probe's k most likely classes.
     ``sanity_threshold`` not None runs the randomization check (seeded with
     ``seed``; so is the random reference). ``section``, ``probe_names``, ``layer``,
@@ -272,8 +272,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, methods: Mapping[str, Metho
                    for name, m in results.items()}
     sanity = None
     if sanity_threshold is not None and n_ok:
-        sanity = sanity_check(model, images, methods, {n: m.maps for n, m in results.items() if m.ok},
-                              chosen, seed=seed, threshold=float(sanity_threshold))
+        sanity = sanity_check(model, images[:n_scored], methods,
+                              {n: m.maps[:n_scored] for n, m in results.items() if m.ok},
+                              chosen[:n_scored], seed=seed, threshold=float(sanity_threshold))
         results = {name: replace(m, sanity=sanity.results.get(name), sanity_error=sanity.errors.get(name))
                    for name, m in results.items()}
     names = [str(i) for i in range(len(chosen))] if probe_names is None else list(probe_names)

@@ -26,7 +26,7 @@ from reportgen.sections.base import ask_sections
 # How the caption names an option (section-specific names first).
 OPTION_WORDS = {("gradients", "steps"): "integrated-gradients steps", ("gradients", "samples"): "SmoothGrad samples",
                 ("featureviz", "steps"): "optimization steps", "faithfulness_steps": "deletion/insertion steps",
-                "faithfulness_probes": "probes scored",
+                "scored_probes": "probes scored",
                 "window": "window", "stride": "stride"}
 
 

@@ -80,11 +80,11 @@ def _shared_options(sanity: bool) -> Dict[str, Option]:
                                     expected="'auto' or a number of deletion/insertion steps",
                                     doc="deletion/insertion steps (auto: up to 32, fewer when the build's time "
                                         "budget needs it)"),
-        "faithfulness_probes": OneOf(Choice([AUTO]), Int(min=1), default=AUTO,
-                                     expected="'auto' or a number of probes",
-                                     doc="probes scored by deletion/insertion, the first ones (auto: all; halved "
-                                         "down to one once the steps are at their fewest and the build's time "
-                                         "budget still needs it)"),
+        "scored_probes": OneOf(Choice([AUTO]), Int(min=1), default=AUTO, expected="'auto' or a number of probes",
+                               doc="probes the maps are scored on, the first ones: deletion/insertion and the "
+                                   "weight-randomization check (auto: all; halved down to one once the "
+                                   "deletion/insertion steps are at their fewest and the build's time budget "
+                                   "still needs it)"),
     }
     if sanity:
         out["sanity_threshold"] = OneOf(
@@ -98,26 +98,30 @@ def _shared_options(sanity: bool) -> Dict[str, Option]:
 GRADIENT_BATCH = 32            # path points / noisy copies per forward-backward pass
 
 
-def faithfulness_knob(options: Dict[str, Any], n_probes: int, n_maps: int, label: str) -> bud.Knob:
+def scoring_knob(options: Dict[str, Any], n_probes: int, n_maps: int, label: str,
+                 sanity_per_probe: Optional[bud.Cost] = None) -> bud.Knob:
     """Deletion/insertion steps, then (at the fewest steps) the probes scored, halved down to one.
 
-    Its forward passes are most of a big model's attribution cost (ResNet-50 on
-    2 cores: 34 s of the CAM, gradient and occlusion sections' 52 s at four
-    steps on six probes), and the first probes' scores still say whether a
-    method beats the random order.
+    Scoring is most of a big model's attribution cost (ResNet-50 on 2 cores:
+    deletion/insertion was 34 s of the CAM, gradient and occlusion sections'
+    52 s at four steps on six probes; the randomization check repeats every
+    method), and the first probes' scores still say whether a method beats the
+    random order and whether its maps survive the weights' randomization.
+    ``sanity_per_probe``: the randomization check's passes per probe scored.
     """
-    steps, probes = options["faithfulness_steps"], options["faithfulness_probes"]
+    steps, probes = options["faithfulness_steps"], options["scored_probes"]
     step_values = list(bud.FAITHFULNESS_STEPS) if steps == AUTO else [int(steps)]
     counts = [n_probes] if probes == AUTO else [min(int(probes), n_probes)]
     if probes == AUTO:
         while counts[-1] > 1:
             counts.append(counts[-1] // 2)
-    values = ([{"faithfulness_steps": v, "faithfulness_probes": counts[0]} for v in step_values]
-              + [{"faithfulness_steps": step_values[-1], "faithfulness_probes": c} for c in counts[1:]])
-    auto = tuple(o for o in ("faithfulness_steps", "faithfulness_probes") if options[o] == AUTO)
-    return bud.Knob("faithfulness", tuple(values),
-                    tuple(bud.faithfulness_cost(v["faithfulness_probes"], n_maps, v["faithfulness_steps"])
-                          for v in values), auto=auto, label=label)
+    values = ([{"faithfulness_steps": v, "scored_probes": counts[0]} for v in step_values]
+              + [{"faithfulness_steps": step_values[-1], "scored_probes": c} for c in counts[1:]])
+    auto = tuple(o for o in ("faithfulness_steps", "scored_probes") if options[o] == AUTO)
+    return bud.Knob("scoring", tuple(values),
+                    tuple(bud.faithfulness_cost(v["scored_probes"], n_maps, v["faithfulness_steps"])
+                          + (sanity_per_probe or bud.Cost()) * v["scored_probes"] for v in values),
+                    auto=auto, label=label)
 
 
 class AttributionSection(Section):
@@ -157,19 +161,27 @@ class AttributionSection(Section):
         """Each method once (plus once per extra class and once for the sanity check), and scoring."""
         methods = self.method_names(options)
         k = int(options["top_classes"])
-        runs = 1 + (k if k > 1 else 0) + (1 if self.run_sanity else 0)
+        runs = 1 + (k if k > 1 else 0)
+        n = max(1, len(ctx.probes))
         fixed = bud.Cost(forward=len(ctx.probes))          # the clean probabilities
+        once = bud.Cost()                                  # every method once over the probes
         for name in methods:
             if name not in self.knobbed(options):
-                fixed = fixed + self.method_cost(name, ctx, options) * runs
-        scoring = faithfulness_knob(options, len(ctx.probes), len(methods) + 1,   # + the random reference
-                                    f"{self.name} deletion/insertion")
-        return bud.Needs(fixed=fixed, knobs=tuple(self.knobs(ctx, options, runs)) + (scoring,))
+                cost = self.method_cost(name, ctx, options)
+                fixed, once = fixed + cost * runs, once + cost
+        knobs = tuple(self.knobs(ctx, options, runs))
+        # the randomization check runs every method again on the probes scored (knobbed methods at
+        # their fewest steps: by the time the probes scored give way, they have)
+        for knob in knobs:
+            once = once + knob.costs[-1] * (1 / runs)
+        scoring = scoring_knob(options, len(ctx.probes), len(methods) + 1,   # + the random reference
+                               f"{self.name} deletion/insertion", once * (1 / n) if self.run_sanity else bud.Cost())
+        return bud.Needs(fixed=fixed, knobs=knobs + (scoring,))
 
     def best(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
         """What each setting left on auto takes without a build plan (the pre-budget defaults)."""
         # steps: the analysis's own rule, from the model's MACs; probes: every one
-        return {"faithfulness_steps": AUTO, "faithfulness_probes": AUTO}
+        return {"faithfulness_steps": AUTO, "scored_probes": AUTO}
 
     def settings(self, ctx: BuildContext, options: Dict[str, Any]) -> Dict[str, Any]:
         """``options`` with every setting left on auto replaced by the build's choice."""
@@ -200,7 +212,7 @@ class AttributionSection(Section):
             output_key=ctx.output_key, section=self.name, probe_names=[p.name for p in ctx.probes],
             layer=plan.get("layer"), layer_auto=bool(plan.get("layer_auto", False)),
             extras={k: v for k, v in plan.items() if k not in ("layer", "layer_auto")},
-            scored=None if options["faithfulness_probes"] == AUTO else int(options["faithfulness_probes"]))
+            scored=None if options["scored_probes"] == AUTO else int(options["scored_probes"]))
         result = replace(result, steps_auto=steps_auto)    # a planned number is still an automatic choice
         return public_errors(result, ctx.spec.base_dir)
 
@@ -233,6 +245,7 @@ class AttributionSection(Section):
         out["border"] = {"band_fraction": result.border_frac, "area_share": round(result.border_area_share, 4)}
         if self.run_sanity:
             out["sanity"] = {"threshold": result.sanity_threshold, "randomized": result.sanity_randomized,
+                             "probes": result.probe_names[:len(result.random_deletion_auc)],
                              "measure": "mean Spearman rank correlation of |maps|, trained vs randomized"}
             if result.sanity_error:
                 out["sanity"]["error"] = result.sanity_error
@@ -419,7 +432,8 @@ class AttributionSection(Section):
                          "pearson": float(m.sanity.pearson.mean()), "ssim": float(m.sanity.ssim.mean()),
                          "passed": m.sanity.passed})
         return {"rows": rows, "threshold": result.sanity_threshold, "randomized": result.sanity_randomized,
-                "error": result.sanity_error}
+                "error": result.sanity_error, "scored": len(result.random_deletion_auc),
+                "probes_total": len(result.probe_names)}
 
 
 def _r(a: Optional[np.ndarray], digits: int = 6) -> Optional[List[float]]:
