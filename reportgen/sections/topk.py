@@ -90,8 +90,21 @@ class TopKSection(Section):
         return layers * channels * k * (2 if options["projection"] != "none" else 1)
 
     def page_bytes(self, ctx: BuildContext, options: Dict[str, Any]) -> float:
-        """Every patch at the stored-side cap (deep layers' fields reach it): the worst case."""
-        return self._tiles(ctx, options) * tk.MAX_PATCH ** 2 * bud.WEBP_BYTES_PER_PIXEL
+        """Every patch at its stored side: the layers' receptive fields, capped at MAX_PATCH.
+
+        The fields are traced here as the section will trace them; the cap alone
+        (128 px) priced the demo's 20-px patches at 4.7 MB, and the page shares
+        it set off shrank every other section's pictures for bytes never written.
+        """
+        taps = self._taps(ctx, options)
+        per_layer = self._tiles(ctx, options) / max(1, len(taps.topk_layers))
+        total = 0.0
+        for name in taps.topk_layers:
+            # the map's grid only places an untraceable field's patch, never sizes it: (1, 1, 1) will do
+            rf = tk.unit_field(ctx.model, name, ctx.input_size, (taps.topk_layouts or {}).get(name), (1, 1, 1))
+            ph, pw = tk.stored_side(rf["size"])
+            total += per_layer * ph * pw
+        return total * bud.WEBP_BYTES_PER_PIXEL
 
     def patch_cap(self, ctx: BuildContext, options: Dict[str, Any]) -> int:
         """The stored patch side that fits the section's page share (the cap when the page fits)."""

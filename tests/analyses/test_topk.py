@@ -402,17 +402,22 @@ def test_a_channels_first_layer_whose_field_cannot_be_traced_shows_whole_input_p
     assert layer_view(untraced)["rf_note"] == untraced.rf_note
 
 
-def test_a_page_share_shrinks_the_stored_patches(tmp_path):
-    """Top-k takes part in the page budget: a small share caps the patch side, never below MIN_PATCH."""
+def test_a_page_share_shrinks_the_stored_patches(tmp_path, monkeypatch):
+    """Top-k takes part in the page budget: its weight is its patches at their stored side (the field,
+    capped), and a small share caps the patch side, never below MIN_PATCH."""
     from types import SimpleNamespace
 
+    from reportgen.analyses.dataset_pass import Taps
     from reportgen.sections.topk import MIN_PATCH, TopKSection
 
     section = TopKSection({})
     opts = section.options
     tiles = 2 * 16 * 9
-    full = SimpleNamespace(dataset=[None] * 200, page_share=lambda name: None)
-    assert section.page_bytes(full, opts) == tiles * tk.MAX_PATCH ** 2
+    full = SimpleNamespace(dataset=[None] * 200, page_share=lambda name: None, model=None, input_size=(3, 224, 224))
+    monkeypatch.setattr(TopKSection, "_taps", lambda self, ctx, o: Taps(topk_layers=("small", "deep"), topk_k=9))
+    fields = {"small": (20, 20), "deep": (300, 300)}      # the deep one is stored at the 128 px cap
+    monkeypatch.setattr(tk, "unit_field", lambda model, name, *a: {"size": fields[name]})
+    assert section.page_bytes(full, opts) == tiles / 2 * (20 * 20 + tk.MAX_PATCH ** 2)
     assert section.patch_cap(full, opts) == tk.MAX_PATCH
     half = SimpleNamespace(dataset=[None] * 200, page_share=lambda name: tiles * 64 ** 2)
     assert section.patch_cap(half, opts) == 64
