@@ -1,6 +1,7 @@
 """Robustness: accuracy (or prediction flips) under common corruptions (Hendrycks & Dietterich 2019)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
@@ -17,7 +18,7 @@ ALL_SEVERITIES = [1, 2, 3, 4, 5]
 FEWER_SEVERITIES = [1, 3, 5]
 JUDGED_SEVERITY = 2
 MIN_IMAGES = 50          # auto keeps three severities down to this many images (or the dataset, when smaller)
-MIN_JUDGED_IMAGES = 16   # then only the judged severity, down to this many: the fewest a drop is judged on
+MIN_JUDGED_IMAGES = 16   # then only the judged severity, down to this many images
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ def image_ladder(n: int, floor: int = MIN_IMAGES) -> List[int]:
 def evidence(r: rb.RobustnessResult) -> int:
     """Images a drop is measured on: the labelled ones (accuracy), else all (flip rate)."""
     return int(r.labelled) if r.clean_accuracy is not None else int(r.images)
+
+
+def fewest_judged(limit: float) -> int:
+    """The fewest images a drop is judged on: one image must be at most half the threshold.
+
+    On four images one image is a 25 % drop, the default threshold itself, so a
+    single unlucky crop made a healthy pretrained model "fragile" (issue 16).
+    """
+    return 1 if limit <= 0 else int(math.ceil(2.0 / limit - 1e-9))
 
 
 def judged(r: rb.RobustnessResult) -> Dict[str, Any]:
@@ -128,7 +138,7 @@ class RobustnessSection(Section):
         r = result.robustness
         limit = ctx.threshold("robustness_drop")
         j = judged(r)
-        enough = evidence(r) >= MIN_JUDGED_IMAGES
+        enough = evidence(r) >= fewest_judged(limit)
         acc = r.accuracy
         rows = []
         for ci, name in enumerate(r.corruptions):
@@ -150,7 +160,7 @@ class RobustnessSection(Section):
         return {"r": {"images": r.images}, "rows": rows, "severities": list(r.severities), "labelled": r.labelled > 0,
                 "clean_accuracy": r.clean_accuracy, "mean_drop": r.mean_accuracy_drop, "worst": r.worst(),
                 "limit": limit, "metric": j["metric"], "interpolated": j["interpolated"],
-                "judged_enough": enough, "evidence": evidence(r), "min_judged": MIN_JUDGED_IMAGES,
+                "judged_enough": enough, "evidence": evidence(r), "min_judged": fewest_judged(limit),
                 "fragile": [row["name"] for row in rows if row["fragile"]], "examples": examples,
                 "images_total": result.images_total, "label_note": result.label_note}
 
@@ -169,14 +179,15 @@ class RobustnessSection(Section):
         limit = ctx.threshold("robustness_drop")
         j = judged(r)
         where = "the mean of severities 1 and 3 (severity 2 was not run)" if j["interpolated"] else "severity 2"
-        n = evidence(r)
-        if n < MIN_JUDGED_IMAGES:    # a drop on a handful of images is one or two images: no verdict
+        n, fewest = evidence(r), fewest_judged(limit)
+        if n < fewest:    # one image would be more than half the threshold: no verdict
             kind = "labelled images" if r.clean_accuracy is not None else "images"
             return [Finding(
                 id="robustness-not-judged", severity="info", section="robustness",
                 title=f"Robustness shown, not judged: {n} {kind}",
-                evidence=f"fragility is judged on at least {MIN_JUDGED_IMAGES} {kind} (one image is "
-                         f"{1 / max(n, 1):.0%} of {n}); the drops are in the table")]
+                evidence=f"fragility is judged on at least {fewest} {kind}, so that one image is at most half "
+                         f"of findings.robustness_drop {limit:.0%} (here one image is {1 / max(n, 1):.0%}); "
+                         "the drops are in the table")]
         out = []
         for name, value in j["values"].items():
             if value > limit:
