@@ -232,20 +232,16 @@ class IncrementalEngine:
             return self.clean_pass(x1)
 
     def _run_node(self, node: fx.Node, env: Dict[fx.Node, Any]) -> Any:
-        args = fx.node.map_arg(node.args, lambda n: env[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        """One node of the clean pass: an attribute read from the module (later runs read it from
+        the cache this pass fills), or a call, as every run makes it (:meth:`_call`)."""
         if node.op == "get_attr":
             obj = self.gm
             for part in node.target.split("."):
                 obj = getattr(obj, part)
             return obj
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        raise RuntimeError(f"unexpected fx node {node.op}")
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        return self._call(node, args, kwargs)
 
     def peak_bytes(self) -> int:
         """Peak activation bytes of one sample's plain forward, from the clean pass's cache."""
