@@ -1,4 +1,10 @@
-"""The one rule for paths a report shows: relative to the spec's folder, else the file name.
+"""Paths: how a spec's paths and globs are found, and the one rule for paths a report shows.
+
+A path or glob in a spec is relative to the spec's folder (``user_path``);
+globs are recursive and list files in natural order (``glob_files``), the
+order every input list (checkpoints, probes, datasets) keeps.
+
+A report shows a path relative to the spec's folder, else only its file name.
 
 Reports go public (GitHub Pages, review attachments). The absolute paths of the
 machine that built them (user names, folder layout) must stay out of the page
@@ -12,9 +18,39 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PureWindowsPath
-from typing import Union
+from typing import List, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def natural_key(s: Union[str, Path]) -> Tuple:
+    """Sort key so ``epoch_2`` comes before ``epoch_10`` (plain sorting puts 10 first).
+
+    Text pieces compare case-insensitively; the original string breaks ties so
+    the order is total and stable across platforms.
+    """
+    text = str(s)
+    parts = re.split(r"(\d+)", text)
+    key = tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
+    return key + (text,)
+
+
+def is_glob(pattern: PathLike) -> bool:
+    return bool(GLOB_CHARS.search(str(pattern)))
+
+
+def user_path(pattern: PathLike, base: PathLike) -> Path:
+    """A path or glob as a spec writes it: ``~`` expanded, relative to ``base`` (the spec's folder)."""
+    full = Path(os.path.expanduser(str(pattern)))
+    return full if full.is_absolute() else Path(base) / full
+
+
+def glob_files(full: Path) -> List[Path]:
+    """The files a recursive glob matches, in natural order."""
+    import glob
+
+    return sorted((Path(h) for h in glob.glob(str(full), recursive=True) if os.path.isfile(h)), key=natural_key)
 
 
 def public_path(path: PathLike, base_dir: PathLike) -> str:

@@ -12,7 +12,6 @@ the caller selects, and says which others it holds.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import pickle
 import re
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from reportgen.errors import CheckpointError, InputError
+from reportgen.paths import glob_files, is_glob, natural_key, user_path
 
 __all__ = [
     "LoadedCheckpoint",
@@ -47,7 +47,6 @@ WRAPPER_PREFIXES = ("module.", "model.")
 # Buffers that older/newer BatchNorm versions disagree about; harmless if absent.
 TOLERATED_SUFFIXES = ("num_batches_tracked",)
 MAX_LISTED = 10
-GLOB_CHARS = re.compile(r"[*?\[]")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -71,18 +70,6 @@ class LoadedCheckpoint:
 
 
 # --------------------------------------------------------------------------- sorting
-
-def natural_key(s: Union[str, Path]) -> Tuple:
-    """Sort key so ``epoch_2`` comes before ``epoch_10`` (plain sorting puts 10 first).
-
-    Text pieces compare case-insensitively; the original string breaks ties so
-    the order is total and stable across platforms.
-    """
-    text = str(s)
-    parts = re.split(r"(\d+)", text)
-    key = tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
-    return key + (text,)
-
 
 # --------------------------------------------------------------------------- loading
 
@@ -479,15 +466,13 @@ def _expand_entry(entry: Union[str, Mapping], base: Path) -> List[Tuple[Optional
 
 def _match(pattern: str, base: Path) -> List[Path]:
     """Files for a path or glob relative to ``base``; InputError naming it when none."""
-    full = Path(os.path.expanduser(pattern))
-    if not full.is_absolute():
-        full = base / full
+    full = user_path(pattern, base)
     resolved = os.path.abspath(full)
-    if GLOB_CHARS.search(pattern):
-        hits = [Path(h) for h in glob.glob(str(full), recursive=True) if Path(h).is_file()]
+    if is_glob(pattern):
+        hits = glob_files(full)
         if not hits:
             raise InputError("no checkpoint file matches this glob", pattern, resolved)
-        return sorted(hits, key=natural_key)
+        return hits
     if not full.exists():
         raise InputError("checkpoint file not found", pattern, resolved)
     if not full.is_file():

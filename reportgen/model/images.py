@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import struct
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reportgen.errors import ImageError, InputError
+from reportgen.paths import glob_files, is_glob, natural_key, user_path
 
 if TYPE_CHECKING:  # torch is imported lazily: listing and loading images do not need it
     import torch
@@ -41,7 +41,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".t
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WHITE = (255, 255, 255)
-GLOB_CHARS = re.compile(r"[*?\[]")
 
 PathLike = Union[str, "os.PathLike[str]"]
 Size = Union[int, Sequence[int]]
@@ -247,12 +246,6 @@ def center_crop_image(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
 
 # --------------------------------------------------------------------------- listing
 
-def _natural_key(s: Union[str, Path]) -> Tuple:
-    from reportgen.model.checkpoints import natural_key
-
-    return natural_key(s)
-
-
 def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
@@ -279,30 +272,22 @@ def list_images(patterns: Union[PathLike, Sequence[PathLike]], base_dir: PathLik
 
 
 def _expand_image_pattern(pattern: str, base: Path) -> List[Path]:
-    full = Path(os.path.expanduser(pattern))
-    if not full.is_absolute():
-        full = base / full
+    full = user_path(pattern, base)
     resolved = os.path.abspath(full)
-    if GLOB_CHARS.search(pattern):
-        hits = [p for p in map(Path, _glob(full)) if p.is_file() and _is_image_name(p)]
+    if is_glob(pattern):
+        hits = [p for p in glob_files(full) if _is_image_name(p)]
         if not hits:
             raise InputError("no image file matches this glob "
                              f"(extensions: {' '.join(IMAGE_EXTENSIONS)})", pattern, resolved)
-        return sorted(hits, key=_natural_key)
+        return hits
     if full.is_dir():
         hits = [p for p in full.rglob("*") if p.is_file() and _is_image_name(p)]
         if not hits:
             raise InputError("the folder holds no image files", pattern, resolved)
-        return sorted(hits, key=_natural_key)
+        return sorted(hits, key=natural_key)
     if not full.exists():
         raise InputError("image file not found", pattern, resolved)
     return [full]
-
-
-def _glob(full: Path) -> List[str]:
-    import glob
-
-    return glob.glob(str(full), recursive=True)
 
 
 def image_folder(root: PathLike, limit: Optional[int] = None, seed: int = 0,
@@ -316,10 +301,9 @@ def image_folder(root: PathLike, limit: Optional[int] = None, seed: int = 0,
     picks images.
     """
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    full = Path(os.path.expanduser(str(root)))
-    full = full if full.is_absolute() else base / full
-    if GLOB_CHARS.search(str(root)) or not full.is_dir():
-        if not GLOB_CHARS.search(str(root)) and not full.exists():
+    full = user_path(root, base)
+    if is_glob(root) or not full.is_dir():
+        if not is_glob(root) and not full.exists():
             raise InputError("dataset folder not found", root, os.path.abspath(full))
         items: List[Tuple[Path, Optional[str]]] = [
             (p, None) for p in list_images([str(root)], base)]
@@ -334,13 +318,13 @@ def image_folder(root: PathLike, limit: Optional[int] = None, seed: int = 0,
 def _folder_items(root: Path) -> List[Tuple[Path, Optional[str]]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     items: List[Tuple[Path, Optional[str]]] = [
-        (p, None) for p in sorted(root.iterdir(), key=_natural_key)
+        (p, None) for p in sorted(root.iterdir(), key=natural_key)
         if p.is_file() and _is_image_name(p)]
     for name in classes:
         files = [p for p in (root / name).rglob("*")
                  if p.is_file() and _is_image_name(p)
                  and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
-        items.extend((p, name) for p in sorted(files, key=_natural_key))
+        items.extend((p, name) for p in sorted(files, key=natural_key))
     return items
 
 
