@@ -124,7 +124,7 @@ def dataset_pass(model: nn.Module, dataset: tk.ImageDataset, taps: Taps, batch_s
     feats, preds, thumbs = [], [], []
     counter = (pr.PredictionCounter(taps.labels, taps.classes, dev, taps.keep)
                if taps.labels is not None else None)
-    count = _Tap(lambda logits, index: counter.update(logits, index))
+    count = _Tap(counter.update) if counter is not None else None
     seen = 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(eval_mode(model))
@@ -142,11 +142,11 @@ def dataset_pass(model: nn.Module, dataset: tk.ImageDataset, taps: Taps, batch_s
             seen += int(x.shape[0])
             if tracker is not None:
                 tracker.absorb(index)
-            if tap is not None:
+            if tap is not None:     # the embedding's points: features, thumbnail, top-1 class
                 take()
                 thumbs.append(thumb)
-            preds.append(logits.argmax(dim=1).cpu())
-            if counter is not None:
+                preds.append(logits.argmax(dim=1).cpu())
+            if count is not None:
                 count(logits, index)
     features = predictions = pictures = None
     if tap is not None and take.error is None:
@@ -159,8 +159,8 @@ def dataset_pass(model: nn.Module, dataset: tk.ImageDataset, taps: Taps, batch_s
         topk_error=tracker.error if tracker is not None else None,
         features=features, predictions=predictions, thumbnails=pictures,
         features_read=tap.read if tap is not None else None, features_error=take.error,
-        labelled=counter.result() if counter is not None and count.error is None else None,
-        labelled_error=count.error)
+        labelled=counter.result() if count is not None and count.error is None else None,
+        labelled_error=count.error if count is not None else None)
 
 
 def labels_tuple(labels: Sequence[int]) -> Tuple[int, ...]:

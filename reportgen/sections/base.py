@@ -102,7 +102,7 @@ class BuildContext:
     # the one the shared pass is priced in; None: not gathered, each section prices its own pass
     dataset_taps: Optional[Any] = None
     dataset_owner: Optional[str] = None
-    memo: Dict[str, Any] = field(default_factory=dict)   # what sections of one build share (the dataset pass)
+    memo: Dict[Any, Any] = field(default_factory=dict)   # what one build computes once (see ``remember``)
 
     def planned(self, section: str, option: str, value: Any, best: Any) -> Any:
         """A setting as written in the spec; left on auto, the plan's choice (no plan: ``best``)."""
@@ -131,6 +131,13 @@ class BuildContext:
 
         found = self.spec.get("checkpoint_weights") if hasattr(self.spec, "get") else None
         return load_checkpoint(path, found or AUTO_WEIGHTS)
+
+    def remember(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` once per build: what the plan and a section both ask for (a section's dataset
+        taps: a forward to choose layers, another to read their layouts) or several sections share."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
     def dataset_batch(self) -> int:
         """Images per forward pass over the dataset: ``dataset.batch_size``, auto by device."""

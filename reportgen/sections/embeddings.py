@@ -39,11 +39,14 @@ class EmbeddingsSection(Section):
 
     def dataset_taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Taps:
         """One layer's pooled features (auto: the last Linear's input) and every image's thumbnail."""
-        use_input, layer, lay = emb.feature_layer(ctx.model, dataset_for(ctx),
-                                                  None if options["layer"] == "auto" else options["layer"],
-                                                  ctx.output_key, options["layout"], ctx.device)
-        return Taps(features_layer=layer, features_input=use_input, features_layout=lay,
-                    thumbnail=int(options["thumbnail"]))
+        def make() -> Taps:
+            use_input, layer, lay = emb.feature_layer(ctx.model, dataset_for(ctx),
+                                                      None if options["layer"] == "auto" else options["layer"],
+                                                      ctx.output_key, options["layout"], ctx.device)
+            return Taps(features_layer=layer, features_input=use_input, features_layout=lay,
+                        thumbnail=int(options["thumbnail"]))
+        key = ("embeddings-taps", options["layer"], options["layout"], int(options["thumbnail"]))
+        return ctx.remember(key, make)
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
         """The dataset pass, when this section owns it; the projection is no image pass."""

@@ -68,12 +68,16 @@ class TopKSection(Section):
         return None if _GIVEN.get(ctx.model) is not None else self._taps(ctx, options)
 
     def _taps(self, ctx: BuildContext, options: Dict[str, Any]) -> Taps:
-        """The chosen layers, read through their layouts, and k."""
-        auto = options["layers"] == "auto"
-        names = choose_layers(ctx, options["layers"])
-        layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"],
-                                ctx.output_key)
-        return Taps(topk_layers=tuple(names), topk_k=int(options["k"]), topk_layouts=layouts)
+        """The chosen layers, read through their layouts, and k (once per build: the gather, the page
+        weight and the analysis all ask)."""
+        def make() -> Taps:
+            auto = options["layers"] == "auto"
+            names = choose_layers(ctx, options["layers"])
+            layouts = layer_layouts(ctx.model, ctx.example(), names, AUTO if auto else options["layout"],
+                                    ctx.output_key)
+            return Taps(topk_layers=tuple(names), topk_k=int(options["k"]), topk_layouts=layouts)
+        key = ("topk-taps", repr(options["layers"]), options["layout"], int(options["k"]))
+        return ctx.remember(key, make)
 
     def budget(self, ctx: BuildContext, options: Dict[str, Any]) -> bud.Needs:
         """The dataset pass (when this section owns it), then one pass per winning patch projected."""
