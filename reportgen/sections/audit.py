@@ -41,14 +41,18 @@ def require_labels(ctx: BuildContext, what: str) -> Tuple[np.ndarray, FolderLabe
     return found.labels, found
 
 
+def _labelled_taps(labels: np.ndarray, names) -> Taps:
+    return Taps(labels=labels_tuple(labels), classes=tuple(names), keep=MISTAKES_KEPT)
+
+
 def prediction_taps(ctx: BuildContext) -> Optional[Taps]:
     """What errors and calibration read from the dataset pass: class scores against the folder labels
-    (None: a sharded audit pass was given, or no image is labelled)."""
+    (None: a sharded audit pass was given; NotApplicable when no image is labelled)."""
     given = _GIVEN.get(ctx.model)
     if given is not None and given.predictions is not None:
         return None
     labels, found = require_labels(ctx, "The audit")
-    return Taps(labels=labels_tuple(labels), classes=tuple(found.names), keep=MISTAKES_KEPT)
+    return _labelled_taps(labels, found.names)
 
 
 def clean_pass(ctx: BuildContext, labels: np.ndarray, names) -> pr.PredictionPass:
@@ -57,7 +61,7 @@ def clean_pass(ctx: BuildContext, labels: np.ndarray, names) -> pr.PredictionPas
     given = _GIVEN.get(ctx.model)
     if given is not None and given.predictions is not None:
         return given.predictions
-    run = shared(ctx, Taps(labels=labels_tuple(labels), classes=tuple(names), keep=MISTAKES_KEPT))
+    run = shared(ctx, _labelled_taps(labels, names))
     if run.labelled_error is not None:
         raise run.labelled_error
     return run.labelled
