@@ -363,6 +363,17 @@ def ladder(best: int, rungs: Sequence[int]) -> List[int]:
     return [best] + [r for r in rungs if r < best]
 
 
+def halvings(n: int, floor: int = 1) -> List[int]:
+    """``n``, then halves, then ``floor`` itself (or just ``n`` when it is no larger): a count's ladder."""
+    out, v = [n], n
+    while v // 2 >= floor:
+        v //= 2
+        out.append(v)
+    if out[-1] > floor:
+        out.append(floor)
+    return out
+
+
 def knob(name: str, option: str, given: Any, rungs: Sequence[Any], cost: Callable[[Any], Cost],
          label: str = "", scope: str = "") -> Knob:
     """A one-option knob: ``given`` ("auto" or the spec's value) over ``rungs``; ``cost(value) -> Cost``."""

@@ -111,10 +111,7 @@ def scoring_knob(options: Dict[str, Any], n_probes: int, n_maps: int, label: str
     """
     steps, probes = options["faithfulness_steps"], options["scored_probes"]
     step_values = list(bud.FAITHFULNESS_STEPS) if steps == AUTO else [int(steps)]
-    counts = [n_probes] if probes == AUTO else [min(int(probes), n_probes)]
-    if probes == AUTO:
-        while counts[-1] > 1:
-            counts.append(counts[-1] // 2)
+    counts = bud.halvings(n_probes) if probes == AUTO else [min(int(probes), n_probes)]
     values = ([{"faithfulness_steps": v, "scored_probes": counts[0]} for v in step_values]
               + [{"faithfulness_steps": step_values[-1], "scored_probes": c} for c in counts[1:]])
     auto = tuple(o for o in ("faithfulness_steps", "scored_probes") if options[o] == AUTO)

@@ -29,17 +29,6 @@ class RobustnessSectionResult:
     images_total: int                  # dataset images (the pass may use fewer)
 
 
-def image_ladder(n: int, floor: int = MIN_IMAGES) -> List[int]:
-    """All images, then halves, then ``floor`` itself (or n when smaller)."""
-    out, v = [n], n
-    while v // 2 >= floor:
-        v //= 2
-        out.append(v)
-    if out[-1] > floor:
-        out.append(floor)
-    return out
-
-
 def evidence(r: rb.RobustnessResult) -> int:
     """Images a drop is measured on: the labelled ones (accuracy), else all (flip rate)."""
     return int(r.labelled) if r.clean_accuracy is not None else int(r.images)
@@ -101,12 +90,12 @@ class RobustnessSection(Section):
         n = len(ctx.dataset or ())
         sev_auto, img_auto = options["severities"] == AUTO, options["images"] == AUTO
         sev = [ALL_SEVERITIES, FEWER_SEVERITIES] if sev_auto else [options["severities"]]
-        imgs = image_ladder(n) if img_auto else [min(int(options["images"]), n)]
+        imgs = bud.halvings(n, MIN_IMAGES) if img_auto else [min(int(options["images"]), n)]
         out = [{"severities": s, "images": imgs[0]} for s in sev]
         out += [{"severities": sev[-1], "images": i} for i in imgs[1:]]
         if sev_auto:
             last = imgs[-1] if img_auto else imgs[0]
-            fewest = image_ladder(last, MIN_JUDGED_IMAGES) if img_auto else [last]
+            fewest = bud.halvings(last, MIN_JUDGED_IMAGES) if img_auto else [last]
             out += [{"severities": [JUDGED_SEVERITY], "images": i} for i in fewest]
         return out
 

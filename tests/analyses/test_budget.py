@@ -154,3 +154,8 @@ def test_an_overshoot_is_over_the_factor_and_the_floor():
     assert bud.overshot(10.0, 16.0) and not bud.overshot(10.0, 14.0)
     assert not bud.overshot(0.1, 2.0)              # 20x, but under OVERSHOOT_MIN_S more: overhead, no news
     assert bud.overshot(64.0, 150.0)               # the int8 compare
+
+
+def test_halvings():
+    assert bud.halvings(6) == [6, 3, 1] and bud.halvings(200, 50) == [200, 100, 50]
+    assert bud.halvings(150, 50) == [150, 75, 50] and bud.halvings(10, 16) == [10] and bud.halvings(0) == [0]
