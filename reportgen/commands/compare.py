@@ -37,7 +37,6 @@ from reportgen.commands.build import (
     warn_if_heavy,
 )
 from reportgen.commands.compare_audit import audit_json, audit_sentences
-from reportgen.engine.batching import dataset_batch
 from reportgen.errors import SpecError
 from reportgen.paths import public_path
 from reportgen.report import Outcome, compare_report, results_of, worst_finding, write_pair
@@ -180,7 +179,7 @@ def dataset_pass(base: Resolved, new: Resolved, same: bool, progress: Any = None
     return compare_pass(base.model, new.model, data, base_layers, new.classes,
                         new_layers=new_layers, mode="pairs" if same else "matrix", labels=labelled,
                         output_keys=(base.output_key, new.output_key),
-                        batch_size=dataset_batch((new.spec["dataset"] or {}).get("batch_size"), new.device.type),
+                        batch_size=new.dataset_batch(),
                         device=new.device, progress=progress, grid=CKA_GRID, max_features=CKA_MAX_FEATURES,
                         units=units_plan(base, new, new_layers) if same else None,
                         distributed=distributed)
@@ -515,7 +514,7 @@ def _units(base: Resolved, new: Resolved, result: Any, layers: Dict[str, Dict[st
         return None
     cka = {n: v["cka"] for n, v in layers.items()}
     return finish_units(base.model, new.model, data, result.units, cka, new.device, new.input_size,
-                        batch_size=dataset_batch((new.spec["dataset"] or {}).get("batch_size"), new.device.type))
+                        batch_size=new.dataset_batch())
 
 
 def units_json(units: Any, same: bool, result: Any) -> Dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from reportgen.cache import file_digest
+from reportgen.engine.batching import dataset_batch
 from reportgen.errors import InputError, SpecError
 from reportgen.model.loading import ModelError, build_model, input_size, pick_device
 from reportgen.model.outputs import select_output
@@ -56,6 +57,10 @@ class Resolved:
 
     def example(self) -> torch.Tensor:
         return example_input(self.probes, self.input_size, self.device)
+
+    def dataset_batch(self) -> int:
+        """Images per forward pass over the dataset (``BuildContext.dataset_batch``'s rule)."""
+        return dataset_batch((self.spec["dataset"] or {}).get("batch_size"), self.device.type)
 
     def model_at(self, index: int) -> nn.Module:
         """A copy of the model with checkpoint ``index``'s weights (for evolution)."""
